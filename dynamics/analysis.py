@@ -1,0 +1,453 @@
+"""Imbalance analysis: pure functions on the tidy tables that :func:`dynamics.load` returns.
+
+Every function takes ``per_param`` (one row per recorded step x parameter tensor, columns ``step``,
+``view``, ``layer``, ``depth``, ``grad_sq``, ``param_sq``, ``update_sq``, ``lca`` and optionally
+``run``/``condition``/``seed``/``finite``/``has_grad``) and optionally ``per_step`` (``step``,
+``skipped``, ...), and returns a new DataFrame. Only the stored additive sums are aggregated; norms,
+ratios and shares are derived after summing, so they are exact for any grouping.
+
+Exclusions (:func:`clean`), applied by every function:
+
+* steps the optimizer skipped (``per_step.skipped``, e.g. AMP overflow), for all views of that run;
+* steps in which any tensor's gradient is non-finite, for all views of that run, so views are
+  always compared on the same steps;
+* rows without a gradient (``has_grad`` false: frozen or unused tensors);
+* a non-finite ``update_sq`` or ``lca`` (e.g. the last step, whose update is unknown) is treated as
+  missing for that quantity only.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from dynamics.metrics import average_ranks, bootstrap_ci
+
+__all__ = [
+    "PHASES", "clean", "exclusions", "view_order", "view_dynamics", "layer_dynamics", "matched_depth",
+    "matched_layers", "paired_test", "conditional_learning_speed", "run_summary", "imbalance_summary",
+    "user_metrics",
+]
+
+QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
+REQUIRED = ("step", "view", "layer", "depth") + QUANTITIES
+PHASES = ("early", "middle", "late")
+SHARED = "shared"
+
+
+# --------------------------------------------------------------------------- cleaning
+
+def _check_columns(df: pd.DataFrame, columns: Iterable[str], table: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table} is missing column(s) {missing}; it has {list(df.columns)}")
+
+
+def _with_run(df: pd.DataFrame) -> pd.DataFrame:
+    """Add ``run``/``condition``/``seed`` (one unnamed run) when a single run's table lacks them."""
+    out = df
+    if "run" not in df.columns:
+        out = df.assign(run=pd.Categorical(["run"] * len(df)))
+    if "condition" not in out.columns:
+        out = out.assign(condition=pd.Categorical(["default"] * len(out)))
+    if "seed" not in out.columns:
+        out = out.assign(seed=pd.array([pd.NA] * len(out), dtype="Int64"))
+    return out
+
+
+def view_order(per_param: pd.DataFrame) -> list[str]:
+    """Views in their declared order (category order when categorical), limited to views present."""
+    col = per_param["view"]
+    present = set(col.astype(str).unique())
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return [str(v) for v in col.cat.categories if str(v) in present]
+    return list(dict.fromkeys(col.astype(str)))
+
+
+def _phase_labels(n_phases: int) -> list[str]:
+    return list(PHASES) if n_phases == 3 else [f"phase {i + 1}" for i in range(n_phases)]
+
+
+def _assign_phase(step: pd.Series, run: pd.Series, n_phases: int) -> pd.Categorical:
+    """Phase of each step: the run's step range [first, last] cut into ``n_phases`` equal parts."""
+    first = step.groupby(run, observed=True).transform("min")
+    last = step.groupby(run, observed=True).transform("max")
+    idx = np.floor(n_phases * (step - first) / (last - first + 1)).astype(int).clip(0, n_phases - 1)
+    return pd.Categorical.from_codes(idx.to_numpy(), categories=_phase_labels(n_phases))
+
+
+def _step_keys(df: pd.DataFrame) -> pd.Series:
+    return df["run"].astype(str) + "\x00" + df["step"].astype(str)
+
+
+def _skipped_keys(per_step: pd.DataFrame | None, runs: Sequence[str]) -> set[str]:
+    if per_step is None or "skipped" not in per_step.columns:
+        return set()
+    _check_columns(per_step, ["step"], "per_step")
+    ps = per_step[per_step["skipped"].fillna(False).astype(bool)]
+    if "run" in ps.columns:
+        return set(_step_keys(ps))
+    if len(runs) > 1:
+        raise ValueError("per_step has no 'run' column but per_param holds several runs")
+    return {f"{r}\x00{s}" for r in runs for s in ps["step"]}
+
+
+def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_phases: int = 3) -> pd.DataFrame:
+    """Rows usable for analysis (see the module docstring), with ``run``/``condition``/``seed`` and ``phase``."""
+    _check_columns(per_param, REQUIRED, "per_param")
+    if n_phases < 1:
+        raise ValueError(f"n_phases must be >= 1, got {n_phases}")
+    df = _with_run(per_param)
+    df = df.assign(phase=_assign_phase(df["step"], df["run"], n_phases))  # on the full recorded range
+    bad = ~np.isfinite(df["grad_sq"].to_numpy(float)) | ~np.isfinite(df["param_sq"].to_numpy(float))
+    if "finite" in df.columns:
+        bad |= ~df["finite"].fillna(False).to_numpy(bool)
+    keep = np.ones(len(df), bool)
+    if bad.any() or per_step is not None:
+        keys = _step_keys(df)
+        drop = set(keys[bad]) | _skipped_keys(per_step, [str(r) for r in df["run"].unique()])
+        if drop:
+            keep &= ~keys.isin(drop).to_numpy()
+    if "has_grad" in df.columns:
+        keep &= df["has_grad"].fillna(False).to_numpy(bool)
+    df = df[keep]
+    fix = {}
+    for q in ("update_sq", "lca"):
+        v = df[q].to_numpy(float)
+        if not np.isfinite(v).all():
+            fix[q] = np.where(np.isfinite(v), v, np.nan)
+    return df.assign(**fix) if fix else df.copy()
+
+
+def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run: recorded steps, steps kept, and steps dropped as skipped or non-finite (for the report)."""
+    df = _with_run(per_param)
+    kept = clean(per_param, per_step)
+    recorded = df.groupby("run", observed=True)["step"].nunique()
+    used = kept.groupby("run", observed=True)["step"].nunique().reindex(recorded.index, fill_value=0)
+    out = pd.DataFrame({"recorded_steps": recorded, "used_steps": used})
+    skipped = pd.Series(0, index=recorded.index)
+    if per_step is not None and "skipped" in per_step.columns:
+        ps = per_step if "run" in per_step.columns else per_step.assign(run=str(recorded.index[0]))
+        steps_in = df[["run", "step"]].drop_duplicates()
+        sk = ps[ps["skipped"].fillna(False).astype(bool)][["run", "step"]]
+        sk = sk.astype({"run": str}).merge(steps_in.astype({"run": str}), on=["run", "step"])
+        skipped = sk.groupby("run")["step"].nunique().reindex(recorded.index.astype(str), fill_value=0)
+        skipped.index = recorded.index
+    out["skipped_steps"] = skipped
+    out["nonfinite_steps"] = out["recorded_steps"] - out["used_steps"] - out["skipped_steps"]
+    return out.reset_index()
+
+
+# --------------------------------------------------------------------------- per view / per layer
+
+def _run_info(df: pd.DataFrame) -> pd.DataFrame:
+    return df.groupby("run", observed=True)[["condition", "seed"]].first().reset_index()
+
+
+def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                  shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+    """Per run, view and step: norms, learning speed, loss-change allocation and loss-reduction share.
+
+    Columns: ``grad_norm`` = sqrt(sum ||g||^2), ``layer_grad_norm`` = mean over the view's layers of
+    each layer's gradient norm, ``update_norm``, ``param_norm``, ``learning_speed`` = sum ||g||^2 /
+    sum ||theta||^2, ``lca`` = sum g.dtheta, ``cum_lca`` (cumulative over recorded steps),
+    ``loss_reduction`` = -cum_lca, ``share`` = the view's part of the cumulative loss reduction of
+    all views (``shared`` included), NaN while the total has not decreased, ``step_share`` the same
+    for the step alone.
+    """
+    df = clean(per_param, per_step, n_phases=n_phases)
+    keys = ["run", "view", "step"]
+    sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
+    layer = df.groupby(["run", "view", "layer", "step"], observed=True)["grad_sq"].sum()
+    layer_mean = np.sqrt(layer).groupby(level=["run", "view", "step"], observed=True).mean()
+    out = pd.DataFrame({
+        "grad_norm": np.sqrt(sums["grad_sq"]),
+        "layer_grad_norm": layer_mean.reindex(sums.index),
+        "update_norm": np.sqrt(sums["update_sq"]),
+        "param_norm": np.sqrt(sums["param_sq"]),
+        "learning_speed": sums["grad_sq"] / sums["param_sq"],
+        "lca": sums["lca"],
+    })
+    out["cum_lca"] = out["lca"].fillna(0.0).groupby(level=["run", "view"], observed=True).cumsum()
+    out["loss_reduction"] = -out["cum_lca"]
+    out = out.reset_index()
+    total_cum = out.groupby(["run", "step"], observed=True)["cum_lca"].transform("sum")
+    total_step = out.groupby(["run", "step"], observed=True)["lca"].transform("sum")
+    out["share"] = np.where(total_cum < 0, out["cum_lca"] / total_cum.where(total_cum < 0), np.nan)
+    out["step_share"] = np.where(total_step < 0, out["lca"] / total_step.where(total_step < 0), np.nan)
+    phase = df.drop_duplicates(["run", "step"])[["run", "step", "phase"]]
+    out = out.merge(phase, on=["run", "step"], how="left").merge(_run_info(df), on="run", how="left")
+    out["view"] = pd.Categorical(out["view"].astype(str), categories=view_order(df))
+    return out
+
+
+def layer_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                   n_phases: int = 3) -> pd.DataFrame:
+    """Per run, view, depth and step: the layer's gradient/update/parameter norms, speed and lca."""
+    df = clean(per_param, per_step, n_phases=n_phases)
+    keys = ["run", "view", "depth", "step"]
+    sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
+    layers = df.groupby(["run", "view", "depth"], observed=True)["layer"].first()
+    out = pd.DataFrame({
+        "grad_norm": np.sqrt(sums["grad_sq"]),
+        "update_norm": np.sqrt(sums["update_sq"]),
+        "param_norm": np.sqrt(sums["param_sq"]),
+        "learning_speed": sums["grad_sq"] / sums["param_sq"],
+        "lca": sums["lca"],
+    }).reset_index()
+    out = out.merge(layers.astype(str).reset_index(), on=["run", "view", "depth"], how="left")
+    phase = df.drop_duplicates(["run", "step"])[["run", "step", "phase"]]
+    return out.merge(phase, on=["run", "step"], how="left").merge(_run_info(df), on="run", how="left")
+
+
+# --------------------------------------------------------------------------- matched depth
+
+def _pair(per_param: pd.DataFrame, views: Sequence[str] | None, shared: str) -> tuple[str, str]:
+    order = view_order(per_param)
+    if views is None:
+        candidates = [v for v in order if v != shared]
+        if len(candidates) < 2:
+            raise ValueError(f"need two views besides {shared!r} to compare; found {order}")
+        return candidates[0], candidates[1]
+    if len(views) != 2:
+        raise ValueError(f"views must name exactly two views, got {list(views)}")
+    for v in views:
+        if v not in order:
+            raise ValueError(f"view {v!r} not in the table; views are {order}")
+    if views[0] == views[1]:
+        raise ValueError(f"views must differ, got {list(views)}")
+    return str(views[0]), str(views[1])
+
+
+_MATCH_QUANTITIES = ("grad_norm", "update_norm", "learning_speed")
+
+
+def matched_depth(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                  views: Sequence[str] | None = None, quantity: str = "grad_norm",
+                  shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+    """Layer ``depth`` of view A against the same depth of view B, at every step.
+
+    Returns per run, depth and step: ``a``, ``b`` (the quantity for each view), ``ratio`` = a/b and
+    ``log2_ratio``; ``attrs`` holds ``view_a``, ``view_b``, ``quantity`` and the depths that exist in
+    only one of the views (``unmatched``). Views default to the first two besides ``shared``.
+    """
+    if quantity not in _MATCH_QUANTITIES:
+        raise ValueError(f"quantity must be one of {_MATCH_QUANTITIES}, got {quantity!r}")
+    a, b = _pair(per_param, views, shared)
+    ld = layer_dynamics(per_param, per_step, n_phases=n_phases)
+    ld = ld[ld["view"].astype(str).isin([a, b])]
+    cols = ["run", "depth", "step"]
+    left = ld[ld["view"].astype(str) == a][cols + ["phase", "condition", "seed", quantity]].rename(columns={quantity: "a"})
+    right = ld[ld["view"].astype(str) == b][cols + [quantity]].rename(columns={quantity: "b"})
+    out = left.merge(right, on=cols, how="inner")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ratio"] = out["a"] / out["b"]
+        out["log2_ratio"] = np.log2(out["ratio"])
+    da = set(ld.loc[ld["view"].astype(str) == a, "depth"])
+    db = set(ld.loc[ld["view"].astype(str) == b, "depth"])
+    out.attrs.update(view_a=a, view_b=b, quantity=quantity, unmatched=sorted(da ^ db))
+    return out.sort_values(cols).reset_index(drop=True)
+
+
+def matched_layers(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                   views: Sequence[str] | None = None, quantity: str = "grad_norm", phase: str | None = None,
+                   shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+    """Per run and matched depth: mean of the quantity over steps for A and B, their ratio, and the
+    fraction of steps in which A exceeded B; optionally within one training ``phase``."""
+    md = matched_depth(per_param, per_step, views=views, quantity=quantity, shared=shared, n_phases=n_phases)
+    if phase is not None and phase != "all":
+        if phase not in set(md["phase"].astype(str)):
+            raise ValueError(f"phase {phase!r} not found; phases are {sorted(set(md['phase'].astype(str)))}")
+        md = md[md["phase"].astype(str) == phase]
+    g = md.assign(a_gt_b=md["a"] > md["b"]).groupby(["run", "depth"], observed=True)
+    out = g.agg(condition=("condition", "first"), seed=("seed", "first"), a=("a", "mean"), b=("b", "mean"),
+                frac_steps_a_gt_b=("a_gt_b", "mean"), n_steps=("step", "size")).reset_index()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ratio"] = out["a"] / out["b"]
+    out.attrs.update(md.attrs)
+    return out
+
+
+def paired_test(matched: pd.DataFrame) -> dict:
+    """Wilcoxon signed-rank test of log(a/b) = 0 across the rows (matched layers x runs).
+
+    Returns ``n_pairs``, ``n_a_greater``, ``fraction`` (of pairs with a > b), ``geo_mean_ratio``,
+    ``statistic`` and ``p`` (scipy.stats.wilcoxon, two-sided; NaN with fewer than two non-zero
+    differences) and ``effect_size``: the matched-pairs rank-biserial correlation
+    (W+ - W-)/(W+ + W-), from +1 (a > b in every pair) to -1.
+    """
+    _check_columns(matched, ["a", "b"], "matched table")
+    a = matched["a"].to_numpy(float)
+    b = matched["b"].to_numpy(float)
+    ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
+    d = np.log(a[ok]) - np.log(b[ok])
+    res = {"n_pairs": int(d.size), "n_a_greater": int((d > 0).sum()),
+           "fraction": float((d > 0).mean()) if d.size else float("nan"),
+           "geo_mean_ratio": float(np.exp(d.mean())) if d.size else float("nan"),
+           "statistic": float("nan"), "p": float("nan"), "effect_size": float("nan")}
+    nz = d[d != 0]
+    if nz.size:
+        r = average_ranks(np.abs(nz))
+        w_plus, w_minus = r[nz > 0].sum(), r[nz < 0].sum()
+        res["effect_size"] = float((w_plus - w_minus) / (w_plus + w_minus))
+    if nz.size >= 2:
+        w = stats.wilcoxon(nz)
+        res["statistic"], res["p"] = float(w.statistic), float(w.pvalue)
+    return res
+
+
+# --------------------------------------------------------------------------- conditional learning speed
+
+def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                               views: Sequence[str] | None = None, window: int | None = None,
+                               shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+    """Conditional learning speed of view A relative to view B over training (Wu et al., ICML 2022).
+
+    Each layer's learning speed mu = ||g||^2 / ||theta||^2 is summed over the layers of a view's
+    branch, accumulated over the recorded steps up to t (or the last ``window`` recorded steps), and
+    ``speed = log(S_a / S_b)``: positive when A's branch learns faster. With two branches
+    ``speed(a; b) = -speed(b; a)``, so this single column is the paper's two-branch ``d_speed``
+    up to sign convention (positive = A faster). Per run and step: ``s_a``, ``s_b``, ``speed``.
+    """
+    a, b = _pair(per_param, views, shared)
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive number of recorded steps, got {window}")
+    ld = layer_dynamics(per_param, per_step, n_phases=n_phases)
+    ld = ld[ld["view"].astype(str).isin([a, b])]
+    mu = ld.groupby(["run", "step", "view"], observed=True)["learning_speed"].sum().unstack("view")
+    mu = mu.reindex(columns=[a, b]).astype(float)
+    if window is None:
+        acc = mu.groupby(level="run", observed=True).cumsum()
+    else:
+        acc = mu.groupby(level="run", observed=True).transform(lambda s: s.rolling(window, min_periods=1).sum())
+    out = pd.DataFrame({"s_a": acc[a], "s_b": acc[b]})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["speed"] = np.log(out["s_a"] / out["s_b"])
+    out = out.reset_index()
+    info = ld.drop_duplicates(["run", "step"])[["run", "step", "phase", "condition", "seed"]]
+    out = out.merge(info, on=["run", "step"], how="left")
+    out.attrs.update(view_a=a, view_b=b, window=window)
+    return out
+
+
+# --------------------------------------------------------------------------- summaries
+
+def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+    """Per run, phase (``early``/``middle``/``late`` and ``all``) and view: mean gradient norm, mean
+    update norm, mean learning speed, loss reduction -sum(lca) and its share of all views' reduction
+    (NaN when the total did not decrease)."""
+    vd = view_dynamics(per_param, per_step, shared=shared, n_phases=n_phases)
+    parts = [vd, vd.assign(phase="all")]
+    both = pd.concat([p.assign(phase=p["phase"].astype(str)) for p in parts], ignore_index=True)
+    g = both.groupby(["run", "phase", "view"], observed=True)
+    out = g.agg(condition=("condition", "first"), seed=("seed", "first"), grad_norm=("grad_norm", "mean"),
+                update_norm=("update_norm", "mean"), learning_speed=("learning_speed", "mean"),
+                lca=("lca", "sum"), n_steps=("step", "size")).reset_index()
+    out["loss_reduction"] = -out["lca"]
+    total = out.groupby(["run", "phase"], observed=True)["loss_reduction"].transform("sum")
+    out["share"] = np.where(total > 0, out["loss_reduction"] / total.where(total > 0), np.nan)
+    order = _phase_labels(n_phases) + ["all"]
+    out["phase"] = pd.Categorical(out["phase"], categories=order)
+    out["view"] = pd.Categorical(out["view"].astype(str), categories=view_order(per_param))
+    return out.drop(columns="lca").sort_values(["run", "phase", "view"]).reset_index(drop=True)
+
+
+def _mean_ci(values: np.ndarray, *, n_boot: int, level: float, seed: int, log: bool = False) -> tuple[float, float, float]:
+    """Mean (geometric when ``log``) over runs with a percentile bootstrap interval; NaN interval
+    below two runs."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v) & ((v > 0) if log else True)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    x = np.log(v) if log else v
+    est, lo, hi = bootstrap_ci(np.mean, x, n_boot=n_boot, level=level, seed=seed) if x.size >= 2 else (
+        float(x.mean()), float("nan"), float("nan"))
+    return tuple(float(np.exp(t)) if log else t for t in (est, lo, hi))
+
+
+def _group_column(df: pd.DataFrame, by: str | None) -> pd.Series:
+    if by is None:
+        return df["run"].astype(str)
+    if by not in df.columns:
+        raise ValueError(f"cannot group by {by!r}: no such column in per_param (columns: {list(df.columns)})")
+    return df[by].astype(str)
+
+
+def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                      by: str | None = "condition", views: Sequence[str] | None = None,
+                      shared: str = SHARED, n_phases: int = 3, n_boot: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> pd.DataFrame:
+    """The key table: one row per group (``by``; ``None`` = per run) and phase.
+
+    Columns: ``group``, ``phase``, ``n_runs``, ``view_a``, ``view_b``, ``dominant`` (view, ``shared``
+    excluded, with the largest mean loss-reduction share; by gradient norm when no loss decrease was
+    recorded), ``grad_ratio`` (geometric mean over runs of A's over B's mean gradient norm) with
+    ``grad_ratio_lo``/``grad_ratio_hi``, ``share_a``/``share_b`` (mean loss-reduction share) with
+    intervals, and the matched-depth test pooled over layers and runs: ``n_pairs``,
+    ``n_a_greater``, ``p``, ``effect_size``. Intervals are percentile bootstraps over runs (seeds)
+    at ``level``; with a single run they are NaN because no interval can be given.
+    """
+    a, b = _pair(per_param, views, shared)
+    df = _with_run(per_param)
+    groups = pd.DataFrame({"run": df["run"].astype(str), "group": _group_column(df, by)}).drop_duplicates()
+    if groups["run"].duplicated().any():
+        bad = groups.loc[groups["run"].duplicated(), "run"].iloc[0]
+        raise ValueError(f"run {bad!r} has more than one value of {by!r}")
+    rs = run_summary(per_param, per_step, shared=shared, n_phases=n_phases)
+    rs = rs.assign(run=rs["run"].astype(str)).merge(groups, on="run")
+    md = matched_depth(per_param, per_step, views=(a, b), shared=shared, n_phases=n_phases)
+    md = md.assign(run=md["run"].astype(str)).merge(groups, on="run")
+    nonshared = [v for v in view_order(per_param) if v != shared]
+    rows = []
+    for (group, phase), sub in rs.groupby(["group", "phase"], observed=True, sort=True):
+        wide = sub.pivot_table(index="run", columns="view", values=["grad_norm", "share"], observed=True,
+                               dropna=False)
+        ga = wide["grad_norm"].get(a, pd.Series(dtype=float))
+        gb = wide["grad_norm"].get(b, pd.Series(dtype=float))
+        ratio = _mean_ci((ga / gb).to_numpy(), n_boot=n_boot, level=level, seed=seed, log=True)
+        sa = _mean_ci(wide["share"].get(a, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
+        sb = _mean_ci(wide["share"].get(b, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
+        mean_share = sub[sub["view"].astype(str).isin(nonshared)].groupby("view", observed=True)["share"].mean()
+        if mean_share.notna().any():
+            dominant = str(mean_share.idxmax())
+        else:
+            dominant = str(sub[sub["view"].astype(str).isin(nonshared)].groupby("view", observed=True)[
+                "grad_norm"].mean().idxmax())
+        mg = md[md["group"] == group]
+        if phase != "all":
+            mg = mg[mg["phase"].astype(str) == phase]
+        per_layer = mg.groupby(["run", "depth"], observed=True)[["a", "b"]].mean()
+        test = paired_test(per_layer)
+        rows.append({"group": group, "phase": phase, "n_runs": int(sub["run"].nunique()), "view_a": a, "view_b": b,
+                     "dominant": dominant,
+                     "grad_ratio": ratio[0], "grad_ratio_lo": ratio[1], "grad_ratio_hi": ratio[2],
+                     "share_a": sa[0], "share_a_lo": sa[1], "share_a_hi": sa[2],
+                     "share_b": sb[0], "share_b_lo": sb[1], "share_b_hi": sb[2],
+                     "n_pairs": test["n_pairs"], "n_a_greater": test["n_a_greater"],
+                     "p": test["p"], "effect_size": test["effect_size"]})
+    out = pd.DataFrame(rows)
+    out["phase"] = pd.Categorical(out["phase"].astype(str), categories=_phase_labels(n_phases) + ["all"])
+    out = out.sort_values(["group", "phase"]).reset_index(drop=True)
+    out.attrs.update(by=by, level=level, unmatched=md.attrs.get("unmatched", []))
+    return out
+
+
+def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ("loss",)) -> pd.DataFrame:
+    """Per run: the last logged value of every user scalar in ``per_step`` (e.g. ``val_auc``),
+    skipping bookkeeping columns (``recorded``, ``skipped``, ``clip_factor``, ``lr_*``) and
+    ``exclude``; ``final_loss`` is added from ``loss`` when present."""
+    _check_columns(per_step, ["step"], "per_step")
+    ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
+    skip = {"step", "run", "condition", "seed", "recorded", "skipped", "clip_factor"}
+    cols = [c for c in ps.columns if c not in skip and not str(c).startswith("lr_")
+            and pd.api.types.is_numeric_dtype(ps[c]) and not pd.api.types.is_bool_dtype(ps[c])]
+    ps = ps.sort_values("step")
+    last = ps.groupby("run", observed=True)[cols].last() if cols else pd.DataFrame(index=ps["run"].unique())
+    if "loss" in last.columns:
+        last = last.rename(columns={"loss": "final_loss"})
+    last = last[[c for c in last.columns if c not in exclude]]
+    return last.dropna(axis=1, how="all").reset_index()

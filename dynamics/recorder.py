@@ -1,0 +1,450 @@
+"""``attach()``: hooks on a model and its optimizer that record per-tensor training quantities.
+
+How the gradient "the loss actually has" is found (design.md section 3): a tensor hook on every recorded
+parameter notices the first gradient of each backward pass and queues a callback that runs when that backward
+pass ends. There, after accumulation but before any unscaling or clipping, the callback takes ‖g‖² per tensor
+(divided by the GradScaler's scale², when a scaler is given) and remembers each gradient's identity and
+version counter. At the optimizer's pre-step hook the gradient the optimizer will use is measured again; if
+something changed it in between (AMP unscaling, clipping), the ratio of the two norms is that change. For a
+uniform rescaling such as ``clip_grad_norm_`` this gives the clip factor exactly, and ``lca`` is the dot
+product with the optimizer's gradient divided by that per-tensor factor, i.e. the unclipped gradient's.
+
+A backward pass whose gradients were reset or changed without an optimizer step in between (the GradScaler
+skipped it, or the loop skipped it) closes its step as ``skipped``: step indices count optimizer step attempts.
+
+Nothing here moves data to the host between flushes: quantities are reduced with foreach kernels into one
+preallocated device buffer, one row per recorded step, copied to the host every ``flush_every`` rows.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import sys
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import quantities, schedules, store
+from .views import ViewAssignment, ViewSpec, device_of, resolve_views
+
+__all__ = ["attach", "Recorder"]
+
+_GRAD_SQ, _PARAM_SQ, _UPDATE_SQ, _LCA, _PRE_SQ = range(5)
+_RESERVED = {"step", "recorded", "skipped", "clip_factor", "run", "condition", "seed"}
+_CLIP_TOLERANCE = 1e-3  # relative spread of per-tensor ratios still called "one uniform factor"
+_MAX_PENDING_LOGS = 10_000
+
+
+def _json_safe(value: Any) -> Any:
+    """Hyper-parameters and user config as JSON (tensors as numbers, anything exotic as its repr)."""
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, torch.Tensor):
+        return _json_safe(value.detach().cpu().tolist())
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return repr(value)
+
+
+def _learning_rates(optimizer: torch.optim.Optimizer) -> list:
+    """Each group's learning rate now; a tensor lr is copied on the device and read at the flush."""
+    return [g["lr"].detach().clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in optimizer.param_groups]
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    from . import __version__
+    return {"dynamics": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "pyarrow": pyarrow.__version__}
+
+
+def _refuse_unsupported(model: nn.Module) -> None:
+    """Set-ups whose gradients the recorder would get wrong are refused, not recorded wrongly."""
+    for module in model.modules():
+        name = type(module).__name__
+        if name in {"DistributedDataParallel", "FullyShardedDataParallel"}:
+            raise NotImplementedError(f"dynamics does not support {name} yet: its gradients are reduced after "
+                                      f"the backward pass ends, so recorded values would be per-process")
+
+
+class Recorder:
+    """The handle ``attach`` returns: owns every hook it made; ``close()`` flushes and removes them."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, assignment: ViewAssignment,
+                 run_dir: Path, *, schedule: schedules.Schedule, flush_every: int, scaler: Any,
+                 meta: dict, next_part: dict[str, int], start_step: int) -> None:
+        self.model, self.optimizer, self.assignment = model, optimizer, assignment
+        self.run_dir, self.meta = run_dir, meta
+        self._schedule, self._flush_every, self._scaler = schedule, flush_every, scaler
+        self._next_part = dict(next_part)
+        self._params: list[nn.Parameter] = assignment.tensors
+        self._n = len(self._params)
+        self.device = device_of(self._params)
+        self._dtype = torch.float64 if any(p.dtype == torch.float64 for p in self._params) else torch.float32
+        self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
+        self._buffer = torch.full((flush_every, 5, self._n), math.nan, device=self.device, dtype=self._dtype)
+        self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
+        # per-step host-side bookkeeping (no device data is read for these)
+        self._step = start_step
+        self._rows: list[dict] = []            # one per buffer row in use
+        self._has_grad: list[np.ndarray] = []
+        self._logs: dict[int, dict[str, list]] = {}
+        self._n_logs = 0
+        # backward-pass state
+        self._in_backward = False
+        self._round_open = False
+        self._snapshot: list[tuple[weakref.ref, int] | None] = [None] * self._n
+        self._bwd_sq: torch.Tensor | None = None
+        self._pending: dict | None = None      # the step between pre- and post-hook
+        self._closed = False
+        self._failed: str | None = None
+        self._notes: dict[str, list[int]] = {}
+        self._handles: list = []
+        try:
+            self._handles.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
+            self._handles.append(optimizer.register_step_post_hook(self._guard(self._post_step)))
+            for i, p in enumerate(self._params):
+                self._handles.append(p.register_hook(self._make_grad_hook()))
+        except BaseException:
+            self._remove_hooks()
+            raise
+
+    # ----------------------------------------------------------------------------------------- life cycle
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.meta.setdefault("errors", []).append(f"training raised {exc_type.__name__}: {exc}")
+        self.close()
+
+    def close(self) -> None:
+        """Flush what is buffered, write the final metadata and remove every hook. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._failed:
+                self._end_open_round()
+                self._flush()
+        finally:
+            self._remove_hooks()
+            self._prev = None
+            self.meta["status"] = "closed"
+            self.meta["next_step"] = self._step
+            self.meta["closed"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            self.meta["notes"] = {k: v for k, v in self._notes.items()}
+            if self._failed:
+                self.meta.setdefault("errors", []).append(self._failed)
+            store.write_meta(self.run_dir, self.meta)
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def coverage(self) -> pd.DataFrame:
+        """Every parameter with its view, layer, depth, numel and whether it is recorded or frozen."""
+        return self.assignment.coverage()
+
+    @property
+    def step(self) -> int:
+        """Index of the next optimizer step attempt (steps count from 0; skipped attempts count)."""
+        return self._step
+
+    # ------------------------------------------------------------------------------------------ user API
+    def log(self, **scalars: float | torch.Tensor) -> None:
+        """Attach scalars (floats or one-element tensors, kept on the device) to the current step.
+
+        The current step is the one whose backward pass has run and whose optimizer step has not, or else the
+        one just taken. Several values for one step (micro-batches) are averaged.
+        """
+        if self._closed:
+            raise RuntimeError(f"recorder for {self.run_dir} is closed; log() after close() is lost")
+        step = self._step if (self._round_open or self._step == 0) else self._step - 1
+        checked = {}
+        for name, value in scalars.items():
+            if name in _RESERVED or name.startswith("lr_"):
+                raise ValueError(f"log(): scalar name {name!r} is reserved; choose another name")
+            if isinstance(value, torch.Tensor):
+                if value.numel() != 1:
+                    raise ValueError(f"log(): scalar {name!r} has {value.numel()} elements; pass one value")
+                value = value.detach().reshape(())
+            elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                value = float(value)
+            else:
+                raise ValueError(f"log(): scalar {name!r} must be a number or a one-element tensor, "
+                                 f"got {type(value).__name__}")
+            checked[name] = value
+        for name, value in checked.items():
+            self._logs.setdefault(step, {}).setdefault(name, []).append(value)
+            self._n_logs += 1
+        if self._n_logs >= _MAX_PENDING_LOGS:
+            self._flush()
+
+    # ------------------------------------------------------------------------------------------- hooks
+    def _guard(self, hook: Callable) -> Callable:
+        """Never raise inside the user's training step: a failure stops recording and is reported."""
+        def guarded(*args, **kwargs):
+            if self._failed or self._closed:
+                return None
+            try:
+                with torch.no_grad():
+                    hook(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - reported, never swallowed silently
+                self._failed = f"recording stopped at step {self._step}: {type(exc).__name__}: {exc}"
+                warnings.warn(f"dynamics: {self._failed}", RuntimeWarning, stacklevel=2)
+            return None
+        return guarded
+
+    def _make_grad_hook(self) -> Callable:
+        guarded = self._guard(self._on_first_grad)
+
+        def hook(grad: torch.Tensor) -> None:
+            if not self._in_backward:
+                guarded()
+            return None
+        return hook
+
+    def _on_first_grad(self) -> None:
+        """First gradient of a backward pass: close a step that was skipped, then wait for the pass's end."""
+        self._in_backward = True
+        if self._round_open and self._changed_since_backward():
+            self._record_skipped()
+        self._round_open = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._guard(self._on_backward_end))
+
+    def _on_backward_end(self) -> None:
+        """All gradients of this pass are accumulated: measure them before anyone rescales or clips them."""
+        self._in_backward = False
+        if self._schedule(self._step):
+            grads = self._grads()
+            sq = quantities.sq_norms(grads)
+            scale = self._loss_scale()
+            self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
+        self._snapshot = [None if p.grad is None else (weakref.ref(p.grad), p.grad._version) for p in self._params]
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        self._in_backward = False
+        if not self._schedule(self._step):
+            self._pending = None
+            return
+        row = len(self._rows)
+        grads = self._grads()
+        buffer = self._buffer[row]
+        buffer[_PRE_SQ].copy_(quantities.sq_norms(grads))
+        if self._round_open and self._bwd_sq is not None:
+            buffer[_GRAD_SQ].copy_(self._bwd_sq)
+            changed = self._changed_since_backward()
+        else:  # no backward pass seen (gradients set by hand): the optimizer's gradient is all there is
+            buffer[_GRAD_SQ].copy_(buffer[_PRE_SQ])
+            self._note("gradient taken at the optimizer step (no backward pass seen)")
+            changed = False
+        buffer[_PARAM_SQ].copy_(quantities.sq_norms(self._params))
+        if self._prev is None:
+            self._prev = [torch.empty_like(p) for p in self._params]
+        torch._foreach_copy_(self._prev, list(self._params))
+        self._pending = {"row": row, "grads": grads, "changed": changed,
+                         "versions": [g._version for g in grads],
+                         "lrs": _learning_rates(optimizer)}
+        self._has_grad.append(np.fromiter((p.grad is not None for p in self._params), bool, self._n))
+
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            row, grads, buffer = pending["row"], pending["grads"], self._buffer[pending["row"]]
+            torch._foreach_sub_(self._prev, list(self._params))  # θ_t − θ_{t+1} = −Δθ
+            buffer[_UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
+            lca = quantities.dots(grads, self._prev).neg_()
+            if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
+                ratio = buffer[_GRAD_SQ] / buffer[_PRE_SQ]
+                lca = lca * torch.where(buffer[_PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt()
+            buffer[_LCA].copy_(lca)
+            if any(g._version != v for g, v in zip(grads, pending["versions"])):
+                buffer[_LCA].fill_(math.nan)
+                self._note("lca not available: the optimizer changed the gradients in place")
+            self._rows.append({"step": self._step, "skipped": False, "changed": pending["changed"],
+                               "lrs": pending["lrs"]})
+        self._end_round()
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _grads(self) -> list[torch.Tensor]:
+        return [self._zero if p.grad is None else p.grad for p in self._params]
+
+    def _loss_scale(self) -> torch.Tensor | None:
+        scaler = self._scaler
+        if scaler is None or not scaler.is_enabled():
+            return None
+        return getattr(scaler, "_scale", None)
+
+    def _changed_since_backward(self) -> bool:
+        """Were the gradients reset, replaced or modified in place since the last backward pass ended?"""
+        for p, snap in zip(self._params, self._snapshot):
+            grad = p.grad
+            if snap is None:
+                if grad is not None:
+                    return True
+            elif grad is None or snap[0]() is not grad or grad._version != snap[1]:
+                return True
+        return False
+
+    def _record_skipped(self) -> None:
+        """The open step ended without an optimizer step: record it (if scheduled) as skipped, without lca."""
+        if self._schedule(self._step) and self._bwd_sq is not None:
+            row = len(self._rows)
+            buffer = self._buffer[row]
+            buffer.fill_(math.nan)
+            buffer[_GRAD_SQ].copy_(self._bwd_sq)
+            buffer[_PARAM_SQ].copy_(quantities.sq_norms(self._params))
+            self._has_grad.append(np.array([s is not None for s in self._snapshot], bool))
+            self._rows.append({"step": self._step, "skipped": True, "changed": False,
+                               "lrs": _learning_rates(self.optimizer)})
+        self._end_round()
+
+    def _end_open_round(self) -> None:
+        if self._round_open and self._changed_since_backward():
+            self._record_skipped()
+
+    def _end_round(self) -> None:
+        self._step += 1
+        self._round_open = False
+        self._bwd_sq = None
+        if len(self._rows) >= self._flush_every:
+            self._flush()
+
+    def _note(self, text: str) -> None:
+        steps = self._notes.setdefault(text, [])
+        if len(steps) < 100:
+            steps.append(self._step)
+
+    # -------------------------------------------------------------------------------------------- flush
+    def _flush(self) -> None:
+        """Copy the buffered rows and logs to the host (one transfer each) and append Parquet parts."""
+        n = len(self._rows)
+        step_rows: dict[int, dict] = {}
+        if n:
+            values = self._buffer[:n].to("cpu", torch.float64).numpy()
+            has_grad = np.stack(self._has_grad)
+            steps = np.array([r["step"] for r in self._rows], dtype=np.int64)
+            grad_sq = values[:, _GRAD_SQ]
+            frame = pd.DataFrame({
+                "step": np.repeat(steps, self._n),
+                "param_id": np.tile(np.arange(self._n, dtype=np.int32), n),
+                "grad_sq": grad_sq.ravel(), "param_sq": values[:, _PARAM_SQ].ravel(),
+                "update_sq": values[:, _UPDATE_SQ].ravel(), "lca": values[:, _LCA].ravel(),
+                "finite": np.isfinite(grad_sq).ravel(), "has_grad": has_grad.ravel(),
+            })
+            store.write_part(self.run_dir, "params", self._next_part["params"], frame)
+            self._next_part["params"] += 1
+            for i, r in enumerate(self._rows):
+                row = {"step": r["step"], "recorded": True, "skipped": r["skipped"],
+                       "clip_factor": self._clip_factor(values[i], has_grad[i]) if r["changed"] else math.nan}
+                row.update({f"lr_{g}": float(lr) for g, lr in enumerate(r["lrs"])})
+                step_rows[r["step"]] = row
+            self._buffer[:n].fill_(math.nan)
+        if self._logs:
+            tensors = [v for names in self._logs.values() for vs in names.values() for v in vs
+                       if isinstance(v, torch.Tensor)]
+            host = iter(torch.stack([t.to(torch.float64) for t in tensors]).cpu().tolist()) if tensors else iter(())
+            for step, names in self._logs.items():
+                row = step_rows.setdefault(step, {"step": step, "recorded": False, "skipped": False,
+                                                  "clip_factor": math.nan})
+                for name, vs in names.items():
+                    row[name] = float(np.mean([next(host) if isinstance(v, torch.Tensor) else v for v in vs]))
+        if step_rows:
+            frame = pd.DataFrame(sorted(step_rows.values(), key=lambda r: r["step"]))
+            frame = frame.astype({"step": "int64", "recorded": "bool", "skipped": "bool", "clip_factor": "float64"})
+            store.write_part(self.run_dir, "steps", self._next_part["steps"], frame)
+            self._next_part["steps"] += 1
+        self._rows, self._has_grad, self._logs, self._n_logs = [], [], {}, 0
+
+    def _clip_factor(self, values: np.ndarray, has_grad: np.ndarray) -> float:
+        """One factor if the optimizer's gradient is a uniform rescaling of the backward's, else NaN (noted)."""
+        true_sq, pre_sq = values[_GRAD_SQ], values[_PRE_SQ]
+        usable = has_grad & np.isfinite(true_sq) & np.isfinite(pre_sq) & (true_sq > 0)
+        if not usable.any():
+            return math.nan
+        ratio = np.sqrt(pre_sq[usable] / true_sq[usable])
+        middle = float(np.median(ratio))
+        if np.max(np.abs(ratio - middle)) > _CLIP_TOLERANCE * max(middle, 1e-30):
+            self._notes.setdefault("gradient changed non-uniformly between backward and step (e.g. "
+                                   "clip_grad_value_): lca rescaled per tensor, clip_factor NaN", []).append(-1)
+            return math.nan
+        return middle if abs(middle - 1.0) > 1e-6 else math.nan
+
+
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, *, out: str | Path,
+           shared_name: str = "shared", every: schedules.Every = 1, flush_every: int = 100,
+           scaler: Any = None, config: Mapping | None = None, seed: int | None = None,
+           condition: str | None = None, resume: bool = False) -> Recorder:
+    """Record per-tensor training quantities of ``model`` at the optimizer steps chosen by ``every``.
+
+    ``views`` assigns parameters to views (see :func:`dynamics.views.resolve_views`); ``out`` is the run
+    directory (never overwritten: pass ``resume=True`` to append); ``scaler`` is the ``torch.amp.GradScaler``
+    if one is used, so gradients are recorded unscaled; ``config``, ``seed`` and ``condition`` go into the
+    metadata (``load_runs`` turns condition and seed into columns). Returns a :class:`Recorder`, which is a
+    context manager; ``close()`` flushes and removes every hook.
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+        raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
+    if scaler is not None and not hasattr(scaler, "is_enabled"):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+    _refuse_unsupported(model)
+    schedule = schedules.make_schedule(every)
+    assignment = resolve_views(model, views, shared_name=shared_name)
+    group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
+    parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
+                  for info, t in zip(assignment.params, assignment.tensors)]
+    run_dir, old_meta, next_part = store.prepare_run_dir(out, resume=resume)
+    if old_meta is not None and [p["name"] for p in old_meta["parameters"]] != [p["name"] for p in parameters]:
+        raise store.RunStoreError(f"{run_dir}: cannot resume: the model's recorded parameters differ from the run's")
+    meta = {
+        "schema_version": store.SCHEMA_VERSION,
+        "status": "running",
+        "created": (old_meta or {}).get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "views": assignment.views,
+        "shared_name": shared_name,
+        "parameters": parameters,
+        "frozen": assignment.frozen,
+        "not_in_optimizer": [p["name"] for p in parameters if p["group"] < 0],
+        "model": type(model).__module__ + "." + type(model).__qualname__,
+        "optimizer": {"class": type(optimizer).__module__ + "." + type(optimizer).__qualname__,
+                      "defaults": _json_safe(optimizer.defaults),
+                      "groups": [_json_safe({k: v for k, v in g.items() if k != "params"})
+                                 for g in optimizer.param_groups]},
+        "amp_scaler": scaler is not None,
+        "schedule": schedules.describe(every),
+        "flush_every": flush_every,
+        "config": _json_safe(dict(config or {})),
+        "seed": seed,
+        "condition": condition,
+        "versions": _versions(),
+        "host": platform.node(),
+        "gradient": "after accumulation, unscaled by the GradScaler, before clipping (see notes)",
+    }
+    start_step = 0
+    if old_meta is not None:
+        start_step = int(old_meta.get("next_step") or _next_step_on_disk(run_dir))
+        meta["resumed_at"] = [*old_meta.get("resumed_at", []), start_step]
+    store.write_meta(run_dir, meta)
+    return Recorder(model, optimizer, assignment, run_dir, schedule=schedule, flush_every=flush_every,
+                    scaler=scaler, meta=meta, next_part=next_part, start_step=start_step)
+
+
+def _next_step_on_disk(run_dir: Path) -> int:
+    """After a crash meta.json has no next_step: continue after the last step on disk."""
+    _, per_step = store.load(run_dir)
+    return int(per_step["step"].max()) + 1 if len(per_step) else 0

@@ -1,0 +1,211 @@
+"""The run directory: ``meta.json`` plus append-only Parquet parts, and the loaders that read it back.
+
+Layout::
+
+    RUN/meta.json                     schema version, views, parameter table, model/optimizer, config, ...
+    RUN/params/part-000000.parquet    one row per recorded step × parameter tensor (ids, not names)
+    RUN/steps/part-000000.parquet     one row per recorded (or logged) step
+
+Every file is written to a temporary name and renamed, so a killed process leaves only complete parts (and at
+worst a stray ``*.tmp`` file, which loading ignores). Loading never unpickles: JSON and Parquet only.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+META_FILE = "meta.json"
+TABLES = ("params", "steps")
+PARAM_COLUMNS = ["step", "param", "view", "layer", "depth", "grad_sq", "param_sq", "update_sq", "lca", "finite",
+                 "has_grad"]
+STEP_COLUMNS = ["step", "recorded", "skipped", "clip_factor"]  # then lr_<group>..., then user scalars
+_PART = re.compile(r"^part-(\d{6})\.parquet$")
+
+
+class RunStoreError(ValueError):
+    """A run directory or one of its files cannot be used; the message names the path."""
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_meta(run_dir: Path, meta: dict) -> None:
+    """Write ``meta.json`` atomically."""
+    text = json.dumps(meta, indent=1, sort_keys=False, default=str)
+    _write_atomically(run_dir / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def read_meta(run_dir: str | os.PathLike) -> dict:
+    """The run's metadata; a missing or unreadable ``meta.json`` raises an error naming it."""
+    path = Path(run_dir) / META_FILE
+    if not path.is_file():
+        raise RunStoreError(f"{path}: not a dynamics run (no {META_FILE})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunStoreError(f"{path}: unreadable metadata ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        raise RunStoreError(f"{path}: unsupported schema version {meta.get('schema_version') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def _parts(run_dir: Path, table: str) -> list[Path]:
+    folder = run_dir / table
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _PART.match(p.name))
+
+
+def prepare_run_dir(out: str | os.PathLike, *, resume: bool) -> tuple[Path, dict | None, dict[str, int]]:
+    """Create (or, with ``resume``, reopen) a run directory; never overwrite an existing run silently.
+
+    Returns the path, the existing metadata when resuming, and the next part number per table.
+    """
+    run_dir = Path(out)
+    existing = run_dir.exists() and any(run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunStoreError(f"{run_dir}: exists and is not a directory")
+    old_meta = None
+    if existing:
+        if not resume:
+            raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True "
+                                f"to append to it, or choose another out=")
+        old_meta = read_meta(run_dir)
+    for table in TABLES:
+        (run_dir / table).mkdir(parents=True, exist_ok=True)
+    next_part = {t: (int(_PART.match(p[-1].name).group(1)) + 1 if (p := _parts(run_dir, t)) else 0) for t in TABLES}
+    return run_dir, old_meta, next_part
+
+
+def write_part(run_dir: Path, table: str, number: int, frame: pd.DataFrame) -> Path:
+    """Write one Parquet part atomically and return its path."""
+    path = run_dir / table / f"part-{number:06d}.parquet"
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    _write_atomically(path, lambda tmp: pq.write_table(arrow, tmp))
+    return path
+
+
+def _read_parts(run_dir: Path, table: str) -> pd.DataFrame | None:
+    frames = []
+    for path in _parts(run_dir, table):
+        try:
+            frames.append(pq.read_table(path).to_pandas())
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise RunStoreError(f"{path}: truncated or corrupt Parquet part ({exc})") from exc
+    if not frames:
+        return None
+    return pd.concat(frames, ignore_index=True)
+
+
+def _category(values: Iterable, categories: Sequence[str]) -> pd.Categorical:
+    return pd.Categorical(values, categories=list(dict.fromkeys(categories)))
+
+
+def load(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read one run as two tidy DataFrames: ``(per_param, per_step)``.
+
+    per_param columns: step, param, view, layer, depth, grad_sq, param_sq, update_sq, lca, finite, has_grad.
+    per_step columns: step, recorded, skipped, clip_factor, lr_<group>..., then the scalars given to ``log``.
+    Names are categorical; rows are sorted by step (then parameter order).
+    """
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    info = pd.DataFrame(meta["parameters"])
+    raw = _read_parts(run_dir, "params")
+    if raw is None:
+        raw = pd.DataFrame({"step": pd.Series(dtype="int64"), "param_id": pd.Series(dtype="int32")})
+    ids = raw["param_id"].to_numpy()
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(info)):
+        raise RunStoreError(f"{run_dir}: parameter ids outside the parameter table of {META_FILE}")
+    names = info["name"].to_numpy()
+    per_param = pd.DataFrame({
+        "step": raw.get("step", pd.Series(dtype="int64")).astype("int64"),
+        "param": _category(names[ids], names),
+        "view": _category(info["view"].to_numpy()[ids], meta["views"]),
+        "layer": _category(info["layer"].to_numpy()[ids], info["layer"]),
+        "depth": info["depth"].to_numpy()[ids].astype("int32"),
+    })
+    for column in ("grad_sq", "param_sq", "update_sq", "lca"):
+        per_param[column] = raw.get(column, pd.Series(dtype="float64")).astype("float64").to_numpy()
+    for column in ("finite", "has_grad"):
+        per_param[column] = raw.get(column, pd.Series(dtype="bool")).astype("bool").to_numpy()
+    per_param = per_param.sort_values(["step", "param"], kind="stable", ignore_index=True)
+
+    per_step = _read_parts(run_dir, "steps")
+    if per_step is None:
+        per_step = pd.DataFrame({"step": pd.Series(dtype="int64"), "recorded": pd.Series(dtype="bool"),
+                                 "skipped": pd.Series(dtype="bool"), "clip_factor": pd.Series(dtype="float64")})
+    per_step = _merge_step_rows(per_step)
+    fixed = [c for c in STEP_COLUMNS if c in per_step]
+    lrs = sorted((c for c in per_step if c.startswith("lr_")), key=lambda c: int(c[3:]))
+    scalars = [c for c in per_step if c not in fixed and c not in lrs]
+    per_step = per_step[fixed + lrs + scalars].sort_values("step", kind="stable", ignore_index=True)
+    return per_param, per_step
+
+
+def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:
+    """One row per step: a step's quantities and the scalars logged for it may sit in consecutive parts."""
+    if not per_step["step"].duplicated().any():
+        return per_step
+    grouped = per_step.groupby("step", sort=True)
+    merged = grouped.first()  # first non-missing value of every column
+    for column in ("recorded", "skipped"):
+        merged[column] = grouped[column].any()
+    return merged.reset_index()
+
+
+def _expand(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
+    runs: list[Path] = []
+    for item in items:
+        text = str(item)
+        matches = sorted(globlib.glob(text)) if globlib.has_magic(text) else [text]
+        if not matches:
+            raise RunStoreError(f"{text}: matches no run directory")
+        runs += [Path(m) for m in matches]
+    if not runs:
+        raise RunStoreError("no run directories given")
+    return runs
+
+
+def load_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenate several runs; adds ``run`` (directory name), ``condition`` and ``seed`` from metadata."""
+    per_params, per_steps = [], []
+    runs = _expand(paths_or_glob)
+    labels = [r.name for r in runs]
+    if len(set(labels)) != len(labels):  # same leaf name in different folders: use the full path
+        labels = [str(r) for r in runs]
+    for run_dir, label in zip(runs, labels):
+        meta = read_meta(run_dir)
+        per_param, per_step = load(run_dir)
+        seed = meta.get("seed")
+        for frame in (per_param, per_step):
+            frame.insert(0, "seed", pd.array([seed] * len(frame), dtype="Int64"))
+            frame.insert(0, "condition", meta.get("condition") or "default")
+            frame.insert(0, "run", label)
+        per_params.append(per_param)
+        per_steps.append(per_step)
+    per_param = pd.concat(per_params, ignore_index=True)
+    per_step = pd.concat(per_steps, ignore_index=True)
+    for frame in (per_param, per_step):
+        for column in ("run", "condition"):
+            frame[column] = pd.Categorical(frame[column], categories=list(dict.fromkeys(frame[column])))
+    for column in ("param", "view", "layer"):
+        categories = list(dict.fromkeys(c for f in per_params for c in f[column].cat.categories))
+        per_param[column] = pd.Categorical(per_param[column].astype("object"), categories=categories)
+    return per_param, per_step

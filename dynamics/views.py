@@ -1,0 +1,208 @@
+"""Which parameter belongs to which view: resolution, validation and the coverage table.
+
+A view spec is resolved once, at attach time, into a list of :class:`ParamInfo` (one per distinct trainable
+tensor) plus the frozen parameters that were skipped. Every way a spec can be wrong raises a ``ValueError``
+that names the offending view, module, pattern or parameter, before anything is recorded.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Mapping, Sequence, Union
+
+import pandas as pd
+import torch
+from torch import nn
+
+ViewTarget = Union[nn.Module, str, "re.Pattern[str]", Sequence[Union[nn.Module, str, "re.Pattern[str]"]]]
+ViewSpec = Union[Mapping[str, ViewTarget], Sequence[str], Callable[[str], "str | None"]]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One recorded parameter tensor. ``name`` is its first qualified name; ``aliases`` are the others (tied)."""
+
+    index: int
+    name: str
+    view: str
+    layer: str
+    depth: int
+    numel: int
+    shape: tuple[int, ...]
+    dtype: str
+    aliases: tuple[str, ...] = ()
+
+    def as_record(self) -> dict:
+        record = asdict(self)
+        record["shape"] = list(self.shape)
+        record["aliases"] = list(self.aliases)
+        return record
+
+
+@dataclass(frozen=True)
+class ViewAssignment:
+    """The resolved spec: recorded parameters (in model order), their tensors, and what was left out."""
+
+    params: list[ParamInfo]
+    tensors: list[nn.Parameter]
+    views: list[str]
+    shared_name: str
+    frozen: list[str]
+
+    def coverage(self) -> pd.DataFrame:
+        """Every parameter of the model with its view, layer, depth and numel; frozen ones are listed too."""
+        rows = [
+            {"param": p.name, "view": p.view, "layer": p.layer, "depth": p.depth, "numel": p.numel,
+             "status": "recorded"}
+            for p in self.params
+        ]
+        rows += [{"param": name, "view": None, "layer": _layer_of(name), "depth": None, "numel": None,
+                  "status": "frozen"} for name in self.frozen]
+        return pd.DataFrame(rows, columns=["param", "view", "layer", "depth", "numel", "status"])
+
+
+def _layer_of(param_name: str) -> str:
+    """Qualified name of the module that owns a parameter ('' for parameters of the root module)."""
+    return param_name.rpartition(".")[0]
+
+
+def _distinct_parameters(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter, tuple[str, ...]]], dict[int, str]]:
+    """(first name, tensor, other names) per distinct tensor in model order, and id(tensor) → first name."""
+    names_by_id: dict[int, list[str]] = {}
+    tensor_by_id: dict[int, nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names_by_id.setdefault(id(p), []).append(name)
+        tensor_by_id[id(p)] = p
+    distinct = [(names[0], tensor_by_id[i], tuple(names[1:])) for i, names in names_by_id.items()]
+    return distinct, {i: names[0] for i, names in names_by_id.items()}
+
+
+def _as_list(target: ViewTarget) -> list:
+    if isinstance(target, (nn.Module, str, re.Pattern)):
+        return [target]
+    if isinstance(target, Iterable):
+        return list(target)
+    raise TypeError(f"a view target must be a module, a glob string, a compiled regex or a list of them, "
+                    f"got {type(target).__name__}")
+
+
+def _matching_names(view: str, target, model: nn.Module, all_names: Sequence[str],
+                    module_names: Mapping[int, str]) -> set[str]:
+    """Every parameter name (aliases included) that one target of a view claims."""
+    if isinstance(target, nn.Module):
+        prefix = module_names.get(id(target))
+        if prefix is None:
+            raise ValueError(f"view {view!r}: module {type(target).__name__} is not part of the model")
+        return {n for n in all_names if prefix == "" or n.startswith(prefix + ".")}
+    if isinstance(target, re.Pattern):
+        return {n for n in all_names if target.search(n)}
+    if isinstance(target, str):
+        return {n for n in all_names if fnmatch.fnmatchcase(n, target)}
+    raise TypeError(f"view {view!r}: cannot match parameters with a {type(target).__name__}")
+
+
+def _describe(target) -> str:
+    if isinstance(target, nn.Module):
+        return f"module {type(target).__name__}"
+    if isinstance(target, re.Pattern):
+        return f"regex {target.pattern!r}"
+    return f"pattern {target!r}"
+
+
+def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = "shared",
+                  extra_views: Sequence[str] = ()) -> ViewAssignment:
+    """Assign every trainable parameter of ``model`` to one view; parameters in none go to ``shared_name``.
+
+    ``views`` is a dict name → module / glob / compiled regex (or a list of them), a callable from parameter
+    name to view name (``None`` → shared), or a plain list of view names that own no parameters themselves
+    (used with per-call attribution of a shared module). ``extra_views`` are view names declared elsewhere.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    distinct, first_name = _distinct_parameters(model)
+    all_names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    alias_to_first = {}
+    for name, p, aliases in distinct:
+        for n in (name, *aliases):
+            alias_to_first[n] = name
+    trainable = {name for name, p, _ in distinct if p.requires_grad}
+
+    claimed: dict[str, str] = {}
+    if callable(views) and not isinstance(views, (Mapping, nn.Module)):
+        view_names: list[str] = []
+        for name, p, aliases in distinct:
+            if name not in trainable:
+                continue
+            view = views(name)
+            if view is None:
+                continue
+            if not isinstance(view, str) or not view:
+                raise ValueError(f"view function returned {view!r} for parameter {name!r}; expected a view "
+                                 f"name or None")
+            claimed[name] = view
+            if view not in view_names:
+                view_names.append(view)
+        if not view_names and not extra_views:
+            raise ValueError("the view function assigned no trainable parameter to any view")
+    elif isinstance(views, Mapping):
+        view_names = [str(v) for v in views]
+        module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        for view, target in views.items():
+            if not isinstance(view, str) or not view:
+                raise ValueError(f"view names must be non-empty strings, got {view!r}")
+            for item in _as_list(target):
+                hits = {alias_to_first[n] for n in _matching_names(view, item, model, all_names, module_names)}
+                live = hits & trainable
+                if not live:
+                    detail = " (all of its parameters are frozen)" if hits else ""
+                    raise ValueError(f"view {view!r}: {_describe(item)} matches no trainable parameter{detail}")
+                for name in live:
+                    other = claimed.get(name)
+                    if other is not None and other != view:
+                        raise ValueError(f"parameter {name!r} is claimed by two views: {other!r} and {view!r}; "
+                                         f"for one module used by several views, attribute its calls instead")
+                    claimed[name] = view
+    elif isinstance(views, Sequence) and not isinstance(views, str):
+        view_names = [str(v) for v in views]
+    else:
+        raise TypeError(f"views must be a dict, a list of view names or a callable, got {type(views).__name__}")
+
+    view_names += [v for v in extra_views if v not in view_names]
+    if not view_names:
+        raise ValueError("at least one view is needed")
+    if len(set(view_names)) != len(view_names):
+        raise ValueError(f"view names must be unique, got {view_names}")
+    if shared_name in view_names:
+        raise ValueError(f"view name {shared_name!r} is reserved for parameters in no view; pass shared_name= "
+                         f"to use another name for that group")
+
+    params: list[ParamInfo] = []
+    tensors: list[nn.Parameter] = []
+    depth_of_layer: dict[tuple[str, str], int] = {}
+    for name, p, aliases in distinct:
+        if name not in trainable:
+            continue
+        view = claimed.get(name, shared_name)
+        layer = _layer_of(name)
+        key = (view, layer)
+        if key not in depth_of_layer:
+            depth_of_layer[key] = sum(1 for v, _ in depth_of_layer if v == view)
+        params.append(ParamInfo(index=len(params), name=name, view=view, layer=layer, depth=depth_of_layer[key],
+                                numel=p.numel(), shape=tuple(p.shape), dtype=str(p.dtype).removeprefix("torch."),
+                                aliases=aliases))
+        tensors.append(p)
+    if not params:
+        raise ValueError("the model has no trainable parameter to record")
+    frozen = [name for name, p, _ in distinct if not p.requires_grad]
+    groups = view_names + ([shared_name] if any(p.view == shared_name for p in params) else [])
+    return ViewAssignment(params=params, tensors=tensors, views=groups, shared_name=shared_name, frozen=frozen)
+
+
+def device_of(tensors: Sequence[torch.Tensor]) -> torch.device:
+    """The single device all recorded tensors live on; several devices are not supported yet (said loudly)."""
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"recorded parameters live on several devices {sorted(map(str, devices))}; "
+                         f"model-parallel recording is not supported yet")
+    return devices.pop()
