@@ -1,0 +1,246 @@
+"""dynamics.analysis against hand-computed values on small synthetic tables.
+
+The fixture: views ``a`` and ``b`` with two layers each (depth 0 and 1, one tensor per layer) and a
+``shared`` head, steps 0..8 (phases: 0-2 early, 3-5 middle, 6-8 late). Per step, before scaling:
+
+    tensor   grad_sq  param_sq  update_sq  lca
+    a.0        9        1         1        -1
+    a.1       16        1         3        -2
+    b.0        1        2         0.5      -0.5
+    b.1        4        2         0.5      -0.5
+    b.frozen   0      100         0         0    (has_grad False -> excluded)
+    head       1        1         1        -1
+
+In the late phase a's grad_sq is multiplied by 4. Step 1 is skipped by the optimizer and step 4 has
+a non-finite gradient in b.0: both steps are garbage and must be dropped for every view.
+So: grad norm a = 5 (10 late), b = sqrt(5); loss shares a 0.6, b 0.2, shared 0.2.
+"""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dynamics import analysis
+
+ROWS = [  # param, view, layer, depth, grad_sq, param_sq, update_sq, lca, has_grad
+    ("a.0", "a", "a.l0", 0, 9.0, 1.0, 1.0, -1.0, True),
+    ("a.1", "a", "a.l1", 1, 16.0, 1.0, 3.0, -2.0, True),
+    ("b.0", "b", "b.l0", 0, 1.0, 2.0, 0.5, -0.5, True),
+    ("b.1", "b", "b.l1", 1, 4.0, 2.0, 0.5, -0.5, True),
+    ("b.frozen", "b", "b.l1", 1, 0.0, 100.0, 0.0, 0.0, False),
+    ("head", "shared", "head", 0, 1.0, 1.0, 1.0, -1.0, True),
+]
+USED = [0, 2, 3, 5, 6, 7, 8]
+
+
+def make_run(b_scale=1.0, garbage=True):
+    recs = []
+    for step in range(9):
+        for p, v, layer, depth, g, th, u, lca, has in ROWS:
+            g = g * (4.0 if (v == "a" and step >= 6) else 1.0) * (b_scale if v == "b" else 1.0)
+            finite = True
+            if garbage and step in (1, 4):
+                g, u, lca = g * 1000, u * 1000, lca * 1000
+            if garbage and step == 4 and p == "b.0":
+                g, finite = math.inf, False
+            if garbage and step == 1:
+                u, lca = math.nan, math.nan
+            recs.append(dict(step=step, param=p, view=v, layer=layer, depth=depth, grad_sq=g, param_sq=th,
+                             update_sq=u, lca=lca, finite=finite, has_grad=has))
+    df = pd.DataFrame(recs)
+    for c in ("param", "view", "layer"):
+        df[c] = pd.Categorical(df[c], categories=list(dict.fromkeys(df[c])))
+    df["depth"] = df["depth"].astype("int32")
+    steps = pd.DataFrame({"step": range(9), "recorded": True, "skipped": [s == 1 for s in range(9)],
+                          "clip_factor": np.nan, "lr_0": 0.1})
+    return df, steps
+
+
+@pytest.fixture
+def run():
+    return make_run()
+
+
+def two_runs():
+    p1, s1 = make_run()
+    p2, s2 = make_run(b_scale=4.0)  # b's gradient norm doubles: ratio halves
+    parts = []
+    for name, seed, p, s in (("r1", 1, p1, s1), ("r2", 2, p2, s2)):
+        parts.append((p.assign(run=name, condition="base", seed=seed), s.assign(run=name, condition="base", seed=seed)))
+    pp = pd.concat([p for p, _ in parts], ignore_index=True)
+    ps = pd.concat([s for _, s in parts], ignore_index=True)
+    for c in ("param", "view", "layer"):
+        pp[c] = pd.Categorical(pp[c].astype(str), categories=list(dict.fromkeys(p1[c].astype(str))))
+    pp["run"] = pp["run"].astype("category")
+    pp["seed"] = pp["seed"].astype("Int64")
+    return pp, ps
+
+
+def test_clean_drops_skipped_nonfinite_and_gradless(run):
+    pp, ps = run
+    out = analysis.clean(pp, ps)
+    assert sorted(out["step"].unique()) == USED
+    assert "b.frozen" not in set(out["param"].astype(str))
+    assert len(out) == len(USED) * 5
+    # phases on the full recorded range 0..8
+    phases = out.drop_duplicates("step").set_index("step")["phase"].astype(str)
+    assert phases.to_dict() == {0: "early", 2: "early", 3: "middle", 5: "middle", 6: "late", 7: "late", 8: "late"}
+
+
+def test_clean_without_per_step_keeps_skipped_step_but_not_nonfinite(run):
+    pp, _ = run
+    out = analysis.clean(pp)
+    assert 1 in set(out["step"]) and 4 not in set(out["step"])
+
+
+def test_clean_missing_column_is_named(run):
+    pp, ps = run
+    with pytest.raises(ValueError, match="lca"):
+        analysis.clean(pp.drop(columns="lca"), ps)
+
+
+def test_exclusions_counts(run):
+    ex = analysis.exclusions(*run).iloc[0]
+    assert (ex.recorded_steps, ex.used_steps, ex.skipped_steps, ex.nonfinite_steps) == (9, 7, 1, 1)
+
+
+def test_view_dynamics_hand_values(run):
+    vd = analysis.view_dynamics(*run).set_index(["view", "step"])
+    a0, b0, h0 = vd.loc[("a", 0)], vd.loc[("b", 0)], vd.loc[("shared", 0)]
+    assert a0.grad_norm == pytest.approx(5.0)
+    assert vd.loc[("a", 6)].grad_norm == pytest.approx(10.0)
+    assert b0.grad_norm == pytest.approx(math.sqrt(5))
+    assert a0.layer_grad_norm == pytest.approx(3.5)  # mean of 3 and 4
+    assert b0.layer_grad_norm == pytest.approx(1.5)  # mean of 1 and 2
+    assert a0.update_norm == pytest.approx(2.0)
+    assert a0.learning_speed == pytest.approx(25 / 2)
+    assert b0.learning_speed == pytest.approx(5 / 4)  # frozen tensor's 100 excluded
+    assert (a0.lca, b0.lca, h0.lca) == pytest.approx((-3.0, -1.0, -1.0))
+    # cumulative over the used steps only: at step 5 four steps (0, 2, 3, 5) have been used
+    assert vd.loc[("a", 5)].cum_lca == pytest.approx(-12.0)
+    assert vd.loc[("a", 5)].loss_reduction == pytest.approx(12.0)
+    assert (vd.loc[("a", 5)].share, vd.loc[("b", 5)].share, vd.loc[("shared", 5)].share) == pytest.approx((0.6, 0.2, 0.2))
+    assert vd.loc[("a", 2)].step_share == pytest.approx(0.6)
+    assert set(vd.index.get_level_values("step")) == set(USED)
+
+
+def test_layer_dynamics_hand_values(run):
+    ld = analysis.layer_dynamics(*run).set_index(["view", "depth", "step"])
+    assert ld.loc[("a", 1, 0)].grad_norm == pytest.approx(4.0)
+    assert ld.loc[("b", 1, 0)].learning_speed == pytest.approx(4 / 2)
+    assert ld.loc[("b", 1, 0)].layer == "b.l1"
+
+
+def test_matched_depth_ratios(run):
+    md = analysis.matched_depth(*run)
+    assert md.attrs["view_a"] == "a" and md.attrs["view_b"] == "b"
+    r = md.set_index(["depth", "step"])["ratio"]
+    assert r[(0, 0)] == pytest.approx(3.0) and r[(1, 0)] == pytest.approx(2.0)
+    assert r[(0, 7)] == pytest.approx(6.0) and r[(1, 7)] == pytest.approx(4.0)
+    assert md.set_index(["depth", "step"])["log2_ratio"][(1, 0)] == pytest.approx(1.0)
+
+
+def test_matched_depth_errors_name_view(run):
+    with pytest.raises(ValueError, match="'zz'"):
+        analysis.matched_depth(*run, views=("a", "zz"))
+    with pytest.raises(ValueError, match="quantity"):
+        analysis.matched_depth(*run, quantity="nope")
+
+
+def test_matched_layers_and_paired_test(run):
+    ml = analysis.matched_layers(*run, phase="early").set_index("depth")
+    assert ml.loc[0, "ratio"] == pytest.approx(3.0) and ml.loc[1, "ratio"] == pytest.approx(2.0)
+    assert ml.loc[0, "frac_steps_a_gt_b"] == 1.0 and ml.loc[0, "n_steps"] == 2
+    t = analysis.paired_test(ml)
+    # two positive differences: W+ = 3 of 3, exact two-sided p = 2 * (1/4) = 0.5
+    assert (t["n_pairs"], t["n_a_greater"], t["fraction"], t["effect_size"]) == (2, 2, 1.0, 1.0)
+    assert t["p"] == pytest.approx(0.5)
+    assert t["geo_mean_ratio"] == pytest.approx(math.sqrt(6))
+
+
+def test_paired_test_rank_biserial_hand_value():
+    # log ratios: +ln2 (rank 2), -ln(1.5) (rank 1), +ln4 (rank 3): r = (5 - 1) / 6
+    m = pd.DataFrame({"a": [2.0, 1.0, 4.0], "b": [1.0, 1.5, 1.0]})
+    t = analysis.paired_test(m)
+    assert t["effect_size"] == pytest.approx(4 / 6)
+    assert (t["n_pairs"], t["n_a_greater"]) == (3, 2)
+
+
+def test_conditional_learning_speed(run):
+    cls = analysis.conditional_learning_speed(*run).set_index("step")
+    # per step: sum of layer speeds a = 9/1 + 16/1 = 25 (x4 late); b = 1/2 + 4/2 = 2.5
+    assert cls.loc[0, "speed"] == pytest.approx(math.log(10))
+    # at step 6: a = 4 * 25 + 100 = 200, b = 5 * 2.5 = 12.5
+    assert cls.loc[6, "s_a"] == pytest.approx(200) and cls.loc[6, "speed"] == pytest.approx(math.log(16))
+    win = analysis.conditional_learning_speed(*run, window=1).set_index("step")
+    assert win.loc[6, "speed"] == pytest.approx(math.log(40))
+
+
+def test_run_summary_phases(run):
+    rs = analysis.run_summary(*run).set_index(["phase", "view"])
+    assert rs.loc[("early", "a"), "grad_norm"] == pytest.approx(5.0)
+    assert rs.loc[("late", "a"), "grad_norm"] == pytest.approx(10.0)
+    assert rs.loc[("all", "a"), "grad_norm"] == pytest.approx((5 * 4 + 10 * 3) / 7)
+    assert rs.loc[("late", "a"), "loss_reduction"] == pytest.approx(9.0)
+    assert rs.loc[("all", "b"), "share"] == pytest.approx(0.2)
+    assert rs.loc[("middle", "a"), "n_steps"] == 2
+
+
+def test_imbalance_summary_single_run_has_no_interval(run):
+    s = analysis.imbalance_summary(*run).set_index("phase")
+    assert s.loc["early", "grad_ratio"] == pytest.approx(5 / math.sqrt(5))
+    assert s.loc["late", "grad_ratio"] == pytest.approx(10 / math.sqrt(5))
+    assert s.loc["all", "dominant"] == "a"
+    assert s.loc["all", "share_a"] == pytest.approx(0.6)
+    assert s.loc["all", "n_runs"] == 1
+    assert np.isnan(s.loc["all", "grad_ratio_lo"]) and np.isnan(s.loc["all", "share_a_hi"])
+    assert s.loc["all", "n_pairs"] == 2 and s.loc["all", "n_a_greater"] == 2
+
+
+def test_imbalance_summary_two_seeds():
+    pp, ps = two_runs()
+    s = analysis.imbalance_summary(pp, ps, n_boot=500).set_index("phase")
+    # early ratios: run 1 sqrt(5), run 2 5/sqrt(20) = sqrt(5)/2 -> geometric mean sqrt(5/2)
+    e = s.loc["early"]
+    assert e.n_runs == 2
+    assert e.grad_ratio == pytest.approx(math.sqrt(5 / 2))
+    assert e.grad_ratio_lo == pytest.approx(math.sqrt(5) / 2) and e.grad_ratio_hi == pytest.approx(math.sqrt(5))
+    assert s.loc["all", "n_pairs"] == 4  # 2 depths x 2 seeds
+    per_run = analysis.imbalance_summary(pp, ps, by=None, n_boot=10)
+    assert set(per_run["group"]) == {"r1", "r2"}
+    with pytest.raises(ValueError, match="'lr'"):
+        analysis.imbalance_summary(pp, ps, by="lr")
+
+
+def test_three_views_shares_and_dominant():
+    recs = []
+    for step in range(3):
+        for v, lca, g in (("x", -1.0, 4.0), ("y", -2.0, 1.0), ("z", -3.0, 9.0)):
+            recs.append(dict(step=step, view=v, layer=f"{v}.l", depth=0, grad_sq=g, param_sq=1.0, update_sq=1.0,
+                             lca=lca))
+    pp = pd.DataFrame(recs)
+    vd = analysis.view_dynamics(pp).set_index(["view", "step"])
+    assert [vd.loc[(v, 2), "share"] for v in "xyz"] == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert vd.loc[("z", 2), "cum_lca"] == pytest.approx(-9.0)
+    s = analysis.imbalance_summary(pp).set_index("phase")
+    assert s.loc["all", "dominant"] == "z"
+    assert (s.loc["all", "view_a"], s.loc["all", "view_b"]) == ("x", "y")
+    assert s.loc["all", "grad_ratio"] == pytest.approx(2.0)
+    s2 = analysis.imbalance_summary(pp, views=("z", "x")).set_index("phase")
+    assert s2.loc["all", "grad_ratio"] == pytest.approx(1.5)
+
+
+def test_share_is_nan_when_loss_rose():
+    pp = pd.DataFrame(dict(step=[0, 0], view=["a", "b"], layer=["a", "b"], depth=[0, 0], grad_sq=1.0,
+                           param_sq=1.0, update_sq=1.0, lca=[1.0, 0.5]))
+    assert analysis.view_dynamics(pp)["share"].isna().all()
+
+
+def test_user_metrics_last_logged_value():
+    ps = pd.DataFrame({"step": [0, 1, 2, 3], "recorded": True, "skipped": False, "lr_0": 0.1,
+                       "loss": [2.0, 1.5, np.nan, 1.0], "val_auc": [np.nan, 0.7, np.nan, np.nan],
+                       "run": "r1"})
+    um = analysis.user_metrics(ps).set_index("run")
+    assert um.loc["r1", "val_auc"] == 0.7 and um.loc["r1", "final_loss"] == 1.0
+    assert "lr_0" not in um.columns and "skipped" not in um.columns
