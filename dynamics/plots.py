@@ -1,0 +1,272 @@
+"""Publication figures of per-view training dynamics, in the seaborn calling style.
+
+Axes-level functions take ``data=`` first, keyword-only column names and ``ax=``, and return the
+Axes; :func:`dynamics_facets` is the figure-level function that facets. All use one style
+(:func:`publication_style`), figure sizes for single and double column (:data:`SIZES`) and one
+colour per view (:func:`view_palette`: Okabe-Ito colours, colour-blind safe, ``shared`` grey).
+Inputs are the tables from :mod:`dynamics.analysis` (``view_dynamics``, ``matched_depth``,
+``imbalance_summary``...).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
+           "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
+           "condition_plot", "dynamics_facets", "save_figure"]
+
+#: inches; a single journal column is about 3.5 in, a full page width about 7.2 in.
+SIZES = {"single": (3.5, 2.6), "double": (7.2, 3.0)}
+#: Okabe & Ito (2008) colour-blind-safe colours, in the order views receive them.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+SHARED_COLOR = "#7F7F7F"
+STYLE = {
+    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.linewidth": 0.6, "lines.linewidth": 1.2, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
+    "savefig.bbox": "tight", "savefig.dpi": 300, "pdf.fonttype": 42, "ps.fonttype": 42,
+    "axes.prop_cycle": matplotlib.cycler(color=list(OKABE_ITO)),
+}
+
+
+@contextlib.contextmanager
+def publication_style() -> Iterator[None]:
+    """Context in which figures use the package style (fonts embedded as TrueType in PDFs)."""
+    with plt.rc_context(STYLE):
+        yield
+
+
+def figsize(width: str = "single", aspect: float | None = None) -> tuple[float, float]:
+    """(width, height) in inches for ``"single"`` or ``"double"`` column; ``aspect`` = height/width."""
+    if width not in SIZES:
+        raise ValueError(f"width must be one of {list(SIZES)}, got {width!r}")
+    w, h = SIZES[width]
+    return (w, w * aspect) if aspect else (w, h)
+
+
+def view_palette(views: Sequence[str] | pd.Series, shared: str = "shared") -> dict[str, str]:
+    """Fixed colour per view: views take Okabe-Ito colours in their order, ``shared`` is grey.
+
+    Pass the views in their declared order (``dynamics.analysis.view_order``) so that a view has the
+    same colour in every figure of a report.
+    """
+    if isinstance(views, pd.Series):
+        views = list(views.cat.categories) if isinstance(views.dtype, pd.CategoricalDtype) else list(
+            dict.fromkeys(views))
+    out, i = {}, 0
+    for v in map(str, views):
+        if v in out:
+            continue
+        if v == shared:
+            out[v] = SHARED_COLOR
+        else:
+            out[v] = OKABE_ITO[i % len(OKABE_ITO)]
+            i += 1
+    return out
+
+
+def _check(data: pd.DataFrame, *columns: str | None) -> None:
+    missing = [c for c in columns if c is not None and c not in data.columns]
+    if missing:
+        raise ValueError(f"data is missing column(s) {missing}; it has {list(data.columns)}")
+
+
+def _levels(data: pd.DataFrame, hue: str) -> list[str]:
+    col = data[hue]
+    present = set(col.astype(str))
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return [str(c) for c in col.cat.categories if str(c) in present]
+    return list(dict.fromkeys(col.astype(str)))
+
+
+def _mean_band(data: pd.DataFrame, x: str, y: str, units: str | None, level: float) -> pd.DataFrame:
+    """Mean of ``y`` over units at each ``x`` with a t-interval of the mean (NaN for one unit)."""
+    if units is not None and units in data.columns:
+        per_unit = data.groupby([units, x], observed=True)[y].mean().reset_index()
+    else:
+        per_unit = data[[x, y]]
+    g = per_unit.groupby(x, observed=True)[y]
+    out = g.agg(["mean", "std", "count"])
+    n = out["count"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * out["std"].to_numpy() / np.sqrt(n)
+    half = np.where(n >= 2, half, np.nan)
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out.reset_index()
+
+
+def view_lines(data: pd.DataFrame, *, x: str = "step", y: str, hue: str = "view", units: str | None = "run",
+               palette: Mapping[str, str] | None = None, band: bool = True, level: float = 0.95,
+               logy: bool = False, ylabel: str | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+    """One line per ``hue`` level: the mean of ``y`` over ``units`` (seeds) at each ``x``, with a
+    ``level`` t-interval band when there are two or more units."""
+    _check(data, x, y, hue)
+    ax = ax if ax is not None else plt.gca()
+    levels = _levels(data, hue)
+    palette = dict(palette) if palette is not None else view_palette(levels)
+    for lev in levels:
+        sub = data[data[hue].astype(str) == lev]
+        m = _mean_band(sub, x, y, units, level)
+        color = palette.get(lev)
+        ax.plot(m[x], m["mean"], color=color, label=lev)
+        if band and m["lo"].notna().any():
+            ax.fill_between(m[x], m["lo"], m["hi"], color=color, alpha=0.25, linewidth=0)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    ax.legend(title=None)
+    return ax
+
+
+def grad_norm_plot(data: pd.DataFrame, *, x: str = "step", y: str = "grad_norm", hue: str = "view",
+                   units: str | None = "run", palette: Mapping[str, str] | None = None,
+                   ax: plt.Axes | None = None) -> plt.Axes:
+    """Gradient norm per view over steps (mean and 95% band over seeds), log scale."""
+    return view_lines(data, x=x, y=y, hue=hue, units=units, palette=palette, logy=True,
+                      ylabel="gradient norm ‖g‖", ax=ax)
+
+
+def loss_reduction_plot(data: pd.DataFrame, *, x: str = "step", y: str = "loss_reduction", hue: str = "view",
+                        units: str | None = "run", palette: Mapping[str, str] | None = None,
+                        ax: plt.Axes | None = None) -> plt.Axes:
+    """Cumulative loss reduction −Σ lca per view over steps (mean and 95% band over seeds)."""
+    ax = view_lines(data, x=x, y=y, hue=hue, units=units, palette=palette, ylabel="cumulative loss reduction",
+                    ax=ax)
+    ax.axhline(0.0, color="0.6", linewidth=0.5, zorder=0)
+    return ax
+
+
+def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hue: str = "view",
+                    palette: Mapping[str, str] | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+    """Each view's share of the cumulative loss reduction as a stacked area (mean over runs)."""
+    _check(data, x, y, hue)
+    ax = ax if ax is not None else plt.gca()
+    levels = _levels(data, hue)
+    palette = dict(palette) if palette is not None else view_palette(levels)
+    wide = data.assign(**{hue: data[hue].astype(str)}).pivot_table(index=x, columns=hue, values=y,
+                                                                    aggfunc="mean", observed=True)
+    wide = wide.reindex(columns=levels).dropna(how="all")
+    ax.stackplot(wide.index.to_numpy(), *[wide[lev].fillna(0.0).to_numpy() for lev in levels], labels=levels,
+                 colors=[palette.get(lev) for lev in levels], alpha=0.85, linewidth=0)
+    ax.set_xlabel(x)
+    ax.set_ylabel("share of loss reduction")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", value: str = "log2_ratio",
+                  bins: int = 40, ax: plt.Axes | None = None, cmap: str = "RdBu_r",
+                  label: str | None = None) -> plt.Axes:
+    """Matched-layer ratio as a heatmap: ``y`` (depth) × ``x`` (steps cut into ``bins`` equal bins),
+    the mean of ``value`` over runs and the steps of a bin, on a diverging scale centred at 0."""
+    _check(data, x, y, value)
+    ax = ax if ax is not None else plt.gca()
+    d = data[np.isfinite(data[value].to_numpy(float))]
+    if d.empty:
+        raise ValueError(f"no finite values in column {value!r} to draw")
+    lo, hi = float(d[x].min()), float(d[x].max())
+    nb = int(max(1, min(bins, d[x].nunique())))
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, nb + 1)
+    col = np.clip(np.searchsorted(edges, d[x].to_numpy(float), side="right") - 1, 0, nb - 1)
+    grid = d.assign(_bin=col).pivot_table(index=y, columns="_bin", values=value, aggfunc="mean")
+    grid = grid.reindex(columns=range(nb)).sort_index()
+    vmax = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
+    im = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap=cmap, vmin=-vmax, vmax=vmax,
+                   extent=(edges[0], edges[-1], -0.5, len(grid.index) - 0.5), interpolation="nearest")
+    ax.set_yticks(range(len(grid.index)))
+    ax.set_yticklabels([str(i) for i in grid.index])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    a, b = data.attrs.get("view_a", "A"), data.attrs.get("view_b", "B")
+    ax.figure.colorbar(im, ax=ax, label=label or f"log2({a}/{b})")
+    return ax
+
+
+def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | None = None, hi: str | None = None,
+                   hue: str | None = None, palette: Mapping[str, str] | None = None, ref: float | None = None,
+                   ylabel: str | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+    """Compare conditions: a point per ``x`` (and ``hue``) at ``y`` with error bars ``lo``..``hi``
+    (rows with a NaN interval get no bar); ``ref`` draws a horizontal reference line (e.g. 1 for a
+    ratio). For test AUC, the imbalance ratio or utilization per condition."""
+    _check(data, x, y, lo, hi, hue)
+    ax = ax if ax is not None else plt.gca()
+    xs = _levels(data, x)
+    pos = {v: i for i, v in enumerate(xs)}
+    groups = [(None, data)] if hue is None else [(lev, data[data[hue].astype(str) == lev]) for lev in
+                                                _levels(data, hue)]
+    palette = dict(palette) if palette is not None else view_palette([g for g, _ in groups if g is not None])
+    width = 0.6 / max(1, len(groups))
+    for k, (lev, sub) in enumerate(groups):
+        offset = (k - (len(groups) - 1) / 2) * width
+        px = np.array([pos[str(v)] for v in sub[x]], float) + offset
+        py = sub[y].to_numpy(float)
+        color = palette.get(lev, OKABE_ITO[0]) if lev is not None else OKABE_ITO[0]
+        if lo is not None and hi is not None:
+            err = np.vstack([py - sub[lo].to_numpy(float), sub[hi].to_numpy(float) - py])
+            ax.errorbar(px, py, yerr=np.where(np.isfinite(err), err, 0.0), fmt="none", ecolor=color, capsize=2,
+                        linewidth=0.8)
+        ax.plot(px, py, "o", color=color, label=lev if lev is not None else y, markersize=4, linestyle="none")
+    if ref is not None:
+        ax.axhline(ref, color="0.6", linewidth=0.5, linestyle="--", zorder=0)
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels(xs)
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    if hue is not None:
+        ax.legend()
+    return ax
+
+
+def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
+                    ys: Sequence[str] = ("grad_norm", "update_norm", "learning_speed", "loss_reduction"),
+                    col: str | None = None, hue: str = "view", units: str | None = "run",
+                    palette: Mapping[str, str] | None = None, width: str = "double",
+                    logy: Sequence[str] = ("grad_norm", "update_norm", "learning_speed")) -> plt.Figure:
+    """Figure-level: one row per quantity in ``ys``, one column per level of ``col`` (e.g.
+    ``condition``), lines per ``hue`` with bands over ``units``; shared y axis within a row."""
+    _check(data, x, hue, col, *ys)
+    cols = [None] if col is None else _levels(data, col)
+    palette = dict(palette) if palette is not None else view_palette(_levels(data, hue))
+    w, _ = figsize(width)
+    fig, axes = plt.subplots(len(ys), len(cols), figsize=(w, 1.6 * len(ys)), sharex=True, sharey="row",
+                             squeeze=False)
+    for j, c in enumerate(cols):
+        sub = data if c is None else data[data[col].astype(str) == c]
+        for i, y in enumerate(ys):
+            ax = axes[i, j]
+            view_lines(sub, x=x, y=y, hue=hue, units=units, palette=palette, logy=y in logy, ax=ax)
+            if ax.get_legend() is not None and not (i == 0 and j == len(cols) - 1):
+                ax.get_legend().remove()
+            if c is not None and i == 0:
+                ax.set_title(f"{col} = {c}")
+            if j > 0:
+                ax.set_ylabel("")
+            if i < len(ys) - 1:
+                ax.set_xlabel("")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, *, formats: Sequence[str] = ("pdf", "png"),
+                dpi: int = 300) -> list[Path]:
+    """Save ``fig`` as ``path`` with each suffix in ``formats`` (PDF vector, PNG at ``dpi``)."""
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix.lstrip(".") in formats else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        p = base.with_name(f"{base.name}.{fmt}")
+        fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight")
+        out.append(p)
+    return out

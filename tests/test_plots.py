@@ -1,0 +1,141 @@
+"""dynamics.plots on the Agg backend: asserted on artists (lines, labels, colours), not pixels."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+
+from dynamics import plots  # noqa: E402
+from dynamics.plots import _mean_band  # noqa: E402
+
+
+def vd_table(n_runs=2):
+    """grad_norm = 1 + run index (a), 0.5 (b), 0.1 (shared); steps 0..4."""
+    rows = []
+    for r in range(n_runs):
+        for step in range(5):
+            for v, g, share in (("a", 1.0 + r, 0.6), ("b", 0.5, 0.3), ("shared", 0.1, 0.1)):
+                rows.append(dict(run=f"r{r}", condition="c0" if r == 0 else "c1", step=step, view=v, grad_norm=g,
+                                 update_norm=g / 10, learning_speed=g, loss_reduction=step * g, share=share))
+    df = pd.DataFrame(rows)
+    df["view"] = pd.Categorical(df["view"], categories=["a", "b", "shared"])
+    return df
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_view_palette_fixed_and_shared_grey():
+    pal = plots.view_palette(["cc", "shared", "mlo"])
+    assert pal == {"cc": plots.OKABE_ITO[0], "shared": plots.SHARED_COLOR, "mlo": plots.OKABE_ITO[1]}
+    assert plots.view_palette(vd_table()["view"]) == {"a": plots.OKABE_ITO[0], "b": plots.OKABE_ITO[1],
+                                                     "shared": plots.SHARED_COLOR}
+
+
+def test_figsize():
+    assert plots.figsize("single") == plots.SIZES["single"]
+    assert plots.figsize("double", aspect=0.5) == (7.2, 3.6)
+    with pytest.raises(ValueError, match="width"):
+        plots.figsize("triple")
+
+
+def test_mean_band_two_units_hand_value():
+    d = pd.DataFrame({"run": ["r0", "r1"], "step": [0, 0], "y": [1.0, 3.0]})
+    m = _mean_band(d, "step", "y", "run", 0.95).iloc[0]
+    half = 12.706204736 * np.sqrt(2.0) / np.sqrt(2)  # t(0.975, 1) * sd / sqrt(n), sd = sqrt(2)
+    assert m["mean"] == 2.0 and m["lo"] == pytest.approx(2 - half) and m["hi"] == pytest.approx(2 + half)
+
+
+def test_grad_norm_plot_lines_labels_colours_and_bands():
+    data = vd_table(2)
+    with plots.publication_style():
+        ax = plots.grad_norm_plot(data)
+    assert [ln.get_label() for ln in ax.lines] == ["a", "b", "shared"]
+    pal = plots.view_palette(["a", "b", "shared"])
+    assert [to_hex(ln.get_color()) for ln in ax.lines] == [pal["a"].lower(), pal["b"].lower(), pal["shared"].lower()]
+    assert np.allclose(ax.lines[0].get_ydata(), 1.5)  # mean of 1 and 2 over the two runs
+    assert len(ax.collections) == 3  # one band per view
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "shared"]
+
+
+def test_single_run_has_no_band():
+    ax = plots.grad_norm_plot(vd_table(1))
+    assert len(ax.lines) == 3 and len(ax.collections) == 0
+
+
+def test_missing_column_is_named():
+    with pytest.raises(ValueError, match="grad_norm"):
+        plots.grad_norm_plot(vd_table().drop(columns="grad_norm"))
+
+
+def test_loss_reduction_plot():
+    ax = plots.loss_reduction_plot(vd_table(1))
+    a = ax.lines[0]
+    assert a.get_label() == "a" and list(a.get_ydata()) == [0, 1, 2, 3, 4]
+
+
+def test_share_area_plot_stacks_with_view_colours():
+    ax = plots.share_area_plot(vd_table(2))
+    assert len(ax.collections) == 3
+    pal = plots.view_palette(["a", "b", "shared"])
+    got = [to_hex(c.get_facecolor()[0], keep_alpha=False) for c in ax.collections]
+    assert got == [pal[v].lower() for v in ("a", "b", "shared")]
+    # top of the stack is 0.6 + 0.3 + 0.1 = 1
+    top = ax.collections[2].get_paths()[0].vertices[:, 1].max()
+    assert top == pytest.approx(1.0)
+
+
+def test_ratio_heatmap_bins_hand_values():
+    d = pd.DataFrame({"step": [0, 1, 2, 3] * 2, "depth": [0] * 4 + [1] * 4,
+                      "log2_ratio": [0.0, 1.0, 2.0, 3.0, -1.0, -1.0, -3.0, -3.0]})
+    d.attrs.update(view_a="cc", view_b="mlo")
+    ax = plots.ratio_heatmap(d, bins=2)
+    arr = ax.images[0].get_array()
+    assert arr.shape == (2, 2)
+    assert np.allclose(arr, [[0.5, 2.5], [-1.0, -3.0]])
+    assert ax.images[0].get_clim() == (-3.0, 3.0)
+    assert ax.figure.axes[-1].get_ylabel() == "log2(cc/mlo)"
+
+
+def test_condition_plot_error_bars_and_nan_interval():
+    s = pd.DataFrame({"group": ["base", "shared"], "grad_ratio": [2.0, 1.1], "lo": [1.5, np.nan],
+                      "hi": [2.5, np.nan]})
+    ax = plots.condition_plot(s, y="grad_ratio", lo="lo", hi="hi", ref=1.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "shared"]
+    pts = [ln for ln in ax.lines if ln.get_marker() == "o"][0]
+    assert list(pts.get_ydata()) == [2.0, 1.1]
+    segs = ax.collections[0].get_segments()
+    assert segs[0][:, 1].tolist() == [1.5, 2.5] and segs[1][:, 1].tolist() == [1.1, 1.1]
+
+
+def test_condition_plot_hue_colours_by_view():
+    s = pd.DataFrame({"group": ["base", "base"], "view": ["cc", "mlo"], "u": [0.3, 0.1]})
+    ax = plots.condition_plot(s, y="u", hue="view")
+    assert [ln.get_label() for ln in ax.lines] == ["cc", "mlo"]
+    assert to_hex(ax.lines[1].get_color()) == plots.OKABE_ITO[1].lower()
+
+
+def test_dynamics_facets_grid():
+    fig = plots.dynamics_facets(vd_table(2), col="condition", ys=("grad_norm", "loss_reduction"))
+    axes = fig.axes
+    assert len(axes) == 4
+    assert axes[0].get_title() == "condition = c0" and axes[1].get_title() == "condition = c1"
+    assert all(len(ax.lines) == 3 for ax in axes)
+
+
+def test_save_figure_pdf_and_png_300dpi(tmp_path):
+    fig, ax = plt.subplots(figsize=(1.0, 1.0))
+    ax.plot([0, 1])
+    paths = plots.save_figure(fig, tmp_path / "fig")
+    assert [p.name for p in paths] == ["fig.pdf", "fig.png"]
+    assert paths[0].read_bytes()[:4] == b"%PDF"
+    fig.savefig(tmp_path / "ref.png", dpi=100, bbox_inches="tight")
+    ratio = plt.imread(paths[1]).shape[0] / plt.imread(tmp_path / "ref.png").shape[0]
+    assert ratio == pytest.approx(3.0, rel=0.05)  # 300 dpi
