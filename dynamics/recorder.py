@@ -338,12 +338,15 @@ class Recorder:
             has_grad = np.stack(self._has_grad)
             steps = np.array([r["step"] for r in self._rows], dtype=np.int64)
             grad_sq = values[:, _GRAD_SQ]
+            skipped = np.array([r["skipped"] for r in self._rows])[:, None]
+            # finite: the backward's gradient and (on taken steps) the one the optimizer used
+            finite = np.isfinite(grad_sq) & (skipped | np.isfinite(values[:, _PRE_SQ]))
             frame = pd.DataFrame({
                 "step": np.repeat(steps, self._n),
                 "param_id": np.tile(np.arange(self._n, dtype=np.int32), n),
                 "grad_sq": grad_sq.ravel(), "param_sq": values[:, _PARAM_SQ].ravel(),
                 "update_sq": values[:, _UPDATE_SQ].ravel(), "lca": values[:, _LCA].ravel(),
-                "finite": np.isfinite(grad_sq).ravel(), "has_grad": has_grad.ravel(),
+                "finite": finite.ravel(), "has_grad": has_grad.ravel(),
             })
             store.write_part(self.run_dir, "params", self._next_part["params"], frame)
             self._next_part["params"] += 1

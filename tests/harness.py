@@ -1,0 +1,116 @@
+"""One harness for every recorder test: a small two-view model, training set-ups, and a brute-force reference.
+
+The reference trains an identical copy of the model with the plain loop (no recorder) and computes every
+quantity of design.md section 3 directly in float64 from cloned tensors: the gradient right after the last
+backward pass (divided by the loss scale when one is used), θ_t before the optimizer step, θ_{t+1} after it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+
+class TwoView(nn.Module):
+    """Two columns (one per view) with a BatchNorm, a fusion head; small enough for many set-ups per test."""
+
+    def __init__(self, width: int = 6) -> None:
+        super().__init__()
+        self.cc = nn.Sequential(nn.Linear(5, width), nn.BatchNorm1d(width), nn.Tanh(), nn.Linear(width, width))
+        self.mlo = nn.Sequential(nn.Linear(4, width), nn.Tanh(), nn.Linear(width, width))
+        self.head = nn.Linear(2 * width, 1)
+
+    def forward(self, x_cc: torch.Tensor, x_mlo: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.cc(x_cc), self.mlo(x_mlo)], dim=1)).squeeze(1)
+
+
+def make_batches(steps: int, micro: int = 1, seed: int = 1, n: int = 8) -> list[list[tuple]]:
+    """Deterministic data: ``steps`` optimizer steps of ``micro`` micro-batches each."""
+    g = torch.Generator().manual_seed(seed)
+    return [[(torch.randn(n, 5, generator=g), torch.randn(n, 4, generator=g), torch.randn(n, generator=g))
+             for _ in range(micro)] for _ in range(steps)]
+
+
+@dataclass
+class Setup:
+    """A training set-up: optimizer factory and what happens between backward and step."""
+
+    name: str
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    micro: int = 1
+    clip: float | None = None
+    loss_scale: float | None = None         # a GradScaler is used with this initial scale
+    poison: dict[int, float] = field(default_factory=dict)  # step → value multiplied into the loss (inf/nan)
+
+
+def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_step=None):
+    """The user's plain loop. With ``recorder_factory`` the recorder is attached; else the brute-force
+    reference rows are computed. Returns the list of reference rows (empty when recording)."""
+    optimizer = setup.make_optimizer(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=setup.loss_scale) if setup.loss_scale else None
+    rec = recorder_factory(model, optimizer, scaler) if recorder_factory else None
+    params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
+    names = {id(p): n for n, p in model.named_parameters()}
+    rows: list[dict] = []
+    for step, micro_batches in enumerate(batches):
+        for x_cc, x_mlo, y in micro_batches:
+            loss = ((model(x_cc, x_mlo) - y) ** 2).mean() / len(micro_batches)
+            if step in setup.poison:
+                loss = loss * setup.poison[step]
+            (scaler.scale(loss) if scaler else loss).backward()
+        if rec is None:
+            scale = float(scaler.get_scale()) if scaler else 1.0
+            g = {id(p): (p.grad.detach().double() / scale).clone() for p in params if p.grad is not None}
+            theta = {id(p): p.detach().double().clone() for p in params}
+        if scaler:
+            scaler.unscale_(optimizer)
+        if setup.clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), setup.clip)
+        if scaler:
+            before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped = scaler.get_scale() < before
+        else:
+            optimizer.step()
+            skipped = False
+        optimizer.zero_grad()
+        if after_step:
+            after_step(step, rec)
+        if rec is None:
+            for p in params:
+                gp = g.get(id(p), torch.zeros_like(theta[id(p)]))
+                delta = p.detach().double() - theta[id(p)]
+                rows.append({"step": step, "param": names[id(p)], "grad_sq": float((gp ** 2).sum()),
+                             "param_sq": float((theta[id(p)] ** 2).sum()),
+                             "update_sq": np.nan if skipped else float((delta ** 2).sum()),
+                             "lca": np.nan if skipped else float((gp * delta).sum()), "skipped": skipped})
+    if rec is not None:
+        rec.close()
+    return pd.DataFrame(rows)
+
+
+def fresh_model(seed: int = 0) -> TwoView:
+    torch.manual_seed(seed)
+    return TwoView()
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers, for bit-identity checks."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]) or (a[key].isnan() == b[key].isnan()).all() and torch.equal(
+            a[key].nan_to_num(), b[key].nan_to_num()), f"{key} differs"

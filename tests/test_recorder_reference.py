@@ -1,0 +1,145 @@
+"""Every recorded quantity against the brute-force reference, under every training set-up of issue 2."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dynamics
+from harness import Setup, assert_bit_identical, clone, fresh_model, make_batches, state, train
+
+
+def _groups(model):
+    return [{"params": list(model.cc.parameters()), "lr": 0.05},
+            {"params": list(model.mlo.parameters()), "lr": 0.0},
+            {"params": list(model.head.parameters()), "lr": 0.02}]
+
+
+SETUPS = [
+    Setup("sgd", lambda m: torch.optim.SGD(m.parameters(), lr=0.1)),
+    Setup("sgd-momentum-nesterov-wd",
+          lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    Setup("adam", lambda m: torch.optim.Adam(m.parameters(), lr=1e-2)),
+    Setup("adamw-groups-lr0", lambda m: torch.optim.AdamW(_groups(m), weight_decay=0.1)),
+    Setup("accumulation-3", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.5), micro=3),
+    Setup("clip-norm", lambda m: torch.optim.SGD(m.parameters(), lr=0.1), clip=0.05),
+    Setup("grad-scaler", lambda m: torch.optim.Adam(m.parameters(), lr=1e-2), loss_scale=2.0 ** 10,
+          poison={2: math.inf}),
+    Setup("grad-scaler-clip-accumulation", lambda m: torch.optim.SGD(m.parameters(), lr=0.1), micro=2,
+          loss_scale=2.0 ** 8, clip=0.05, poison={3: math.nan}),
+]
+
+
+def _recorded(tmp_path, setup: Setup, steps: int = 6, **attach_kwargs):
+    model = fresh_model()
+    reference_model = clone(model)
+    batches = make_batches(steps, setup.micro)
+
+    def factory(m, opt, scaler):
+        return dynamics.attach(m, opt, views={"cc": m.cc, "mlo": m.mlo}, out=tmp_path / "run", scaler=scaler,
+                               flush_every=4, **attach_kwargs)
+
+    train(model, setup, batches, recorder_factory=factory)
+    reference = train(reference_model, setup, batches)
+    return model, reference_model, reference, *dynamics.load(tmp_path / "run")
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=lambda s: s.name)
+def test_quantities_match_brute_force(tmp_path, setup):
+    model, reference_model, reference, per_param, per_step = _recorded(tmp_path, setup)
+    # the recorder does not change training: parameters bit-identical to the unrecorded run
+    assert_bit_identical(state(model), state(reference_model))
+    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
+    assert len(merged) == len(reference) == len(per_param)
+    for column in ("grad_sq", "param_sq", "update_sq", "lca"):
+        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=2e-5, atol=1e-12,
+                                   equal_nan=True, err_msg=column)
+    skipped_ref = reference.groupby("step")["skipped"].first()
+    assert per_step.set_index("step")["skipped"].to_dict() == skipped_ref.to_dict()
+    # a skipped step has no update and no lca, never garbage
+    skipped_rows = per_param[per_param["step"].isin(skipped_ref[skipped_ref].index)]
+    assert skipped_rows["lca"].isna().all() and skipped_rows["update_sq"].isna().all()
+    assert len(skipped_rows) == (len(per_param) // 6) * skipped_ref.sum()
+
+
+def test_skipped_steps_are_really_exercised():
+    """The scaler set-ups would be vacuous if nothing were skipped."""
+    for setup in SETUPS:
+        if setup.loss_scale:
+            reference = train(fresh_model(), setup, make_batches(6, setup.micro))
+            assert reference.groupby("step")["skipped"].first().sum() == 1, setup.name
+
+
+def test_clip_factor_is_recorded(tmp_path):
+    setup = next(s for s in SETUPS if s.name == "clip-norm")
+    _, _, reference, _, per_step = _recorded(tmp_path, setup)
+    total = np.sqrt(reference.groupby("step")["grad_sq"].sum())
+    expected = np.minimum(1.0, setup.clip / (total + 1e-6))
+    np.testing.assert_allclose(per_step.set_index("step")["clip_factor"], expected, rtol=1e-4)
+    assert (expected < 1).all()
+
+
+def test_no_clipping_records_no_clip_factor(tmp_path):
+    _, _, _, _, per_step = _recorded(tmp_path, SETUPS[0])
+    assert per_step["clip_factor"].isna().all()
+
+
+def test_learning_rates_per_group(tmp_path):
+    _, _, _, _, per_step = _recorded(tmp_path, SETUPS[3])
+    assert (per_step["lr_0"] == 0.05).all() and (per_step["lr_1"] == 0.0).all() and (per_step["lr_2"] == 0.02).all()
+
+
+def test_lr_zero_group_has_zero_update(tmp_path):
+    _, _, _, per_param, _ = _recorded(tmp_path, SETUPS[3])
+    mlo = per_param[per_param["view"] == "mlo"]
+    assert (mlo["update_sq"] == 0).all() and (mlo["lca"] == 0).all() and (mlo["grad_sq"] > 0).all()
+
+
+@pytest.mark.parametrize("where", ["loss", "after-backward"])
+def test_nan_gradient_is_flagged_and_never_raises(tmp_path, where):
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = make_batches(4)
+    with dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r"):
+        for step, [(x_cc, x_mlo, y)] in enumerate(batches):
+            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
+            if step == 1 and where == "loss":  # NaN reaches head.bias's gradient only
+                loss = loss + 0.0 * (model.head.bias * float("nan")).sum()
+            loss.backward()
+            if step == 1 and where == "after-backward":
+                with torch.no_grad():
+                    model.head.bias.grad.fill_(float("nan"))
+            optimizer.step()
+            optimizer.zero_grad()
+    per_param, _ = dynamics.load(tmp_path / "r")
+    at = per_param[per_param["step"] == 1].set_index("param")
+    assert not at.loc["head.bias", "finite"]
+    if where == "loss":
+        assert np.isnan(at.loc["head.bias", "grad_sq"])
+    assert at.drop(index="head.bias")["finite"].all()
+    assert per_param[per_param["step"] == 0]["finite"].all()
+    # the NaN parameter poisons every gradient afterwards: flagged, still recorded, nothing raised
+    assert not per_param[per_param["step"] == 2].set_index("param").loc["head.bias", "finite"]
+    assert per_param["step"].max() == 3
+
+
+@pytest.mark.parametrize("every, expected", [
+    (3, [0, 3, 6, 9]),
+    (lambda step: step in (1, 4), [1, 4]),
+    ("log", list(range(11))),
+])
+def test_schedules_record_chosen_steps_with_true_indices(tmp_path, every, expected):
+    setup = SETUPS[1]
+    model = fresh_model()
+    reference = train(clone(model), setup, make_batches(11))
+    train(model, setup, make_batches(11), recorder_factory=lambda m, o, s: dynamics.attach(
+        m, o, views={"cc": m.cc, "mlo": m.mlo}, out=tmp_path / "run", every=every))
+    per_param, per_step = dynamics.load(tmp_path / "run")
+    assert per_step["step"].tolist() == expected
+    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
+    assert len(merged) == len(per_param) == len(expected) * len(list(model.parameters()))
+    np.testing.assert_allclose(merged["lca"], merged["lca_ref"], rtol=2e-5)
+    np.testing.assert_allclose(merged["update_sq"], merged["update_sq_ref"], rtol=2e-5)
