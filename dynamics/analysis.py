@@ -78,20 +78,24 @@ def _assign_phase(step: pd.Series, run: pd.Series, n_phases: int) -> pd.Categori
     return pd.Categorical.from_codes(idx.to_numpy(), categories=_phase_labels(n_phases))
 
 
-def _step_keys(df: pd.DataFrame) -> pd.Series:
-    return df["run"].astype(str) + "\x00" + df["step"].astype(str)
+def _step_keys(run: pd.Series, step: pd.Series, categories: pd.Index, base: int) -> np.ndarray:
+    """Integer key per (run, step); runs not among ``categories`` get -1."""
+    codes = pd.Categorical(run.astype(str), categories=categories).codes.astype(np.int64)
+    keys = codes * base + step.to_numpy(np.int64)
+    return np.where(codes < 0, -1, keys)
 
 
-def _skipped_keys(per_step: pd.DataFrame | None, runs: Sequence[str]) -> set[str]:
+def _skipped_steps(per_step: pd.DataFrame | None, runs: list[str]) -> pd.DataFrame:
+    """(run, step) pairs the optimizer skipped, from ``per_step.skipped``."""
     if per_step is None or "skipped" not in per_step.columns:
-        return set()
+        return pd.DataFrame({"run": [], "step": []})
     _check_columns(per_step, ["step"], "per_step")
     ps = per_step[per_step["skipped"].fillna(False).astype(bool)]
     if "run" in ps.columns:
-        return set(_step_keys(ps))
+        return pd.DataFrame({"run": ps["run"].astype(str), "step": ps["step"]})
     if len(runs) > 1:
         raise ValueError("per_step has no 'run' column but per_param holds several runs")
-    return {f"{r}\x00{s}" for r in runs for s in ps["step"]}
+    return pd.DataFrame({"run": [runs[0]] * len(ps), "step": ps["step"]})
 
 
 def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_phases: int = 3) -> pd.DataFrame:
@@ -105,11 +109,13 @@ def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_ph
     if "finite" in df.columns:
         bad |= ~df["finite"].fillna(False).to_numpy(bool)
     keep = np.ones(len(df), bool)
-    if bad.any() or per_step is not None:
-        keys = _step_keys(df)
-        drop = set(keys[bad]) | _skipped_keys(per_step, [str(r) for r in df["run"].unique()])
-        if drop:
-            keep &= ~keys.isin(drop).to_numpy()
+    runs = pd.Index([str(r) for r in pd.unique(df["run"].astype(str))])
+    skipped = _skipped_steps(per_step, list(runs))
+    if bad.any() or len(skipped):
+        base = int(max(df["step"].max(), skipped["step"].max() if len(skipped) else 0)) + 1
+        keys = _step_keys(df["run"], df["step"], runs, base)
+        drop = np.union1d(keys[bad], _step_keys(skipped["run"], skipped["step"].astype(np.int64), runs, base))
+        keep &= ~np.isin(keys, drop[drop >= 0])
     if "has_grad" in df.columns:
         keep &= df["has_grad"].fillna(False).to_numpy(bool)
     df = df[keep]

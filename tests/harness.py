@@ -114,3 +114,6 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     for key in a:
         assert torch.equal(a[key], b[key]) or (a[key].isnan() == b[key].isnan()).all() and torch.equal(
             a[key].nan_to_num(), b[key].nan_to_num()), f"{key} differs"
+
+
+SETUPS_FOR_LIFECYCLE = Setup("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))

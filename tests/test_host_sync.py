@@ -1,0 +1,85 @@
+"""No device-to-host transfer in the training hot path: only flushes read the device buffers."""
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dynamics
+from harness import Setup, fresh_model, make_batches, train
+
+CONVERSIONS = ("item", "tolist", "cpu", "numpy")
+PACKAGE = str(Path(dynamics.__file__).parent)
+
+
+def _called_from_dynamics() -> bool:
+    """True when any caller on the stack is dynamics code (the optimizer's own .item() calls don't count)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(PACKAGE):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.fixture
+def conversion_counter(monkeypatch):
+    counts = {name: 0 for name in CONVERSIONS}
+    for name in CONVERSIONS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            counts[_name] += _called_from_dynamics()
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return counts
+
+
+@pytest.mark.parametrize("setup", [
+    Setup("adam-accumulate-clip", lambda m: torch.optim.Adam(m.parameters(), lr=1e-2), micro=2, clip=0.1),
+    Setup("sgd-every-step", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)),
+], ids=lambda s: s.name)
+def test_no_host_transfers_between_flushes(tmp_path, conversion_counter, setup):
+    model = fresh_model()
+    optimizer = setup.make_optimizer(model)
+    rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
+                          flush_every=100)
+    for micro in make_batches(8, setup.micro):
+        for x_cc, x_mlo, y in micro:
+            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
+            loss.backward()
+            rec.log(loss=loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), setup.clip or math.inf)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert conversion_counter == {name: 0 for name in CONVERSIONS}
+    rec.close()  # the flush reads the device buffer: the counter must see it (it is able to fail)
+    assert sum(conversion_counter.values()) > 0
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert len(per_step) == 8 and per_step["loss"].notna().all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_no_synchronisation_between_flushes(tmp_path):
+    model = fresh_model().cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batches = [[tuple(t.cuda() for t in b) for b in micro] for micro in make_batches(6, 2)]
+    rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
+                          flush_every=100)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for micro in batches:
+            for x_cc, x_mlo, y in micro:
+                loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
+                loss.backward()
+                rec.log(loss=loss)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1, foreach=True)
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    rec.close()
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert len(per_step) == 6 and per_param["finite"].all()

@@ -1,0 +1,83 @@
+"""Hook life cycle: attach → train → close leaves model and optimizer exactly as if never attached."""
+import pytest
+import torch
+
+import dynamics
+from harness import SETUPS_FOR_LIFECYCLE, assert_bit_identical, clone, fresh_model, make_batches, state, train
+
+
+def _hook_counts(model, optimizer):
+    tensor_hooks = sum(len(p._backward_hooks or {}) for p in model.parameters())
+    return tensor_hooks, len(optimizer._optimizer_step_pre_hooks), len(optimizer._optimizer_step_post_hooks)
+
+
+def test_close_removes_every_hook_and_later_training_is_identical(tmp_path):
+    setup = SETUPS_FOR_LIFECYCLE
+    model, plain = fresh_model(), fresh_model()
+    optimizer = setup.make_optimizer(model)
+    rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r")
+    assert _hook_counts(model, optimizer) != (0, 0, 0)
+    rec.close()
+    rec.close()  # idempotent
+    assert _hook_counts(model, optimizer) == (0, 0, 0)
+    batches = make_batches(4)
+    train(model, setup, batches)
+    train(plain, setup, batches)
+    assert_bit_identical(state(model), state(plain))
+
+
+def test_context_manager_closes_and_flushes_when_training_raises(tmp_path):
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(KeyError):
+        with dynamics.attach(model, optimizer, views={"cc": model.cc}, out=tmp_path / "r", flush_every=50):
+            for step, [(x_cc, x_mlo, y)] in enumerate(make_batches(3)):
+                ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            raise KeyError("boom")
+    assert _hook_counts(model, optimizer) == (0, 0, 0)
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert per_step["step"].tolist() == [0, 1, 2]
+    meta = dynamics.read_meta(tmp_path / "r")
+    assert meta["status"] == "closed" and "KeyError" in meta["errors"][0]
+
+
+def test_log_after_close_is_an_error(tmp_path):
+    model = fresh_model()
+    rec = dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views={"cc": model.cc},
+                          out=tmp_path / "r")
+    rec.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        rec.log(loss=1.0)
+
+
+def test_log_rejects_bad_scalars(tmp_path):
+    model = fresh_model()
+    with dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views={"cc": model.cc},
+                         out=tmp_path / "r") as rec:
+        with pytest.raises(ValueError, match="'step' is reserved"):
+            rec.log(step=1.0)
+        with pytest.raises(ValueError, match="'x' has 3 elements"):
+            rec.log(x=torch.ones(3))
+        with pytest.raises(ValueError, match="'y' must be a number"):
+            rec.log(y="high")
+
+
+def test_logged_scalars_average_micro_batches_and_land_on_their_step(tmp_path):
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dynamics.attach(model, optimizer, views={"cc": model.cc}, out=tmp_path / "r", every=2,
+                         flush_every=1) as rec:
+        for step, micro in enumerate(make_batches(4, micro=2)):
+            for i, (x_cc, x_mlo, y) in enumerate(micro):
+                ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
+                rec.log(during=torch.tensor(10.0 * step + i))   # before the step: this step
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.log(after=float(step))                          # after the step: the step just taken
+    _, per_step = dynamics.load(tmp_path / "r")
+    per_step = per_step.set_index("step")
+    assert per_step["during"].tolist() == [0.5, 10.5, 20.5, 30.5]
+    assert per_step["after"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert per_step["recorded"].tolist() == [True, False, True, False]

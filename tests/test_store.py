@@ -1,0 +1,130 @@
+"""The run directory: crash safety, corrupt files, no silent overwrite, resume, and multi-run loading."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dynamics
+from dynamics.store import RunStoreError
+from harness import fresh_model, make_batches
+
+
+def _train(model, optimizer, rec, steps, seed=1):
+    for micro in make_batches(steps, seed=seed):
+        for x_cc, x_mlo, y in micro:
+            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        rec.log(loss=loss)
+
+
+def _attach(model, out, **kwargs):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return optimizer, dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=out, **kwargs)
+
+
+def test_sigkill_loses_at_most_the_steps_since_the_last_flush(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.path.insert(0, {str(tmp_path.parent.parent)!r})
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        import dynamics
+        from harness import fresh_model, make_batches
+        model = fresh_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = dynamics.attach(model, opt, views={{"cc": model.cc}}, out={str(tmp_path / "run")!r}, flush_every=10)
+        for step, micro in enumerate(make_batches(30)):
+            for x_cc, x_mlo, y in micro:
+                ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
+            opt.step(); opt.zero_grad()
+            if step == 24:
+                os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr
+    per_param, per_step = dynamics.load(tmp_path / "run")
+    assert per_step["step"].tolist() == list(range(20))  # steps 20-24 were buffered, 0-19 flushed
+    assert len(per_param) == 20 * 12 and per_param["grad_sq"].notna().all()
+    assert dynamics.read_meta(tmp_path / "run")["status"] == "running"
+
+
+def test_corrupt_part_error_names_the_file(tmp_path):
+    model = fresh_model()
+    optimizer, rec = _attach(model, tmp_path / "r", flush_every=2)
+    _train(model, optimizer, rec, 4)
+    rec.close()
+    part = sorted((tmp_path / "r" / "params").iterdir())[1]
+    part.write_bytes(part.read_bytes()[: len(part.read_bytes()) // 2])
+    with pytest.raises(RunStoreError, match=part.name):
+        dynamics.load(tmp_path / "r")
+    (tmp_path / "r" / "meta.json").write_text("{not json")
+    with pytest.raises(RunStoreError, match="meta.json"):
+        dynamics.load(tmp_path / "r")
+
+
+def test_existing_run_is_never_overwritten_and_resume_appends(tmp_path):
+    model = fresh_model()
+    optimizer, rec = _attach(model, tmp_path / "r", flush_every=3)
+    _train(model, optimizer, rec, 4)
+    rec.close()
+    before = sorted(p.name for p in (tmp_path / "r" / "params").iterdir())
+    with pytest.raises(RunStoreError, match="already exists"):
+        _attach(model, tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r" / "params").iterdir()) == before
+    optimizer, rec = _attach(model, tmp_path / "r", resume=True)
+    _train(model, optimizer, rec, 3, seed=2)
+    rec.close()
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert per_step["step"].tolist() == list(range(7))
+    assert dynamics.read_meta(tmp_path / "r")["resumed_at"] == [4]
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    model = fresh_model()
+    optimizer, rec = _attach(model, tmp_path / "r")
+    rec.close()
+    model.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(RunStoreError, match="cannot resume"):
+        _attach(model, tmp_path / "r", resume=True)
+
+
+def test_load_columns_dtypes_and_metadata(tmp_path):
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
+                          config={"batch": 8}, seed=3, condition="baseline")
+    _train(model, optimizer, rec, 2)
+    rec.close()
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert list(per_param.columns) == ["step", "param", "view", "layer", "depth", "grad_sq", "param_sq",
+                                       "update_sq", "lca", "finite", "has_grad"]
+    assert list(per_step.columns) == ["step", "recorded", "skipped", "clip_factor", "lr_0", "loss"]
+    for column in ("param", "view", "layer"):
+        assert isinstance(per_param[column].dtype, pd.CategoricalDtype)
+    assert list(per_param["view"].cat.categories) == ["cc", "mlo", "shared"]
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["config"] == {"batch": 8} and meta["seed"] == 3 and meta["optimizer"]["defaults"]["lr"] == 0.1
+    assert {"torch", "dynamics", "python"} <= set(meta["versions"]) and meta["status"] == "closed"
+    assert sum(p["numel"] for p in meta["parameters"]) == sum(p.numel() for p in model.parameters())
+
+
+def test_load_runs_adds_run_condition_and_seed(tmp_path):
+    for condition, seed in [("a", 0), ("a", 1), ("b", 0)]:
+        model = fresh_model(seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = dynamics.attach(model, optimizer, views={"cc": model.cc}, out=tmp_path / f"{condition}-{seed}",
+                              condition=condition, seed=seed)
+        _train(model, optimizer, rec, 2)
+        rec.close()
+    per_param, per_step = dynamics.load_runs(str(tmp_path / "*"))
+    assert per_step.groupby(["run", "condition", "seed"], observed=True).size().to_dict() == {
+        ("a-0", "a", 0): 2, ("a-1", "a", 1): 2, ("b-0", "b", 0): 2}
+    assert len(per_param) == 3 * 2 * 12 and isinstance(per_param["run"].dtype, pd.CategoricalDtype)
+    with pytest.raises(RunStoreError, match="matches no run"):
+        dynamics.load_runs(str(tmp_path / "nothing-*"))

@@ -1,0 +1,90 @@
+"""View specs: every accepted form, every error, frozen and tied parameters, depth and coverage."""
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from dynamics.views import resolve_views
+from harness import TwoView
+
+
+def _views(assignment):
+    return {p.name: p.view for p in assignment.params}
+
+
+def test_dict_of_modules_lists_globs_regex_and_callable_agree():
+    model = TwoView()
+    forms = [
+        {"cc": model.cc, "mlo": model.mlo},
+        {"cc": [model.cc[0], model.cc[1], model.cc[3]], "mlo": [model.mlo]},
+        {"cc": "cc.*", "mlo": "mlo.*"},
+        {"cc": re.compile(r"^cc\."), "mlo": re.compile(r"^mlo\.")},
+        lambda name: name.split(".")[0] if name.startswith(("cc", "mlo")) else None,
+    ]
+    results = [_views(resolve_views(model, f)) for f in forms]
+    assert all(r == results[0] for r in results)
+    assert results[0]["head.weight"] == "shared" and results[0]["cc.1.weight"] == "cc"
+
+
+def test_shared_name_is_configurable_and_reserved():
+    model = TwoView()
+    a = resolve_views(model, {"cc": model.cc}, shared_name="fusion")
+    assert _views(a)["head.bias"] == "fusion" and a.views == ["cc", "fusion"]
+    with pytest.raises(ValueError, match="'shared' is reserved"):
+        resolve_views(model, {"shared": model.cc})
+
+
+def test_errors_name_the_offender():
+    model = TwoView()
+    with pytest.raises(ValueError, match=r"view 'mlo': module Linear is not part of the model"):
+        resolve_views(model, {"cc": model.cc, "mlo": nn.Linear(2, 2)})
+    with pytest.raises(ValueError, match=r"view 'mlo': pattern 'nope\.\*' matches no trainable parameter"):
+        resolve_views(model, {"cc": model.cc, "mlo": "nope.*"})
+    with pytest.raises(ValueError, match=r"'cc\.0\.weight' is claimed by two views: 'cc' and 'both'"):
+        resolve_views(model, {"cc": model.cc, "both": "*.0.weight"})
+    with pytest.raises(ValueError, match="frozen"):
+        model.mlo.requires_grad_(False)
+        resolve_views(model, {"cc": model.cc, "mlo": model.mlo})
+
+
+def test_frozen_are_skipped_and_listed_and_any_number_of_views():
+    model = TwoView()
+    model.cc[0].weight.requires_grad_(False)
+    a = resolve_views(model, {"one": model.cc, "two": model.mlo, "three": model.head})
+    assert "cc.0.weight" not in _views(a) and a.frozen == ["cc.0.weight"]
+    coverage = a.coverage()
+    assert coverage.set_index("param").loc["cc.0.weight", "status"] == "frozen"
+    assert set(coverage["view"].dropna()) == {"one", "two", "three"}
+    single = resolve_views(model, {"only": model.cc})
+    assert single.views == ["only", "shared"]
+
+
+def test_tied_parameters_counted_once_with_aliases():
+    model = TwoView()
+    model.extra = nn.Linear(6, 6)
+    model.extra.weight = model.mlo[2].weight  # tied
+    a = resolve_views(model, {"cc": model.cc, "mlo": model.mlo})
+    names = [p.name for p in a.params]
+    assert names.count("mlo.2.weight") == 1 and "extra.weight" not in names
+    tied = next(p for p in a.params if p.name == "mlo.2.weight")
+    assert tied.aliases == ("extra.weight",)
+    assert len(a.tensors) == len({id(t) for t in a.tensors})
+
+
+def test_depth_counts_layers_inside_each_view_and_coverage_has_numel():
+    model = TwoView()
+    a = resolve_views(model, {"cc": model.cc, "mlo": model.mlo})
+    depth = {p.name: p.depth for p in a.params}
+    assert [depth[n] for n in ("cc.0.weight", "cc.0.bias", "cc.1.weight", "cc.3.weight")] == [0, 0, 1, 2]
+    assert [depth[n] for n in ("mlo.0.weight", "mlo.2.bias", "head.weight")] == [0, 1, 0]
+    coverage = a.coverage().set_index("param")
+    assert coverage.loc["cc.0.weight", "numel"] == 5 * 6 and coverage.loc["cc.3.bias", "layer"] == "cc.3"
+
+
+def test_bad_view_types():
+    model = TwoView()
+    with pytest.raises(TypeError):
+        resolve_views(model, 42)
+    with pytest.raises(ValueError, match="returned 3"):
+        resolve_views(model, lambda name: 3)
