@@ -1,0 +1,145 @@
+"""The report end to end on small recorded runs, and the CLI (also as ``python -m dynamics``)."""
+import base64
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dynamics
+from dynamics import analysis, cli, report
+from dynamics.utilization import save_utilization
+
+
+class TwoView(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cc = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+        self.mlo = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+        self.head = torch.nn.Linear(6, 1)
+
+    def forward(self, a, b):
+        return self.head(torch.cat([self.cc(a), self.mlo(b)], dim=1))[:, 0]
+
+
+def record(tmp_path, name, seed, condition, steps=12, cc_scale=3.0):
+    torch.manual_seed(seed)
+    model = TwoView()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    xa, xb = torch.randn(32, 4) * cc_scale, torch.randn(32, 4)
+    y = (xa[:, 0] + 0.2 * xb[:, 0] > 0).float()
+    rec = dynamics.attach(model, opt, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / name,
+                          seed=seed, condition=condition, config={"lr": 0.05})
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xa, xb), y)
+        loss.backward()
+        rec.log(loss=loss.detach())
+        opt.step()
+    rec.log(val_auc=0.5 + seed / 100)
+    rec.close()
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    paths = [record(tmp, "base-s1", 1, "base"), record(tmp, "base-s2", 2, "base"),
+             record(tmp, "even<b>-s1", 3, "<even & b>", cc_scale=1.0)]
+    u = pd.DataFrame({"view": ["cc", "mlo"], "metric": ["auc", "auc"], "with_view": [0.9, 0.9],
+                      "without_view": [0.6, 0.85], "utilization": [1 / 3, 0.05 / 0.9],
+                      "utilization_lo": [0.25, 0.0], "utilization_hi": [0.4, 0.1]})
+    save_utilization(u, paths[0])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def written(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep")
+    return out, report.report(runs, out, progress=False, n_boot=200)
+
+
+def test_report_numbers_equal_analysis(runs, written):
+    _, paths = written
+    csv = pd.read_csv(paths["csv"])
+    pp, ps = dynamics.load_runs(runs)
+    expected = analysis.imbalance_summary(pp, ps, by="condition", n_boot=200)
+    assert list(csv["group"]) == list(expected["group"])
+    for col in ("grad_ratio", "grad_ratio_lo", "share_a", "share_b_hi", "p", "effect_size", "n_pairs"):
+        np.testing.assert_allclose(csv[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-9)
+    # independent check of one number: cc/mlo ratio of the mean gradient norms of run base-s1, all steps
+    one = pp[(pp["run"] == "base-s1") & pp["has_grad"]]
+    norms = one.groupby(["view", "step"], observed=True)["grad_sq"].sum().pow(0.5).groupby("view", observed=True).mean()
+    r1 = norms["cc"] / norms["mlo"]
+    one2 = pp[(pp["run"] == "base-s2") & pp["has_grad"]]
+    n2 = one2.groupby(["view", "step"], observed=True)["grad_sq"].sum().pow(0.5).groupby("view", observed=True).mean()
+    geo = math.sqrt(r1 * n2["cc"] / n2["mlo"])
+    row = expected[(expected["group"] == "base") & (expected["phase"] == "all")].iloc[0]
+    assert row["grad_ratio"] == pytest.approx(geo)
+    # the displayed table carries the same numbers
+    md = paths["md"].read_text()
+    assert f"{row['grad_ratio']:.3g} [{row['grad_ratio_lo']:.3g}, {row['grad_ratio_hi']:.3g}]" in md
+    html = paths["html"].read_text()
+    assert f"{row['grad_ratio']:.3g} [" in html
+
+
+def test_report_html_is_self_contained_and_escaped(written):
+    out, paths = written
+    html = paths["html"].read_text()
+    assert "<even & b>" not in html and "&lt;even &amp; b&gt;" in html
+    assert "even<b>-s1" not in html and "even&lt;b&gt;-s1" in html
+    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(imgs) == 5
+    assert base64.b64decode(imgs[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 'src="figures' not in html  # nothing outside the file
+    md = paths["md"].read_text()
+    for name in ("dynamics", "matched_ratio", "share", "conditional_speed", "conditions"):
+        assert f"figures/{name}.png" in md
+        assert (out / "figures" / f"{name}.pdf").exists()
+    assert "<even" not in md
+    # findings, logged metrics and utilization are present
+    assert "matched layers" in md and "val_auc" in md and "conditional utilization rate 0.33" in md
+    assert "no interval can be given" in md  # the one-run condition
+
+
+def test_findings_sentence_hand_example():
+    s = pd.DataFrame([dict(group="base", phase="all", n_runs=5, view_a="cc", view_b="mlo", dominant="cc",
+                           grad_ratio=2.0, grad_ratio_lo=1.5, grad_ratio_hi=2.5, share_a=0.64, share_a_lo=0.6,
+                           share_a_hi=0.68, share_b=0.3, share_b_lo=0.25, share_b_hi=0.35, n_pairs=22,
+                           n_a_greater=21, p=0.002, effect_size=0.9)])
+    text = report.findings(s)
+    assert text[0] == "Base: cc was the dominant view: it accounted for 64% of the loss reduction (95% CI 60%–68%, 5 runs)."
+    assert text[1] == ("Base: in 21 of 22 matched layers across seeds cc's gradient norm exceeded mlo's "
+                       "(Wilcoxon p = 0.002, rank-biserial r = 0.9, 5 runs).")
+
+
+def test_group_by_config_field_and_errors(runs, tmp_path):
+    data = report.load_report_data(runs, progress=False)
+    s = report.summary_table(data, by="lr", n_boot=20)
+    assert set(s["group"]) == {"0.05"}
+    with pytest.raises(ValueError, match="'nope'"):
+        report.summary_table(data, by="nope")
+    with pytest.raises(ValueError, match="not a dynamics run"):
+        report.load_report_data([tmp_path], progress=False)
+
+
+def test_cli_summary_and_errors(runs, capsys):
+    assert cli.main(["summary", *map(str, runs), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "cc/mlo grad-norm ratio" in out and "<even & b>" in out
+    assert cli.main(["summary", *map(str, runs), "--views", "cc", "xx", "--no-progress"]) == 2
+    assert "'xx'" in capsys.readouterr().err
+    assert cli.main(["summary", str(runs[0]), "--csv", "--phase", "early", "--no-progress"]) == 0
+    csv = capsys.readouterr().out
+    assert csv.startswith("group,phase") and csv.count("\n") == 2
+
+
+def test_python_m_dynamics_report(runs, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "dynamics", "report", str(runs[0]), "--out", str(tmp_path / "r"),
+                          "--by", "run", "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r" / "report.html").exists()
