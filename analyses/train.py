@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -191,18 +191,19 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
     return results
 
 
-def write_utilization(model: TwoViewModel, splits: TwoViewSplits, run_dir: Path, device: str) -> dict:
-    """Test-set utilization of each view (the view removed: zeroed, or replaced by its training mean)."""
-    model.eval()
-    out: dict = {}
-    base_auc, _ = evaluate(model, splits.test, device)
-    for ablate in ("zero", "mean"):
-        for v in model.views:
-            fill = torch.zeros_like(splits.train.views[v][:1]) if ablate == "zero" else splits.train.views[v].mean(0, keepdim=True)
-            views = {k: (fill.expand_as(x).clone() if k == v else x) for k, x in splits.test.views.items()}
-            auc, _ = evaluate(model, TwoViewData(views, splits.test.y), device)
-            out[f"{ablate}/{v}"] = {"auc_without": auc, "utilization": base_auc - auc}
-    return out
+def write_utilization(model: TwoViewModel, splits: TwoViewSplits, run_dir: Path, device: str,
+                      n_boot: int = 500) -> dict:
+    """Test-set conditional utilization of each view (zeroed, and replaced by its training mean), written
+    to ``run_dir/utilization.json`` by :func:`dynamics.utilization.save_utilization`; returns a summary."""
+    from dynamics.utilization import save_utilization, utilization
+
+    tables = [utilization(model, splits.test.loader(256), views=list(model.views), ablate=ablate,
+                          train_loader=splits.train.loader(512), n_boot=n_boot, device=device)
+              for ablate in ("zero", "mean")]
+    table = pd.concat(tables, ignore_index=True)
+    save_utilization(table, run_dir, split="test")
+    auc = table[table["metric"] == "auc"]
+    return {f"{r.ablate}/{r.view}": float(r.utilization) for r in auc.itertuples()}
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

@@ -71,11 +71,11 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, float, float], seed:
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
     rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[], [], []]
+    parts: list[list[np.ndarray]] = [[np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]]
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        n_train = int(round(fractions[0] * idx.size))
-        n_val = int(round(fractions[1] * idx.size))
+        n_train = int(np.floor(fractions[0] * idx.size + 0.5))
+        n_val = int(np.floor(fractions[1] * idx.size + 0.5))
         for p, chunk in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:])):
             p.append(chunk)
     return tuple(np.sort(np.concatenate(p)) for p in parts)
