@@ -118,6 +118,10 @@ def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_ph
         keep &= ~np.isin(keys, drop[drop >= 0])
     if "has_grad" in df.columns:
         keep &= df["has_grad"].fillna(False).to_numpy(bool)
+    if len(df) == 0:
+        raise ValueError("per_param has no rows: nothing was recorded")
+    if not keep.any():
+        raise ValueError("no usable rows: every recorded step was skipped, non-finite or without gradients")
     df = df[keep]
     fix = {}
     for q in ("update_sq", "lca"):

@@ -244,3 +244,11 @@ def test_user_metrics_last_logged_value():
     um = analysis.user_metrics(ps).set_index("run")
     assert um.loc["r1", "val_auc"] == 0.7 and um.loc["r1", "final_loss"] == 1.0
     assert "lr_0" not in um.columns and "skipped" not in um.columns
+
+
+def test_empty_and_all_excluded_raise(run):
+    pp, ps = run
+    with pytest.raises(ValueError, match="no rows"):
+        analysis.view_dynamics(pp.iloc[:0])
+    with pytest.raises(ValueError, match="no usable rows"):
+        analysis.imbalance_summary(pp, ps.assign(skipped=True))
