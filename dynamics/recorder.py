@@ -106,6 +106,7 @@ class Recorder:
         self._round_open = False
         self._snapshot: list[tuple[weakref.ref, int] | None] = [None] * self._n
         self._bwd_sq: torch.Tensor | None = None
+        self._eager = True                     # measure gradients at backward end (see _on_backward_end)
         self._pending: dict | None = None      # the step between pre- and post-hook
         self._closed = False
         self._failed: str | None = None
@@ -226,11 +227,11 @@ class Recorder:
         torch.autograd.Variable._execution_engine.queue_callback(self._guard(self._on_backward_end))
 
     def _on_backward_end(self) -> None:
-        """All gradients of this pass are accumulated: measure them before anyone rescales or clips them."""
+        """All gradients of this pass are accumulated: remember them, and measure them now if they may be
+        rescaled or clipped before the step (``_eager``: the loop did so before, or a GradScaler is given)."""
         self._in_backward = False
-        if self._schedule(self._step):
-            grads = self._grads()
-            sq = quantities.sq_norms(grads)
+        if self._eager and self._schedule(self._step):
+            sq = quantities.sq_norms(self._grads())
             scale = self._loss_scale()
             self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
         self._snapshot = [None if p.grad is None else (weakref.ref(p.grad), p.grad._version) for p in self._params]
@@ -243,18 +244,27 @@ class Recorder:
         row = len(self._rows)
         grads = self._grads()
         buffer = self._buffer[row]
-        buffer[_PRE_SQ].copy_(quantities.sq_norms(grads))
-        if self._round_open and self._bwd_sq is not None:
-            buffer[_GRAD_SQ].copy_(self._bwd_sq)
-            changed = self._changed_since_backward()
-        else:  # no backward pass seen (gradients set by hand): the optimizer's gradient is all there is
-            buffer[_GRAD_SQ].copy_(buffer[_PRE_SQ])
-            self._note("gradient taken at the optimizer step (no backward pass seen)")
-            changed = False
+        changed = self._round_open and self._changed_since_backward()
+        if self._round_open and not changed:  # the optimizer sees the backward's gradient untouched
+            buffer[_GRAD_SQ].copy_(quantities.sq_norms(grads))
+            buffer[_PRE_SQ].copy_(buffer[_GRAD_SQ])
+            self._eager = self._scaler is not None
+        else:
+            buffer[_PRE_SQ].copy_(quantities.sq_norms(grads))
+            if changed and self._bwd_sq is not None:
+                buffer[_GRAD_SQ].copy_(self._bwd_sq)
+            else:  # no backward pass seen, or a change the recorder did not expect: use the step's gradient
+                buffer[_GRAD_SQ].copy_(buffer[_PRE_SQ])
+                self._note("gradient taken at the optimizer step: no backward pass seen, or the gradients were "
+                           "changed after it at a step where no change was expected (clipping or scaling "
+                           "began mid-run); grad_sq and lca use the optimizer's gradient" if self._round_open
+                           else "gradient taken at the optimizer step (no backward pass seen)")
+                changed, self._eager = False, True
         buffer[_PARAM_SQ].copy_(quantities.sq_norms(self._params))
         if self._prev is None:
             self._prev = [torch.empty_like(p) for p in self._params]
-        torch._foreach_copy_(self._prev, list(self._params))
+        for saved, p in zip(self._prev, self._params):  # a plain loop: foreach copy is slower on CPU
+            saved.copy_(p)
         self._pending = {"row": row, "grads": grads, "changed": changed,
                          "versions": [g._version for g in grads],
                          "lrs": _learning_rates(optimizer)}
@@ -301,11 +311,12 @@ class Recorder:
 
     def _record_skipped(self) -> None:
         """The open step ended without an optimizer step: record it (if scheduled) as skipped, without lca."""
-        if self._schedule(self._step) and self._bwd_sq is not None:
+        if self._schedule(self._step):
             row = len(self._rows)
             buffer = self._buffer[row]
             buffer.fill_(math.nan)
-            buffer[_GRAD_SQ].copy_(self._bwd_sq)
+            if self._bwd_sq is not None:
+                buffer[_GRAD_SQ].copy_(self._bwd_sq)
             buffer[_PARAM_SQ].copy_(quantities.sq_norms(self._params))
             self._has_grad.append(np.array([s is not None for s in self._snapshot], bool))
             self._rows.append({"step": self._step, "skipped": True, "changed": False,
@@ -380,6 +391,9 @@ class Recorder:
             return math.nan
         ratio = np.sqrt(pre_sq[usable] / true_sq[usable])
         middle = float(np.median(ratio))
+        if self._scaler is None and middle < 0.5 and abs(math.log2(middle) - round(math.log2(middle))) < 1e-6:
+            self._notes.setdefault("gradients were divided by a power of two between backward and step, as an "
+                                   "AMP GradScaler does: pass it as attach(scaler=...) or grad_sq is scaled", [])
         if np.max(np.abs(ratio - middle)) > _CLIP_TOLERANCE * max(middle, 1e-30):
             self._notes.setdefault("gradient changed non-uniformly between backward and step (e.g. "
                                    "clip_grad_value_): lca rescaled per tensor, clip_factor NaN", []).append(-1)
