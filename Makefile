@@ -19,6 +19,11 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# the paper's analysis end to end: 3 conditions x 3 seeds on the phantom (report in figures/), then on mfeat
+reproduce: $(STAMP)
+	$(PY) -m analyses.reproduce --dataset phantom --out figures
+	$(PY) -m analyses.reproduce --dataset mfeat --out figures/mfeat
+
 benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
 

@@ -180,8 +180,9 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
             if step >= total:
                 break
         bar.close()
-    model.load_state_dict(torch.load(ckpt, weights_only=True, map_location=cfg.device))
-    test_auc, test_acc = evaluate(model, splits.test, cfg.device)
+        model.load_state_dict(torch.load(ckpt, weights_only=True, map_location=cfg.device))
+        test_auc, test_acc = evaluate(model, splits.test, cfg.device)
+        rec.log(test_auc=test_auc, test_acc=test_acc)  # best-validation checkpoint; on the last step
     results = {"dataset": cfg.dataset, "condition": cfg.condition, "seed": cfg.seed, "test_auc": test_auc,
                "test_acc": test_acc, "best_val_auc": best_auc, "steps": step, "history": history,
                "attribution": attribution, "seconds_train": time.perf_counter() - t0}
@@ -219,8 +220,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             kind = int if name == "max_steps" else type(value)
             p.add_argument(flag, type=kind, default=value)
     p.add_argument("--mfeat-views", nargs=2, default=list(d.mfeat_views))
+    p.add_argument("--skip-bad", action="store_true", help="cbis-ddsm/vindr-mammo: skip and count bad exams")
+    p.add_argument("--csv", nargs="*", default=None, help="cbis-ddsm/vindr-mammo metadata CSVs")
     args = vars(p.parse_args(argv))
     args["mfeat_views"] = tuple(args["mfeat_views"])
+    skip_bad, csv = args.pop("skip_bad"), args.pop("csv")
+    if args["dataset"] in ("cbis-ddsm", "vindr-mammo"):
+        args["extra"] = {"skip_bad": skip_bad, **({"csv": csv} if csv else {})}
     return TrainConfig(**args)
 
 
