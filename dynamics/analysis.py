@@ -446,10 +446,10 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
     return out
 
 
-def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ("loss",)) -> pd.DataFrame:
+def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """Per run: the last logged value of every user scalar in ``per_step`` (e.g. ``val_auc``),
     skipping bookkeeping columns (``recorded``, ``skipped``, ``clip_factor``, ``lr_*``) and
-    ``exclude``; ``final_loss`` is added from ``loss`` when present."""
+    ``exclude``."""
     _check_columns(per_step, ["step"], "per_step")
     ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
     skip = {"step", "run", "condition", "seed", "recorded", "skipped", "clip_factor"}
@@ -457,7 +457,5 @@ def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ("loss",)) 
             and pd.api.types.is_numeric_dtype(ps[c]) and not pd.api.types.is_bool_dtype(ps[c])]
     ps = ps.sort_values("step")
     last = ps.groupby("run", observed=True)[cols].last() if cols else pd.DataFrame(index=ps["run"].unique())
-    if "loss" in last.columns:
-        last = last.rename(columns={"loss": "final_loss"})
     last = last[[c for c in last.columns if c not in exclude]]
     return last.dropna(axis=1, how="all").reset_index()

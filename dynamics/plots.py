@@ -183,8 +183,10 @@ def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", valu
     vmax = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
     im = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap=cmap, vmin=-vmax, vmax=vmax,
                    extent=(edges[0], edges[-1], -0.5, len(grid.index) - 0.5), interpolation="nearest")
-    ax.set_yticks(range(len(grid.index)))
-    ax.set_yticklabels([str(i) for i in grid.index])
+    every = max(1, int(np.ceil(len(grid.index) / 12)))  # at most ~12 labels
+    ticks = list(range(0, len(grid.index), every))
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([str(grid.index[i]) for i in ticks])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     a, b = data.attrs.get("view_a", "A"), data.attrs.get("view_b", "B")

@@ -128,6 +128,12 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _p_eq(p: float) -> str:
+    """``p = 0.002`` or ``p < 0.001`` for sentences."""
+    text = _p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     """The key table as display strings (estimates with their 95% bootstrap intervals over runs)."""
     rows = []
@@ -155,7 +161,7 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
     out: list[str] = []
     overall = summary[summary["phase"].astype(str) == "all"]
     for r in overall.itertuples(index=False):
-        g = f"{r.group}: " if overall["group"].nunique() > 1 or r.group != "default" else ""
+        g = f"in {r.group}, " if overall["group"].nunique() > 1 or r.group != "default" else ""
         a, b = r.view_a, r.view_b
         share = r.share_a if r.dominant == a else r.share_b if r.dominant == b else np.nan
         if np.isfinite(share):
@@ -168,17 +174,17 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
         else:
             out.append(f"{g}{r.dominant} was the dominant view by gradient norm (no loss reduction was recorded).")
         if r.n_pairs:
-            test = (f"Wilcoxon p = {_p(r.p)}, rank-biserial r = {_num(r.effect_size, 2)}" if np.isfinite(r.p)
+            test = (f"Wilcoxon {_p_eq(r.p)}, rank-biserial r = {_num(r.effect_size, 2)}" if np.isfinite(r.p)
                     else "too few pairs for a Wilcoxon test")
             across = " across seeds" if r.n_runs > 1 else ""
-            out.append(f"{g}in {r.n_a_greater} of {r.n_pairs} matched layers{across} {a}'s gradient norm exceeded "
-                       f"{b}'s ({test}, {_runs_word(r.n_runs)}).")
+            out.append(f"{g}{a}'s gradient norm exceeded {b}'s in {r.n_a_greater} of {r.n_pairs} matched "
+                       f"layers{across} ({test}, {_runs_word(r.n_runs)}).")
         phases = summary[(summary["group"] == r.group) & (summary["phase"].astype(str) != "all")]
         if len(phases) and phases["grad_ratio"].notna().any():
             parts = [f"{_num(x, 3)} {'in the middle' if str(ph) == 'middle' else str(ph)}"
                      for ph, x in zip(phases["phase"], phases["grad_ratio"]) if np.isfinite(x)]
             out.append(f"{g}the {a}/{b} gradient-norm ratio was " + ", ".join(parts[:-1])
-                       + (" and " if len(parts) > 1 else "") + parts[-1] + " of training.")
+                       + (" and " if len(parts) > 1 else "") + parts[-1] + " in training.")
     if overall["group"].nunique() > 1 and overall["grad_ratio"].notna().sum() > 1:
         o = overall.dropna(subset=["grad_ratio"])
         lo, hi = o.loc[o["grad_ratio"].idxmin()], o.loc[o["grad_ratio"].idxmax()]
@@ -192,21 +198,21 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
     if metrics is not None and len(metrics):
         for r in metrics.itertuples(index=False):
             ci = f" [{_num(r.lo)}, {_num(r.hi)}]" if np.isfinite(r.lo) else ""
-            out.append(f"{r.group}: final {r.metric} {_num(r.mean)}{ci} ({_runs_word(r.n_runs)}).")
+            out.append(f"in {r.group}, the last logged {r.metric} was {_num(r.mean)}{ci} ({_runs_word(r.n_runs)}).")
     if utilization is not None and len(utilization):
         for r in utilization.itertuples(index=False):
-            out.append(f"{r.group}: removing {r.view} changed {r.metric} from {_num(r.with_view)} to "
+            out.append(f"in {r.group}, removing {r.view} changed {r.metric} from {_num(r.with_view)} to "
                        f"{_num(r.without_view)} (conditional utilization rate {_num(r.utilization, 2)}, "
                        f"{_runs_word(r.n_runs)}).")
     if exclusions is not None:
         for r in exclusions.itertuples(index=False):
             if r.skipped_steps or r.nonfinite_steps:
-                out.append(f"{r.run}: {r.skipped_steps} skipped and {r.nonfinite_steps} non-finite steps of "
+                out.append(f"in run {r.run}, {r.skipped_steps} skipped and {r.nonfinite_steps} non-finite steps of "
                            f"{r.recorded_steps} were excluded from every statistic.")
     if len(unmatched):
         out.append(f"Depths {list(unmatched)} exist in only one of the compared views and were left out of the "
                    "matched-layer comparison.")
-    return [s[0].upper() + s[1:] for s in out]
+    return [s[0].upper() + s[1:] if s.startswith("in ") else s for s in out]
 
 
 def metric_table(data: ReportData, group_of: dict[str, str], *, level: float = 0.95) -> pd.DataFrame:
@@ -286,6 +292,9 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
         "figcaption{font-size:13px;color:#555}")
 
 
+_LABELS = {"grad_norm": "gradient norm", "learning_speed": "‖g‖²/‖θ‖²", "loss_reduction": "loss reduction −Σlca"}
+
+
 def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFrame, md: pd.DataFrame,
              cls: pd.DataFrame, summary: pd.DataFrame, metrics: pd.DataFrame, util: pd.DataFrame,
              palette: dict[str, str]) -> list[tuple[str, str, plt.Figure]]:
@@ -297,6 +306,8 @@ def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFra
     if col:
         for ax in fig.axes:
             ax.set_title(ax.get_title().replace("_group", by or "run"))
+    for ax in fig.axes:
+        ax.set_ylabel(_LABELS.get(ax.get_ylabel(), ax.get_ylabel()))
     figs.append(("dynamics", "Per-view gradient norm, learning speed ‖g‖²/‖θ‖² and cumulative loss reduction "
                  "−Σ lca over steps (mean over runs, 95% band when several).", fig))
     n = len(groups)

@@ -242,7 +242,7 @@ def test_user_metrics_last_logged_value():
                        "loss": [2.0, 1.5, np.nan, 1.0], "val_auc": [np.nan, 0.7, np.nan, np.nan],
                        "run": "r1"})
     um = analysis.user_metrics(ps).set_index("run")
-    assert um.loc["r1", "val_auc"] == 0.7 and um.loc["r1", "final_loss"] == 1.0
+    assert um.loc["r1", "val_auc"] == 0.7 and um.loc["r1", "loss"] == 1.0
     assert "lr_0" not in um.columns and "skipped" not in um.columns
 
 
