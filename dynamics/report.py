@@ -169,8 +169,10 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
             hi = r.share_a_hi if r.dominant == a else r.share_b_hi
             ci = (f" (95% CI {_pct(lo)}–{_pct(hi)}, {_runs_word(r.n_runs)})" if np.isfinite(lo) else
                   f" ({_runs_word(r.n_runs)}: no interval can be given)")
+            other, other_share = (b, r.share_b) if r.dominant == a else (a, r.share_a)
+            rest = f", {other} for {_pct(other_share)}" if np.isfinite(other_share) else ""
             out.append(f"{g}{r.dominant} was the dominant view: it accounted for {_pct(share)} of the loss "
-                       f"reduction{ci}.")
+                       f"reduction{ci}{rest}.")
         else:
             out.append(f"{g}{r.dominant} was the dominant view by gradient norm (no loss reduction was recorded).")
         if r.n_pairs:

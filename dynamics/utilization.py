@@ -230,10 +230,13 @@ def _clean_json(v: Any) -> Any:
 def save_utilization(table: pd.DataFrame, run_dir: str | os.PathLike, *, split: str = "test",
                      **extra: Any) -> Path:
     """Write ``utilization.json`` into ``run_dir``: ``{"format": 1, "split": ..., **extra,
-    "rows": [one object per row of ``table``]}``; NaN is written as null."""
-    missing = [c for c in ("view", "metric", "with_view", "without_view", "utilization") if c not in table.columns]
+    "rows": [one object per row of ``table``]}``; NaN is written as null. ``utilization`` is
+    computed from ``with_view``/``without_view`` when the table lacks it."""
+    missing = [c for c in ("view", "metric", "with_view", "without_view") if c not in table.columns]
     if missing:
         raise ValueError(f"utilization table is missing column(s) {missing}")
+    if "utilization" not in table.columns:
+        table = table.assign(utilization=[_rate(f, w) for f, w in zip(table["with_view"], table["without_view"])])
     rows = [{k: _clean_json(v) for k, v in r.items()} for r in table.to_dict(orient="records")]
     doc = {"format": 1, "split": split, **{k: _clean_json(v) for k, v in extra.items()}, "rows": rows}
     path = Path(run_dir) / UTILIZATION_FILE

@@ -112,7 +112,7 @@ def test_findings_sentence_hand_example():
                            share_a_hi=0.68, share_b=0.3, share_b_lo=0.25, share_b_hi=0.35, n_pairs=22,
                            n_a_greater=21, p=0.002, effect_size=0.9)])
     text = report.findings(s)
-    assert text[0] == "In base, cc was the dominant view: it accounted for 64% of the loss reduction (95% CI 60%–68%, 5 runs)."
+    assert text[0] == "In base, cc was the dominant view: it accounted for 64% of the loss reduction (95% CI 60%–68%, 5 runs), mlo for 30%."
     assert text[1] == ("In base, cc's gradient norm exceeded mlo's in 21 of 22 matched layers across seeds "
                        "(Wilcoxon p = 0.002, rank-biserial r = 0.9, 5 runs).")
 
