@@ -203,7 +203,8 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
             out.append(f"in {r.group}, the last logged {r.metric} was {_num(r.mean)}{ci} ({_runs_word(r.n_runs)}).")
     if utilization is not None and len(utilization):
         for r in utilization.itertuples(index=False):
-            out.append(f"in {r.group}, removing {r.view} changed {r.metric} from {_num(r.with_view)} to "
+            how = "replacing {} by its training mean".format(r.view) if r.ablate == "mean" else f"zeroing {r.view}"
+            out.append(f"in {r.group}, {how} changed {r.metric} from {_num(r.with_view)} to "
                        f"{_num(r.without_view)} (conditional utilization rate {_num(r.utilization, 2)}, "
                        f"{_runs_word(r.n_runs)}).")
     if exclusions is not None:
@@ -241,12 +242,15 @@ def utilization_table(data: ReportData, group_of: dict[str, str]) -> pd.DataFram
         return pd.DataFrame()
     frames = [u.assign(run=run, group=group_of.get(run, run)) for run, u in data.utilization.items()]
     u = pd.concat(frames, ignore_index=True)
+    if "ablate" not in u.columns:
+        u["ablate"] = "zero"
+    u["ablate"] = u["ablate"].fillna("zero").astype(str)
     rows = []
-    for (g, v, m), sub in u.groupby(["group", "view", "metric"], sort=True):
+    for (g, v, m, abl), sub in u.groupby(["group", "view", "metric", "ablate"], sort=True):
         est, lo, hi = analysis._mean_ci(sub["utilization"].to_numpy(float), n_boot=2000, level=0.95, seed=0)
         if len(sub) == 1:
             lo, hi = float(sub["utilization_lo"].iloc[0]), float(sub["utilization_hi"].iloc[0])
-        rows.append({"group": g, "view": v, "metric": m, "with_view": sub["with_view"].mean(),
+        rows.append({"group": g, "view": v, "metric": m, "ablate": abl, "with_view": sub["with_view"].mean(),
                      "without_view": sub["without_view"].mean(), "utilization": est, "lo": lo, "hi": hi,
                      "n_runs": len(sub)})
     return pd.DataFrame(rows)
@@ -352,9 +356,11 @@ def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFra
             plots.condition_plot(overall, y="grad_ratio", lo="grad_ratio_lo", hi="grad_ratio_hi", ref=1.0,
                                  ylabel=label, ax=ax)
         elif key == "utilization":
-            uu = util[util["metric"] == util["metric"].iloc[-1]]
+            metric = "auc" if (util["metric"] == "auc").any() else util["metric"].iloc[0]
+            abl = "zero" if (util["ablate"] == "zero").any() else util["ablate"].iloc[0]
+            uu = util[(util["metric"] == metric) & (util["ablate"] == abl)]
             plots.condition_plot(uu, y="utilization", lo="lo", hi="hi", hue="view", palette=palette,
-                                 ylabel=f"utilization ({uu['metric'].iloc[0]})", ref=0.0, ax=ax)
+                                 ylabel=f"utilization ({metric}, {abl})", ref=0.0, ax=ax)
         else:
             plots.condition_plot(metrics[metrics["metric"] == key], y="mean", lo="lo", hi="hi", ylabel=label, ax=ax)
         ax.set_xlabel(by or "run")

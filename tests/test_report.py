@@ -52,7 +52,9 @@ def runs(tmp_path_factory):
              record(tmp, "even<b>-s1", 3, "<even & b>", cc_scale=1.0)]
     u = pd.DataFrame({"view": ["cc", "mlo"], "metric": ["auc", "auc"], "with_view": [0.9, 0.9],
                       "without_view": [0.6, 0.85], "utilization": [1 / 3, 0.05 / 0.9],
-                      "utilization_lo": [0.25, 0.0], "utilization_hi": [0.4, 0.1]})
+                      "utilization_lo": [0.25, 0.0], "utilization_hi": [0.4, 0.1], "ablate": ["zero", "zero"]})
+    mean_rows = u.assign(ablate="mean", without_view=[0.7, 0.88], utilization=[2 / 9, 0.02 / 0.9])
+    u = pd.concat([u, mean_rows], ignore_index=True)
     save_utilization(u, paths[0])
     return paths
 
@@ -103,6 +105,7 @@ def test_report_html_is_self_contained_and_escaped(written):
     assert "<even" not in md
     # findings, logged metrics and utilization are present
     assert "matched layers" in md and "val_auc" in md and "conditional utilization rate 0.33" in md
+    assert "replacing cc by its training mean changed auc from 0.9 to 0.7 (conditional utilization rate 0.22" in md
     assert "no interval can be given" in md  # the one-run condition
 
 
