@@ -28,7 +28,7 @@ def test_two_step_phantom_run_records_and_evaluates(tmp_path):
 def test_reproduce_grid_smoke_mfeat(tmp_path):
     out = tmp_path / "fig"
     rc = reproduce.main(["--dataset", "mfeat", "--seeds", "2", "--max-steps", "2", "--epochs", "1",
-                         "--runs", str(tmp_path / "runs"), "--out", str(out), "--no-progress"])
+                         "--runs", str(tmp_path / "runs"), "--out", str(out), "--no-progress", "--jobs", "2"])
     assert rc == 0
     df = pd.read_csv(out / "results.csv")
     assert sorted(df["condition"].unique()) == ["dropout", "separate", "shared"] and len(df) == 6
