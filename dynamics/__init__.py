@@ -5,9 +5,13 @@ reports and figures. See README.md for the quantities and the table columns.
 """
 __version__ = "0.1.0"
 
+from . import analysis, metrics, plots
+from .attribution import rows, view
 from .recorder import Recorder, attach
 from .store import RunStoreError, load, load_runs, read_meta
 from .tables import learning_speed, norms, shares
+from .utilization import load_utilization, save_utilization, utilization
 
-__all__ = ["attach", "Recorder", "load", "load_runs", "read_meta", "RunStoreError", "norms", "learning_speed",
-           "shares"]
+__all__ = ["attach", "Recorder", "view", "rows", "load", "load_runs", "read_meta", "RunStoreError", "norms",
+           "learning_speed", "shares", "utilization", "save_utilization", "load_utilization", "analysis", "plots",
+           "metrics"]

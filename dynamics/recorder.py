@@ -17,6 +17,7 @@ preallocated device buffer, one row per recorded step, copied to the host every 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import platform
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from . import quantities, schedules, store
+from .attribution import SharedAttribution, rows
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
 
 __all__ = ["attach", "Recorder"]
@@ -83,7 +85,8 @@ class Recorder:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, assignment: ViewAssignment,
                  run_dir: Path, *, schedule: schedules.Schedule, flush_every: int, scaler: Any,
-                 meta: dict, next_part: dict[str, int], start_step: int) -> None:
+                 meta: dict, next_part: dict[str, int], start_step: int,
+                 attribute: Mapping | None = None, attributed: Sequence[int] = ()) -> None:
         self.model, self.optimizer, self.assignment = model, optimizer, assignment
         self.run_dir, self.meta = run_dir, meta
         self._schedule, self._flush_every, self._scaler = schedule, flush_every, scaler
@@ -112,7 +115,18 @@ class Recorder:
         self._failed: str | None = None
         self._notes: dict[str, list[int]] = {}
         self._handles: list = []
+        self._quiet = 0                        # >0 while the recorder runs autograd itself (probe, rows)
+        self._attribution: SharedAttribution | None = None
         try:
+            if attribute:
+                views = list(dict.fromkeys(v for how in attribute.values() for v in _views_of(how)))
+                self._attribution = SharedAttribution(
+                    model, attribute, [self._params[i] for i in attributed], attributed, views,
+                    is_active=lambda: not self._quiet and self._schedule(self._step),
+                    inv_scale=self._inverse_loss_scale, quietly=self._quietly, guard=self._guard)
+                self._attributed_buffer = torch.full((flush_every, len(views), 3, len(attributed)), math.nan,
+                                                     device=self.device, dtype=self._dtype)
+                self._handles.append(model.register_forward_pre_hook(self._guard(self._on_forward, no_grad=False)))
             self._handles.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
             self._handles.append(optimizer.register_step_post_hook(self._guard(self._post_step)))
             for i, p in enumerate(self._params):
@@ -154,6 +168,8 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._attribution is not None:
+            self._attribution.remove()
 
     def coverage(self) -> pd.DataFrame:
         """Every parameter with its view, layer, depth, numel and whether it is recorded or frozen."""
@@ -195,13 +211,13 @@ class Recorder:
             self._flush()
 
     # ------------------------------------------------------------------------------------------- hooks
-    def _guard(self, hook: Callable) -> Callable:
+    def _guard(self, hook: Callable, *, no_grad: bool = True) -> Callable:
         """Never raise inside the user's training step: a failure stops recording and is reported."""
         def guarded(*args, **kwargs):
             if self._failed or self._closed:
                 return None
             try:
-                with torch.no_grad():
+                with torch.no_grad() if no_grad else contextlib.nullcontext():
                     hook(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - reported, never swallowed silently
                 self._failed = f"recording stopped at step {self._step}: {type(exc).__name__}: {exc}"
@@ -213,10 +229,30 @@ class Recorder:
         guarded = self._guard(self._on_first_grad)
 
         def hook(grad: torch.Tensor) -> None:
-            if not self._in_backward:
+            if not self._in_backward and not self._quiet:
                 guarded()
             return None
         return hook
+
+    @contextlib.contextmanager
+    def _quietly(self):
+        """While the recorder itself runs autograd, its own hooks stay out of the way."""
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    def _on_forward(self, module, args) -> None:
+        """A forward pass of the model (attribution only): close a skipped step, start a new one's buffers."""
+        if self._quiet or not torch.is_grad_enabled():
+            return
+        if self._round_open and self._changed_since_backward():
+            self._record_skipped()
+        if not self._round_open and self._schedule(self._step):
+            with torch.no_grad():
+                self._attribution.reset()
+        self._attribution.new_pass()
 
     def _on_first_grad(self) -> None:
         """First gradient of a backward pass: close a step that was skipped, then wait for the pass's end."""
@@ -281,6 +317,8 @@ class Recorder:
                 ratio = buffer[_GRAD_SQ] / buffer[_PRE_SQ]
                 lca = lca * torch.where(buffer[_PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt()
             buffer[_LCA].copy_(lca)
+            if self._attribution is not None:
+                self._attribute(row, lca_too=True)
             if any(g._version != v for g, v in zip(grads, pending["versions"])):
                 buffer[_LCA].fill_(math.nan)
                 self._note("lca not available: the optimizer changed the gradients in place")
@@ -291,6 +329,30 @@ class Recorder:
     # ------------------------------------------------------------------------------------------ helpers
     def _grads(self) -> list[torch.Tensor]:
         return [self._zero if p.grad is None else p.grad for p in self._params]
+
+    def _attribute(self, row: int, *, lca_too: bool) -> None:
+        """Per-view ‖g_v‖², g_v·Δθ and g_v·(g − g_v) of the shared tensors into the attribution buffer."""
+        attribution, out = self._attribution, self._attributed_buffer[row]
+        if attribution.buffers is None:  # the shared module never ran with gradients this step
+            out.zero_()
+            return
+        views = attribution.views
+        parts = [attribution.buffers[v] for v in views]
+        out[:, 2].zero_()
+        for a, part in enumerate(parts):
+            out[a, 0].copy_(quantities.sq_norms(part))
+            if lca_too:
+                out[a, 1].copy_(quantities.dots(part, [self._prev[i] for i in attribution.indices]).neg_())
+            else:
+                out[a, 1].fill_(math.nan)
+            for b in range(a + 1, len(parts)):
+                cross = quantities.dots(part, parts[b])
+                out[a, 2].add_(cross)
+                out[b, 2].add_(cross)
+
+    def _inverse_loss_scale(self) -> torch.Tensor | None:
+        scale = self._loss_scale()
+        return None if scale is None else scale.reciprocal()
 
     def _loss_scale(self) -> torch.Tensor | None:
         scaler = self._scaler
@@ -319,6 +381,8 @@ class Recorder:
                 buffer[_GRAD_SQ].copy_(self._bwd_sq)
             buffer[_PARAM_SQ].copy_(quantities.sq_norms(self._params))
             self._has_grad.append(np.array([s is not None for s in self._snapshot], bool))
+            if self._attribution is not None:
+                self._attribute(row, lca_too=False)
             self._rows.append({"step": self._step, "skipped": True, "changed": False,
                                "lrs": _learning_rates(self.optimizer)})
         self._end_round()
@@ -359,8 +423,9 @@ class Recorder:
                 "update_sq": values[:, _UPDATE_SQ].ravel(), "lca": values[:, _LCA].ravel(),
                 "finite": finite.ravel(), "has_grad": has_grad.ravel(),
             })
-            store.write_part(self.run_dir, "params", self._next_part["params"], frame)
-            self._next_part["params"] += 1
+            self._write("params", frame)
+            if self._attribution is not None:
+                self._write("attribution", self._attribution_frame(steps, n))
             for i, r in enumerate(self._rows):
                 row = {"step": r["step"], "recorded": True, "skipped": r["skipped"],
                        "clip_factor": self._clip_factor(values[i], has_grad[i]) if r["changed"] else math.nan}
@@ -379,9 +444,24 @@ class Recorder:
         if step_rows:
             frame = pd.DataFrame(sorted(step_rows.values(), key=lambda r: r["step"]))
             frame = frame.astype({"step": "int64", "recorded": "bool", "skipped": "bool", "clip_factor": "float64"})
-            store.write_part(self.run_dir, "steps", self._next_part["steps"], frame)
-            self._next_part["steps"] += 1
+            self._write("steps", frame)
         self._rows, self._has_grad, self._logs, self._n_logs = [], [], {}, 0
+
+    def _write(self, table: str, frame: pd.DataFrame) -> None:
+        store.write_part(self.run_dir, table, self._next_part[table], frame)
+        self._next_part[table] += 1
+
+    def _attribution_frame(self, steps: np.ndarray, n: int) -> pd.DataFrame:
+        values = self._attributed_buffer[:n].to("cpu", torch.float64).numpy()  # [row, view, quantity, tensor]
+        self._attributed_buffer[:n].fill_(math.nan)
+        views, ids = self._attribution.views, np.asarray(self._attribution.indices, dtype=np.int32)
+        n_views, n_shared = len(views), len(ids)
+        return pd.DataFrame({
+            "step": np.repeat(steps, n_views * n_shared),
+            "param_id": np.tile(ids, n * n_views),
+            "view": np.tile(np.repeat(np.asarray(views, dtype=object), n_shared), n),
+            "grad_sq": values[:, :, 0].ravel(), "lca": values[:, :, 1].ravel(), "cross": values[:, :, 2].ravel(),
+        })
 
     def _clip_factor(self, values: np.ndarray, has_grad: np.ndarray) -> float:
         """One factor if the optimizer's gradient is a uniform rescaling of the backward's, else NaN (noted)."""
@@ -404,7 +484,8 @@ class Recorder:
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, *, out: str | Path,
            shared_name: str = "shared", every: schedules.Every = 1, flush_every: int = 100,
            scaler: Any = None, config: Mapping | None = None, seed: int | None = None,
-           condition: str | None = None, resume: bool = False) -> Recorder:
+           condition: str | None = None, resume: bool = False,
+           attribute: Mapping[nn.Module | str, Sequence[str] | rows] | None = None) -> Recorder:
     """Record per-tensor training quantities of ``model`` at the optimizer steps chosen by ``every``.
 
     ``views`` assigns parameters to views (see :func:`dynamics.views.resolve_views`); ``out`` is the run
@@ -421,7 +502,10 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
         raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
     _refuse_unsupported(model)
     schedule = schedules.make_schedule(every)
-    assignment = resolve_views(model, views, shared_name=shared_name)
+    attribute, labelled = _attribution_groups(model, views, attribute or {})
+    assignment = resolve_views(model, labelled, shared_name=shared_name,
+                               extra_views=[v for how in attribute.values() for v in _views_of(how)])
+    attributed = [p.index for p in assignment.params if p.view in {_label(h) for h in attribute.values()}]
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
     parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
                   for info, t in zip(assignment.params, assignment.tensors)]
@@ -458,7 +542,52 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
         meta["resumed_at"] = [*old_meta.get("resumed_at", []), start_step]
     store.write_meta(run_dir, meta)
     return Recorder(model, optimizer, assignment, run_dir, schedule=schedule, flush_every=flush_every,
-                    scaler=scaler, meta=meta, next_part=next_part, start_step=start_step)
+                    scaler=scaler, meta=meta, next_part=next_part, start_step=start_step,
+                    attribute=attribute, attributed=attributed)
+
+
+def _views_of(how) -> list[str]:
+    return list(how.views) if isinstance(how, rows) else list(how)
+
+
+def _label(how) -> str:
+    """The group name of an attributed module's tensors in the unsplit table, e.g. 'cc+mlo'."""
+    return "+".join(dict.fromkeys(_views_of(how)))
+
+
+def _attribution_groups(model: nn.Module, views: ViewSpec, attribute: Mapping) -> tuple[dict, ViewSpec]:
+    """Validate ``attribute=`` and add each attributed module to the view spec under its group label."""
+    if not attribute:
+        return {}, views
+    resolved = {}
+    for module, how in attribute.items():
+        if isinstance(module, str):
+            try:
+                module = model.get_submodule(module)
+            except AttributeError as exc:
+                raise ValueError(f"attribute: the model has no submodule {module!r}") from exc
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"attribute keys must be modules or their names, got {type(module).__name__}")
+        names = _views_of(how) if isinstance(how, (rows, list, tuple)) else None
+        if not names or not all(isinstance(v, str) and v for v in names):
+            raise ValueError(f"attribute: {type(module).__name__} needs a list of view names (call order) or "
+                             f"dynamics.rows(fn, views), got {how!r}")
+        resolved[module] = how
+    if isinstance(views, Mapping):
+        spec = dict(views)
+    elif isinstance(views, Sequence) and not isinstance(views, str):
+        spec = {v: [] for v in views}
+    else:
+        raise ValueError("attribute= needs views= as a dict or a list of view names, not a callable")
+    spec = {v: target for v, target in spec.items() if not (isinstance(target, (list, tuple)) and not target)}
+    labels: dict[str, list] = {}
+    for module, how in resolved.items():
+        labels.setdefault(_label(how), []).append(module)
+    for label, modules in labels.items():
+        if label in spec:
+            raise ValueError(f"view name {label!r} collides with the label of an attributed module")
+        spec[label] = modules
+    return resolved, spec
 
 
 def _next_step_on_disk(run_dir: Path) -> int:

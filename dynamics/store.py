@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 META_FILE = "meta.json"
-TABLES = ("params", "steps")
+TABLES = ("params", "steps", "attribution", "probe")
 PARAM_COLUMNS = ["step", "param", "view", "layer", "depth", "grad_sq", "param_sq", "update_sq", "lca", "finite",
-                 "has_grad"]
+                 "has_grad", "attributed", "cross"]
 STEP_COLUMNS = ["step", "recorded", "skipped", "clip_factor"]  # then lr_<group>..., then user scalars
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 
@@ -116,35 +116,62 @@ def _category(values: Iterable, categories: Sequence[str]) -> pd.Categorical:
     return pd.Categorical(values, categories=list(dict.fromkeys(categories)))
 
 
-def load(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split_shared(raw: pd.DataFrame, attribution: pd.DataFrame, group_of: np.ndarray) -> pd.DataFrame:
+    """Replace each attributed tensor's row by one row per view (grad_sq, lca, cross: the view's part)."""
+    ids = attribution["param_id"].unique()
+    whole = raw[raw["param_id"].isin(ids)]
+    per_view = attribution.merge(whole.drop(columns=["grad_sq", "lca"]), on=["step", "param_id"], how="inner",
+                                 validate="many_to_one")
+    per_view["finite"] = per_view["finite"] & np.isfinite(per_view["grad_sq"])
+    per_view["attributed"] = True
+    rest = raw[~raw["param_id"].isin(ids)]
+    rest = rest.assign(attributed=False, cross=np.nan, view=group_of[rest["param_id"].to_numpy()])
+    return pd.concat([rest, per_view], ignore_index=True)
+
+
+def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read one run as two tidy DataFrames: ``(per_param, per_step)``.
 
-    per_param columns: step, param, view, layer, depth, grad_sq, param_sq, update_sq, lca, finite, has_grad.
+    per_param columns: step, param, view, layer, depth, grad_sq, param_sq, update_sq, lca, finite, has_grad,
+    attributed, cross. With ``split_shared`` (the default) a tensor of a module shared by several views
+    (``attribute=``) appears once per view: grad_sq, lca and cross are that view's part, param_sq and
+    update_sq are the tensor's (so they repeat across its views); without it, once, under its group label.
     per_step columns: step, recorded, skipped, clip_factor, lr_<group>..., then the scalars given to ``log``.
-    Names are categorical; rows are sorted by step (then parameter order).
+    Names are categorical; rows are sorted by step, then parameter order, then view.
     """
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
     info = pd.DataFrame(meta["parameters"])
     raw = _read_parts(run_dir, "params")
     if raw is None:
-        raw = pd.DataFrame({"step": pd.Series(dtype="int64"), "param_id": pd.Series(dtype="int32")})
+        raw = pd.DataFrame({c: pd.Series(dtype=t) for c, t in [("step", "int64"), ("param_id", "int32"),
+                            ("grad_sq", "float64"), ("param_sq", "float64"), ("update_sq", "float64"),
+                            ("lca", "float64"), ("finite", "bool"), ("has_grad", "bool")]})
     ids = raw["param_id"].to_numpy()
     if len(ids) and (ids.min() < 0 or ids.max() >= len(info)):
         raise RunStoreError(f"{run_dir}: parameter ids outside the parameter table of {META_FILE}")
+    attribution = _read_parts(run_dir, "attribution") if split_shared else None
+    if attribution is not None:
+        raw = _split_shared(raw, attribution, info["view"].to_numpy())
+    else:
+        raw = raw.assign(attributed=False, cross=np.nan, view=info["view"].to_numpy()[ids])
+    ids = raw["param_id"].to_numpy()
     names = info["name"].to_numpy()
+    present = set(raw["view"])
+    view_order = [v for v in meta["views"] if attribution is None or v in present]
     per_param = pd.DataFrame({
-        "step": raw.get("step", pd.Series(dtype="int64")).astype("int64"),
+        "step": raw["step"].astype("int64").to_numpy(),
         "param": _category(names[ids], names),
-        "view": _category(info["view"].to_numpy()[ids], meta["views"]),
+        "view": _category(raw["view"].to_numpy(), view_order),
         "layer": _category(info["layer"].to_numpy()[ids], info["layer"]),
         "depth": info["depth"].to_numpy()[ids].astype("int32"),
     })
     for column in ("grad_sq", "param_sq", "update_sq", "lca"):
-        per_param[column] = raw.get(column, pd.Series(dtype="float64")).astype("float64").to_numpy()
-    for column in ("finite", "has_grad"):
-        per_param[column] = raw.get(column, pd.Series(dtype="bool")).astype("bool").to_numpy()
-    per_param = per_param.sort_values(["step", "param"], kind="stable", ignore_index=True)
+        per_param[column] = raw[column].astype("float64").to_numpy()
+    for column in ("finite", "has_grad", "attributed"):
+        per_param[column] = raw[column].astype("bool").to_numpy()
+    per_param["cross"] = raw["cross"].astype("float64").to_numpy()
+    per_param = per_param.sort_values(["step", "param", "view"], kind="stable", ignore_index=True)
 
     per_step = _read_parts(run_dir, "steps")
     if per_step is None:

@@ -103,7 +103,7 @@ def test_load_columns_dtypes_and_metadata(tmp_path):
     rec.close()
     per_param, per_step = dynamics.load(tmp_path / "r")
     assert list(per_param.columns) == ["step", "param", "view", "layer", "depth", "grad_sq", "param_sq",
-                                       "update_sq", "lca", "finite", "has_grad"]
+                                       "update_sq", "lca", "finite", "has_grad", "attributed", "cross"]
     assert list(per_step.columns) == ["step", "recorded", "skipped", "clip_factor", "lr_0", "loss"]
     for column in ("param", "view", "layer"):
         assert isinstance(per_param[column].dtype, pd.CategoricalDtype)

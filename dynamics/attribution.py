@@ -1,0 +1,213 @@
+"""Per-view gradients inside a module that several views share.
+
+A shared module's parameter gradient is a sum of one part per view, g = Σ_v g_v. Two ways to split it, both
+through autograd, so they work for any module type:
+
+* **Per call** (``attribute={module: ["cc", "mlo"]}``, or ``with dynamics.view("cc"): module(x)``): while the
+  module runs for view v, its parameters are replaced by *aliases* (``p.view_as(p)``: same storage, own graph
+  node). The gradient reaching an alias is exactly that call's part; a tensor hook adds it to view v's buffer.
+  The parameter's own gradient is unchanged (the aliases' gradients flow on into it).
+* **Per row** (``attribute={module: dynamics.rows(fn, ["cc", "mlo"])}``) for one call on a batch that stacks
+  the views: ``fn(*inputs)`` says which rows of the output belong to which view, and g_v is the gradient that
+  flows back from view v's output rows, Jᵀ(m_v ⊙ ∂L/∂y). Masks partition the rows, so Σ_v g_v = g exactly.
+  Inside the module rows can interact (BatchNorm's batch statistics in training): that influence is
+  attributed to the view whose outputs carry it. Costs one extra backward pass of the module per view.
+
+Buffers: one gradient-sized buffer per view for the shared parameters, filled on recorded steps only.
+Gradients are stored unscaled (multiplied by the GradScaler's 1/scale on the device when one is given).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+_context = threading.local()
+
+
+@contextlib.contextmanager
+def view(name: str) -> Iterator[None]:
+    """Attribute every call of an attributed module inside this block to view ``name``."""
+    stack = _context.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def current_view() -> str | None:
+    stack = getattr(_context, "stack", [])
+    return stack[-1] if stack else None
+
+
+@dataclass(frozen=True)
+class rows:  # noqa: N801 - reads as a spec: attribute={module: dynamics.rows(fn, views)}
+    """Per-row attribution of one call on a stacked batch: ``fn(*inputs) -> {view: bool mask or indices}``."""
+
+    fn: Callable[..., Mapping[str, torch.Tensor]]
+    views: Sequence[str]
+
+
+@dataclass
+class _Target:
+    module: nn.Module
+    order: Sequence[str] | None       # per-call: views in call order within one forward pass
+    by_rows: rows | None
+    entries: list[tuple[nn.Module, str, int]]  # (owning submodule, attribute name, index in shared list)
+    calls: int = 0
+
+
+class SharedAttribution:
+    """Installs the hooks for every attributed module and owns the per-view gradient buffers."""
+
+    def __init__(self, model: nn.Module, spec: Mapping[nn.Module | str, Sequence[str] | rows],
+                 params: Sequence[nn.Parameter], indices: Sequence[int], views: Sequence[str],
+                 is_active: Callable[[], bool], inv_scale: Callable[[], torch.Tensor | None],
+                 quietly: Callable[[], contextlib.AbstractContextManager],
+                 guard: Callable[..., Callable]) -> None:
+        self.params = list(params)               # the shared parameters (recorded tensors), in record order
+        self.indices = list(indices)             # their positions in the recorder's parameter list
+        self.views = list(views)
+        self._is_active, self._inv_scale, self._quietly, self._guard = is_active, inv_scale, quietly, guard
+        self._position = {id(p): i for i, p in enumerate(self.params)}
+        self.buffers: dict[str, list[torch.Tensor]] | None = None
+        self.present: set[str] = set()           # views that contributed since the last reset
+        self.unattributed_calls = 0
+        self._handles: list = []
+        self._targets = [self._target(model, module, how) for module, how in spec.items()]
+        for t in self._targets:
+            self._handles.append(t.module.register_forward_pre_hook(guard(self._make_pre(t), no_grad=False),
+                                                                    with_kwargs=True))
+            self._handles.append(t.module.register_forward_hook(guard(self._make_post(t), no_grad=False),
+                                                                with_kwargs=True, always_call=True))
+
+    def _target(self, model: nn.Module, module: nn.Module | str, how) -> _Target:
+        if isinstance(module, str):
+            module = model.get_submodule(module)
+        entries = []
+        for sub in module.modules():
+            for name, p in sub._parameters.items():
+                if p is not None and id(p) in self._position:
+                    entries.append((sub, name, self._position[id(p)]))
+        if isinstance(how, rows):
+            return _Target(module, None, how, entries)
+        return _Target(module, list(how), None, entries)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.buffers = None
+
+    # ------------------------------------------------------------------------------------------ buffers
+    def reset(self) -> None:
+        """Start a new optimizer step: zero the per-view buffers (allocated on first use)."""
+        if self.buffers is None:
+            self.buffers = {v: [torch.zeros_like(p) for p in self.params] for v in self.views}
+        else:
+            torch._foreach_zero_([b for bufs in self.buffers.values() for b in bufs])
+        self.present = set()
+
+    def _add(self, view_name: str, position: int, grad: torch.Tensor) -> None:
+        if self.buffers is None:
+            self.reset()
+        inv = self._inv_scale()
+        buffer = self.buffers[view_name][position]
+        if inv is None:
+            buffer.add_(grad)
+        else:
+            buffer.addcmul_(grad, inv.to(grad.dtype))
+        self.present.add(view_name)
+
+    # ------------------------------------------------------------------------------------------- hooks
+    def new_pass(self) -> None:
+        """A forward pass of the whole model begins: call order counts from the first view again."""
+        for t in self._targets:
+            t.calls = 0
+
+    def _view_of_call(self, t: _Target) -> str | None:
+        explicit = current_view()
+        if explicit is not None:
+            return explicit if explicit in self.views else None
+        k, t.calls = t.calls, t.calls + 1
+        return t.order[k] if t.order is not None and k < len(t.order) else None
+
+    def _make_pre(self, t: _Target):
+        def pre(module, args, kwargs):
+            if not (torch.is_grad_enabled() and self._is_active()):
+                return None
+            if t.by_rows is not None:
+                t._rows_args = (args, kwargs)
+                t._aliases = None
+                return None
+            view_name = self._view_of_call(t)
+            if view_name is None:
+                self.unattributed_calls += 1
+                t._aliases = None
+                return None
+            aliases: dict[int, torch.Tensor] = {}
+            t._aliases = aliases
+            for sub, name, position in t.entries:
+                alias = aliases.get(position)
+                if alias is None:
+                    original = self.params[position]
+                    alias = original.view_as(original)
+                    alias.register_hook(self._guard(lambda g, v=view_name, i=position: self._add(v, i, g)))
+                    aliases[position] = alias
+                sub._parameters[name] = alias
+            return None
+        return pre
+
+    def _make_post(self, t: _Target):
+        def post(module, args, kwargs, output):
+            if getattr(t, "_aliases", None) is not None:  # always put the real parameters back
+                for sub, name, position in t.entries:
+                    sub._parameters[name] = self.params[position]
+                t._aliases = None
+            if t.by_rows is not None and getattr(t, "_rows_args", None) is not None:
+                rows_args, t._rows_args = t._rows_args, None
+                self._split_by_rows(t, rows_args, output)
+            return None
+        return post
+
+    def _split_by_rows(self, t: _Target, call: tuple, output) -> None:
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            raise TypeError(f"dynamics.rows needs a module returning one tensor that requires grad, "
+                            f"got {type(output).__name__}")
+        args, kwargs = call
+        masks = t.by_rows.fn(*args, **kwargs)
+        unknown = [v for v in masks if v not in self.views]
+        if unknown:
+            raise ValueError(f"dynamics.rows: the row function returned unknown view(s) {unknown}")
+        shared = [self.params[position] for position in sorted({e[2] for e in t.entries})]
+        positions = sorted({e[2] for e in t.entries})
+
+        nested = []
+
+        def hook(grad_out: torch.Tensor) -> None:
+            if nested:  # the pull-backs below start at this same tensor: do not split them again
+                return None
+            nested.append(True)
+            try:
+                self._pull_back(output, grad_out, masks, shared, positions)
+            finally:
+                nested.clear()
+            return None
+        output.register_hook(self._guard(hook))
+
+    def _pull_back(self, output: torch.Tensor, grad_out: torch.Tensor, masks: Mapping[str, torch.Tensor],
+                   shared: list[torch.Tensor], positions: list[int]) -> None:
+        """g_v = Jᵀ(m_v ⊙ ∂L/∂y): one autograd pass through the module per view."""
+        for view_name, mask in masks.items():
+            selected = torch.zeros_like(grad_out)
+            selected[mask] = grad_out[mask]
+            with self._quietly():
+                parts = torch.autograd.grad(output, shared, selected, retain_graph=True, allow_unused=True)
+            for position, part in zip(positions, parts):
+                if part is not None:
+                    self._add(view_name, position, part)
