@@ -7,11 +7,12 @@ __version__ = "0.1.0"
 
 from . import analysis, metrics, plots
 from .attribution import rows, view
+from .probe import ProbeBatch
 from .recorder import Recorder, attach
-from .store import RunStoreError, load, load_runs, read_meta
+from .store import RunStoreError, load, load_probe, load_runs, read_meta
 from .tables import learning_speed, norms, shares
 from .utilization import load_utilization, save_utilization, utilization
 
-__all__ = ["attach", "Recorder", "view", "rows", "load", "load_runs", "read_meta", "RunStoreError", "norms",
+__all__ = ["attach", "Recorder", "view", "rows", "ProbeBatch", "load", "load_probe", "load_runs", "read_meta", "RunStoreError", "norms",
            "learning_speed", "shares", "utilization", "save_utilization", "load_utilization", "analysis", "plots",
            "metrics"]

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import probe as probing
 from . import quantities, schedules, store
 from .attribution import SharedAttribution, rows
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
@@ -86,7 +87,8 @@ class Recorder:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, assignment: ViewAssignment,
                  run_dir: Path, *, schedule: schedules.Schedule, flush_every: int, scaler: Any,
                  meta: dict, next_part: dict[str, int], start_step: int,
-                 attribute: Mapping | None = None, attributed: Sequence[int] = ()) -> None:
+                 attribute: Mapping | None = None, attributed: Sequence[int] = (),
+                 probe: probing.ProbeBatch | None = None, probe_every: int = 50) -> None:
         self.model, self.optimizer, self.assignment = model, optimizer, assignment
         self.run_dir, self.meta = run_dir, meta
         self._schedule, self._flush_every, self._scaler = schedule, flush_every, scaler
@@ -98,6 +100,10 @@ class Recorder:
         self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
         self._buffer = torch.full((flush_every, 5, self._n), math.nan, device=self.device, dtype=self._dtype)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
+        self._probe, self._probe_every = probe, probe_every
+        if probe is not None:  # rows: lca by first-order, trapezoid, Simpson; losses before and after
+            self._probe_lca = torch.full((flush_every, 3, self._n), math.nan, device=self.device, dtype=self._dtype)
+            self._probe_loss = torch.full((flush_every, 2), math.nan, device=self.device, dtype=self._dtype)
         # per-step host-side bookkeeping (no device data is read for these)
         self._step = start_step
         self._rows: list[dict] = []            # one per buffer row in use
@@ -301,7 +307,14 @@ class Recorder:
             self._prev = [torch.empty_like(p) for p in self._params]
         for saved, p in zip(self._prev, self._params):  # a plain loop: foreach copy is slower on CPU
             saved.copy_(p)
-        self._pending = {"row": row, "grads": grads, "changed": changed,
+        if self._probe is not None and self._step % self._probe_every == 0:
+            with self._quietly(), probing.preserved(self.model, self._probe.train_mode):
+                loss, g0 = probing.loss_and_grads(self.model, self._probe, self._params)
+            self._probe_loss[row, 0].copy_(loss)
+            probe_start = g0
+        else:
+            probe_start = None
+        self._pending = {"row": row, "grads": grads, "changed": changed, "probe": probe_start,
                          "versions": [g._version for g in grads],
                          "lrs": _learning_rates(optimizer)}
         self._has_grad.append(np.fromiter((p.grad is not None for p in self._params), bool, self._n))
@@ -310,7 +323,12 @@ class Recorder:
         pending, self._pending = self._pending, None
         if pending is not None:
             row, grads, buffer = pending["row"], pending["grads"], self._buffer[pending["row"]]
+            if pending["probe"] is not None:
+                g_half, g1 = self._probe_path(row)
             torch._foreach_sub_(self._prev, list(self._params))  # θ_t − θ_{t+1} = −Δθ
+            if pending["probe"] is not None:
+                ends = [quantities.dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
+                self._probe_lca[row].copy_(probing.path_lca(*ends))
             buffer[_UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
             lca = quantities.dots(grads, self._prev).neg_()
             if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
@@ -329,6 +347,22 @@ class Recorder:
     # ------------------------------------------------------------------------------------------ helpers
     def _grads(self) -> list[torch.Tensor]:
         return [self._zero if p.grad is None else p.grad for p in self._params]
+
+    def _probe_path(self, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Probe gradients at θ_{t+1} and at the midpoint (parameters put back bit for bit afterwards)."""
+        params = self._params
+        with self._quietly(), probing.preserved(self.model, self._probe.train_mode):
+            loss, g1 = probing.loss_and_grads(self.model, self._probe, params)
+            self._probe_loss[row, 1].copy_(loss)
+            after = [p.detach().clone() for p in params]
+            try:
+                for p, start, end in zip(params, self._prev, after):
+                    p.copy_(torch.lerp(start, end, 0.5))
+                _, g_half = probing.loss_and_grads(self.model, self._probe, params)
+            finally:
+                for p, end in zip(params, after):
+                    p.copy_(end)
+        return g_half, g1
 
     def _attribute(self, row: int, *, lca_too: bool) -> None:
         """Per-view ‖g_v‖², g_v·Δθ and g_v·(g − g_v) of the shared tensors into the attribution buffer."""
@@ -426,10 +460,12 @@ class Recorder:
             self._write("params", frame)
             if self._attribution is not None:
                 self._write("attribution", self._attribution_frame(steps, n))
+            probe_rows = self._probe_rows(steps, n)
             for i, r in enumerate(self._rows):
                 row = {"step": r["step"], "recorded": True, "skipped": r["skipped"],
                        "clip_factor": self._clip_factor(values[i], has_grad[i]) if r["changed"] else math.nan}
                 row.update({f"lr_{g}": float(lr) for g, lr in enumerate(r["lrs"])})
+                row.update(probe_rows.get(r["step"], {}))
                 step_rows[r["step"]] = row
             self._buffer[:n].fill_(math.nan)
         if self._logs:
@@ -446,6 +482,29 @@ class Recorder:
             frame = frame.astype({"step": "int64", "recorded": "bool", "skipped": "bool", "clip_factor": "float64"})
             self._write("steps", frame)
         self._rows, self._has_grad, self._logs, self._n_logs = [], [], {}, 0
+
+    def _probe_rows(self, steps: np.ndarray, n: int) -> dict[int, dict]:
+        """Write the probe's per-tensor lca part; return its per-step losses and residuals by step."""
+        if self._probe is None:
+            return {}
+        lca = self._probe_lca[:n].to("cpu", torch.float64).numpy()   # [row, rule, tensor]
+        losses = self._probe_loss[:n].to("cpu", torch.float64).numpy()
+        self._probe_lca[:n].fill_(math.nan)
+        self._probe_loss[:n].fill_(math.nan)
+        probed = np.flatnonzero(~np.isnan(losses[:, 1]))
+        if not len(probed):
+            return {}
+        self._write("probe", pd.DataFrame({
+            "step": np.repeat(steps[probed], self._n),
+            "param_id": np.tile(np.arange(self._n, dtype=np.int32), len(probed)),
+            **{f"lca_{rule}": lca[probed, k].ravel() for k, rule in enumerate(probing.RULES)}}))
+        out = {}
+        for i in probed:
+            change = losses[i, 1] - losses[i, 0]
+            row = {"probe_loss_before": losses[i, 0], "probe_loss_after": losses[i, 1], "probe_change": change}
+            row.update({f"probe_residual_{rule}": change - lca[i, k].sum() for k, rule in enumerate(probing.RULES)})
+            out[int(steps[i])] = row
+        return out
 
     def _write(self, table: str, frame: pd.DataFrame) -> None:
         store.write_part(self.run_dir, table, self._next_part[table], frame)
@@ -485,7 +544,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
            shared_name: str = "shared", every: schedules.Every = 1, flush_every: int = 100,
            scaler: Any = None, config: Mapping | None = None, seed: int | None = None,
            condition: str | None = None, resume: bool = False,
-           attribute: Mapping[nn.Module | str, Sequence[str] | rows] | None = None) -> Recorder:
+           attribute: Mapping[nn.Module | str, Sequence[str] | rows] | None = None,
+           probe: probing.ProbeBatch | None = None, probe_every: int = 50) -> Recorder:
     """Record per-tensor training quantities of ``model`` at the optimizer steps chosen by ``every``.
 
     ``views`` assigns parameters to views (see :func:`dynamics.views.resolve_views`); ``out`` is the run
@@ -502,6 +562,13 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
         raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
     _refuse_unsupported(model)
     schedule = schedules.make_schedule(every)
+    if probe is not None:
+        if not isinstance(probe, probing.ProbeBatch):
+            raise TypeError(f"probe must be a dynamics.ProbeBatch, got {type(probe).__name__}")
+        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
+            raise ValueError(f"probe_every must be a positive int, got {probe_every!r}")
+        recorded = schedule
+        schedule = lambda step: recorded(step) or step % probe_every == 0  # noqa: E731 - probe steps are recorded
     attribute, labelled = _attribution_groups(model, views, attribute or {})
     assignment = resolve_views(model, labelled, shared_name=shared_name,
                                extra_views=[v for how in attribute.values() for v in _views_of(how)])
@@ -528,6 +595,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
                                  for g in optimizer.param_groups]},
         "amp_scaler": scaler is not None,
         "schedule": schedules.describe(every),
+        "probe": None if probe is None else {"every": probe_every, "train_mode": probe.train_mode,
+                                             "rules": list(probing.RULES)},
         "flush_every": flush_every,
         "config": _json_safe(dict(config or {})),
         "seed": seed,
@@ -543,7 +612,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     store.write_meta(run_dir, meta)
     return Recorder(model, optimizer, assignment, run_dir, schedule=schedule, flush_every=flush_every,
                     scaler=scaler, meta=meta, next_part=next_part, start_step=start_step,
-                    attribute=attribute, attributed=attributed)
+                    attribute=attribute, attributed=attributed, probe=probe, probe_every=probe_every)
 
 
 def _views_of(how) -> list[str]:

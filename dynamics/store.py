@@ -185,6 +185,27 @@ def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.D
     return per_param, per_step
 
 
+def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The probe's path-integrated lca per step and tensor: step, param, view, layer, depth, lca_first,
+    lca_trapezoid, lca_simpson. The per-step losses and residuals are columns of ``load(...)[1]``."""
+    run_dir = Path(run_dir)
+    info = pd.DataFrame(read_meta(run_dir)["parameters"])
+    raw = _read_parts(run_dir, "probe")
+    if raw is None:
+        raise RunStoreError(f"{run_dir}: no probe was recorded (attach(..., probe=ProbeBatch(...)))")
+    ids = raw["param_id"].to_numpy()
+    out = pd.DataFrame({
+        "step": raw["step"].astype("int64").to_numpy(),
+        "param": _category(info["name"].to_numpy()[ids], info["name"]),
+        "view": _category(info["view"].to_numpy()[ids], info["view"]),
+        "layer": _category(info["layer"].to_numpy()[ids], info["layer"]),
+        "depth": info["depth"].to_numpy()[ids].astype("int32"),
+    })
+    for column in ("lca_first", "lca_trapezoid", "lca_simpson"):
+        out[column] = raw[column].astype("float64").to_numpy()
+    return out.sort_values(["step", "param"], kind="stable", ignore_index=True)
+
+
 def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:
     """One row per step: a step's quantities and the scalars logged for it may sit in consecutive parts."""
     if not per_step["step"].duplicated().any():

@@ -1,0 +1,124 @@
+"""The probe: path-integrated lca on a fixed batch, its residuals, and that it never changes training."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dynamics
+
+
+class Net(nn.Module):
+    """Two small views with BatchNorm and Dropout, so the probe must protect buffers and the RNG stream."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.cc = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(dropout))
+        self.mlo = nn.Sequential(nn.Linear(5, 16), nn.Tanh())
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, a, b):
+        return self.head(torch.cat([self.cc(a), self.mlo(b)], 1)).squeeze(1)
+
+
+def _mse(out, y):
+    return ((out - y) ** 2).mean()
+
+
+def _data(steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=g), torch.randn(16, 5, generator=g), torch.randn(16, generator=g))
+            for _ in range(steps)]
+
+
+def _train(model, data, *, probe=None, tmp=None, lr=0.05, every=1):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    rec = None
+    if tmp is not None:
+        rec = dynamics.attach(model, opt, views={"cc": model.cc, "mlo": model.mlo}, out=tmp, probe=probe,
+                              probe_every=2, every=every)
+    for a, b, y in data:
+        _mse(model(a, b), y).backward()
+        opt.step()
+        opt.zero_grad()
+    if rec:
+        rec.close()
+    return model
+
+
+def test_probe_never_changes_training(tmp_path):
+    torch.manual_seed(0)
+    model = Net(dropout=0.3)
+    probed, plain = copy.deepcopy(model), copy.deepcopy(model)
+    g = torch.Generator().manual_seed(9)
+    probe = dynamics.ProbeBatch((torch.randn(32, 6, generator=g), torch.randn(32, 5, generator=g)),
+                                torch.randn(32, generator=g), _mse)
+    torch.manual_seed(1)
+    _train(probed, _data(6), probe=probe, tmp=tmp_path / "probed", every=3)
+    after_probed = torch.rand(3)
+    torch.manual_seed(1)
+    _train(plain, _data(6))
+    after_plain = torch.rand(3)
+    for (k, a), (_, b) in zip(probed.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), f"{k} changed by the probe"   # parameters and BatchNorm running stats
+    assert torch.equal(after_probed, after_plain)                # the RNG stream continues unchanged
+    _, per_step = dynamics.load(tmp_path / "probed")
+    assert per_step.dropna(subset=["probe_change"])["step"].tolist() == [0, 2, 4]
+
+
+def test_residuals_simpson_below_one_percent_and_sums_exact(tmp_path):
+    torch.manual_seed(0)
+    model = Net()
+    g = torch.Generator().manual_seed(5)
+    inputs = (torch.randn(64, 6, generator=g), torch.randn(64, 5, generator=g))
+    targets = torch.randn(64, generator=g)
+    probe = dynamics.ProbeBatch(inputs, targets, _mse)
+    data = _data(5)
+
+    # brute force: the probe loss and gradient at θ_t and θ_{t+1} on an independent copy, in float64
+    reference = copy.deepcopy(model).double()
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.2, momentum=0.9)
+    expected = []
+    for a, b, y in data:
+        def probe_loss():
+            reference.train()
+            return _mse(reference(*(x.double() for x in inputs)), targets.double())
+        l0 = probe_loss()
+        g0 = torch.autograd.grad(l0, list(reference.parameters()))
+        before = [p.detach().clone() for p in reference.parameters()]
+        _mse(reference(a.double(), b.double()), y.double()).backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        with torch.no_grad():
+            l1 = probe_loss()
+        first = sum(float((gi * (p.detach() - p0)).sum()) for gi, p, p0 in zip(g0, reference.parameters(), before))
+        expected.append((float(l1 - l0.detach()), first))
+
+    _train(model, data, probe=probe, tmp=tmp_path / "run", lr=0.2)
+    _, per_step = dynamics.load(tmp_path / "run")
+    table = dynamics.load_probe(tmp_path / "run")
+    probed = per_step.dropna(subset=["probe_change"]).set_index("step")
+    assert probed.index.tolist() == [0, 2, 4]
+    for step in probed.index:
+        row = probed.loc[step]
+        change, first = expected[step]
+        assert row["probe_change"] == pytest.approx(change, rel=1e-3)
+        sums = table[table["step"] == step][["lca_first", "lca_trapezoid", "lca_simpson"]].sum()
+        assert sums["lca_first"] == pytest.approx(first, rel=1e-4)   # Σ over tensors = total first-order
+        for rule in ("first", "trapezoid", "simpson"):                # residual = change − Σ lca, exactly
+            assert row[f"probe_residual_{rule}"] == pytest.approx(row["probe_change"] - sums[f"lca_{rule}"],
+                                                                 rel=1e-12, abs=1e-15)
+        assert abs(row["probe_residual_simpson"]) < 0.01 * abs(row["probe_change"])
+        assert abs(row["probe_residual_first"]) > abs(row["probe_residual_simpson"])
+    assert set(table["view"]) == {"cc", "mlo", "shared"}
+
+
+def test_probe_argument_errors(tmp_path):
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="ProbeBatch"):
+        dynamics.attach(model, opt, views={"cc": model.cc}, out=tmp_path / "a", probe=(1, 2))
+    with pytest.raises(ValueError, match="probe_every"):
+        dynamics.attach(model, opt, views={"cc": model.cc}, out=tmp_path / "b",
+                        probe=dynamics.ProbeBatch(None, None, _mse), probe_every=0)
