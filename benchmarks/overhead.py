@@ -21,9 +21,9 @@ import dynamics  # noqa: E402
 from analyses.models import nyu_model  # noqa: E402
 
 
-def _make(seed: int):
+def _make(seed: int, condition: str):
     torch.manual_seed(seed)
-    model = nyu_model("separate")
+    model = nyu_model(condition)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
 
@@ -42,6 +42,27 @@ def _time_steps(model, optimizer, batch, steps: int, rec=None) -> list[float]:
     return times
 
 
+def _variants(size: int, batch: int, g: torch.Generator):
+    """name → (model, optimizer, attach kwargs or None): the configurations timed side by side."""
+    probe_x = {v: torch.randn(batch, 1, size, size, generator=g) for v in ("cc", "mlo")}
+    probe = dynamics.ProbeBatch((probe_x,), torch.randint(0, 2, (batch,), generator=g).float(),
+                                torch.nn.functional.binary_cross_entropy_with_logits)
+    variants = {}
+    for name, condition in [("plain", "separate"), ("recorded", "separate"), ("recorded+probe K=50", "separate"),
+                            ("plain shared", "shared"), ("recorded shared+attribution", "shared")]:
+        model, optimizer = _make(0, condition)
+        if name.startswith("plain"):
+            kwargs = None
+        elif condition == "shared":
+            kwargs = {"views": ["cc", "mlo"], "attribute": {model.column: ["cc", "mlo"]}}
+        else:
+            kwargs = {"views": {"cc": model.cc_column, "mlo": model.mlo_column}}
+            if "probe" in name:
+                kwargs.update(probe=probe, probe_every=50)
+        variants[name] = (model, optimizer, kwargs)
+    return variants
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=96, help="input image side (pixels)")
@@ -54,23 +75,25 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     batch = ({v: torch.randn(args.batch, 1, args.size, args.size, generator=g) for v in ("cc", "mlo")},
              torch.randint(0, 2, (args.batch,), generator=g).float())
-    plain_model, plain_opt = _make(0)
-    rec_model, rec_opt = _make(0)
-    n_tensors = sum(1 for _ in rec_model.parameters())
-    plain, recorded = [], []
+    variants = _variants(args.size, args.batch, g)
+    times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        rec = dynamics.attach(rec_model, rec_opt, views={"cc": rec_model.cc_column, "mlo": rec_model.mlo_column},
-                              out=Path(tmp) / "run", flush_every=50)
-        _time_steps(plain_model, plain_opt, batch, 3)          # warm-up
-        _time_steps(rec_model, rec_opt, batch, 3, rec)
+        recs = {name: dynamics.attach(m, o, out=Path(tmp) / f"run{i}", flush_every=50, **kw)
+                for i, (name, (m, o, kw)) in enumerate(variants.items()) if kw is not None}
+        for name, (m, o, _) in variants.items():  # warm-up
+            _time_steps(m, o, batch, 2, recs.get(name))
         for _ in range(args.reps):
-            plain += _time_steps(plain_model, plain_opt, batch, args.steps)
-            recorded += _time_steps(rec_model, rec_opt, batch, args.steps, rec)
-        rec.close()
-    p, r = statistics.median(plain), statistics.median(recorded)
-    print(f"two-view ResNet-22, {n_tensors} tensors, batch {args.batch}×2 views×{args.size}², "
-          f"{torch.get_num_threads()} threads, {args.reps}×{args.steps} interleaved steps each")
-    print(f"median step: plain {p * 1e3:.1f} ms, recorded every step {r * 1e3:.1f} ms, ratio {r / p:.3f}x")
+            for name, (m, o, _) in variants.items():
+                times[name] += _time_steps(m, o, batch, args.steps, recs.get(name))
+        for rec in recs.values():
+            rec.close()
+    n_tensors = sum(1 for _ in variants["plain"][0].parameters())
+    print(f"two-view ResNet-22 (widths 16-256), {n_tensors} tensors, batch {args.batch} x 2 views x "
+          f"{args.size}x{args.size}, {torch.get_num_threads()} threads, {args.reps}x{args.steps} interleaved steps")
+    median = {name: statistics.median(t) for name, t in times.items()}
+    for name, value in median.items():
+        base = median["plain shared" if "shared" in name else "plain"]
+        print(f"  {name:30s} median step {value * 1e3:7.1f} ms   ratio {value / base:.3f}x")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ def current_view() -> str | None:
     return stack[-1] if stack else None
 
 
+def _row_mask(rows_of_view: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A boolean mask over dim 0 of ``like``, broadcastable to it (built on the device, no host sync)."""
+    if rows_of_view.dtype != torch.bool:
+        index = rows_of_view.to(like.device)
+        rows_of_view = torch.zeros(like.shape[0], dtype=torch.bool, device=like.device).index_fill_(0, index, True)
+    return rows_of_view.to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
+
+
 @dataclass(frozen=True)
 class rows:  # noqa: N801 - reads as a spec: attribute={module: dynamics.rows(fn, views)}
     """Per-row attribution of one call on a stacked batch: ``fn(*inputs) -> {view: bool mask or indices}``."""
@@ -203,9 +211,8 @@ class SharedAttribution:
     def _pull_back(self, output: torch.Tensor, grad_out: torch.Tensor, masks: Mapping[str, torch.Tensor],
                    shared: list[torch.Tensor], positions: list[int]) -> None:
         """g_v = Jᵀ(m_v ⊙ ∂L/∂y): one autograd pass through the module per view."""
-        for view_name, mask in masks.items():
-            selected = torch.zeros_like(grad_out)
-            selected[mask] = grad_out[mask]
+        for view_name, rows_of_view in masks.items():
+            selected = torch.where(_row_mask(rows_of_view, grad_out), grad_out, torch.zeros_like(grad_out))
             with self._quietly():
                 parts = torch.autograd.grad(output, shared, selected, retain_graph=True, allow_unused=True)
             for position, part in zip(positions, parts):

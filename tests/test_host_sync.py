@@ -60,6 +60,40 @@ def test_no_host_transfers_between_flushes(tmp_path, conversion_counter, setup):
     assert len(per_step) == 8 and per_step["loss"].notna().all()
 
 
+class SharedColumn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.column = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh())
+        self.head = torch.nn.Linear(12, 1)
+
+    def forward(self, a, b):
+        return self.head(torch.cat([self.column(a), self.column(b)], 1)).squeeze(1)
+
+
+@pytest.mark.parametrize("use_probe", [False, True])
+def test_no_host_transfers_with_attribution_and_probe(tmp_path, conversion_counter, use_probe):
+    torch.manual_seed(0)
+    model = SharedColumn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    probe = dynamics.ProbeBatch((torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)),
+                                torch.randn(8, generator=g), lambda out, y: ((out - y) ** 2).mean())
+    rec = dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
+                          out=tmp_path / "r", flush_every=100, probe=probe if use_probe else None, probe_every=2)
+    for _ in range(6):
+        a, b, y = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, generator=g)
+        ((model(a, b) - y) ** 2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert conversion_counter == {name: 0 for name in CONVERSIONS}
+    rec.close()
+    assert sum(conversion_counter.values()) > 0
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert per_param["attributed"].any() and len(per_step) == 6
+    assert per_step.get("probe_change", per_step["step"] * float("nan")).notna().sum() == (3 if use_probe else 0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_no_synchronisation_between_flushes(tmp_path):
     model = fresh_model().cuda()
