@@ -1,7 +1,8 @@
 """Quantities derived when reading, never stored: norms, learning speeds and shares of the loss change.
 
 The stored statistics are additive (sums of squares and dot products), so every grouping here is an exact sum
-first and a derived value second. Skipped steps and non-finite rows are excluded where sums are taken.
+first and a derived value second. Rows are excluded by the one rule of :func:`dynamics.analysis.clean`
+(skipped and non-finite steps, tensors without a gradient) wherever sums are taken.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .analysis import clean
+
 _SUMS = ["grad_sq", "param_sq", "update_sq", "lca"]
 
 
@@ -17,12 +20,6 @@ def _check(per_param: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in per_param]
     if missing:
         raise ValueError(f"table lacks column(s) {missing}; expected a per_param table from dynamics.load")
-
-
-def _usable(per_param: pd.DataFrame) -> pd.DataFrame:
-    """Rows with a finite gradient and a completed update (skipped steps have NaN update_sq and lca)."""
-    keep = per_param["finite"] if "finite" in per_param else pd.Series(True, index=per_param.index)
-    return per_param[keep & per_param["update_sq"].notna()]
 
 
 def norms(per_param: pd.DataFrame) -> pd.DataFrame:
@@ -34,24 +31,28 @@ def norms(per_param: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def sums(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view")) -> pd.DataFrame:
-    """Exact group sums of the additive statistics, over usable rows only."""
+def sums(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view"),
+         per_step: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Exact group sums of the additive statistics over usable rows (NaN where a quantity is missing)."""
     by = list(by)
     _check(per_param, by + _SUMS)
-    return _usable(per_param).groupby(by, observed=True)[_SUMS].sum().reset_index()
+    return clean(per_param, per_step).groupby(by, observed=True)[_SUMS].sum(min_count=1).reset_index()
 
 
-def learning_speed(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view")) -> pd.DataFrame:
+def learning_speed(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view"),
+                   per_step: pd.DataFrame | None = None) -> pd.DataFrame:
     """Σ‖g‖² / Σ‖θ‖² per group (the quantity behind the conditional learning speed of Wu et al., ICML 2022)."""
-    totals = sums(per_param, by)
+    totals = sums(per_param, by, per_step)
     totals["learning_speed"] = totals["grad_sq"] / totals["param_sq"]
     return totals[list(by) + ["learning_speed"]]
 
 
-def shares(per_param: pd.DataFrame, by: str = "view", per: Sequence[str] = ("step",)) -> pd.DataFrame:
+def shares(per_param: pd.DataFrame, by: str = "view", per: Sequence[str] = ("step",),
+           per_step: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each group's share of the first-order loss change Σ lca within each ``per`` group (shares sum to 1)."""
     per = list(per)
-    totals = sums(per_param, per + [by])
+    totals = sums(per_param, per + [by], per_step)
+    totals = totals[totals["lca"].notna()]
     whole = totals.groupby(per, observed=True)["lca"].transform("sum")
     totals["share"] = totals["lca"] / whole
     return totals[per + [by, "lca", "share"]]
