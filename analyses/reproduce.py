@@ -73,6 +73,32 @@ def summarise(results: list[dict]) -> tuple[pd.DataFrame, str]:
 _SPLITS: dict = {}
 
 
+def save_examples(splits, path: Path, n: int = 4) -> Path:
+    """A small figure of ``n`` test cases (half malignant): both views per case, for the README."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y = splits.test.y.numpy()
+    idx = list(np.flatnonzero(y == 1)[: n // 2]) + list(np.flatnonzero(y == 0)[: n - n // 2])
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4))
+    for j, i in enumerate(idx):
+        for r, view in enumerate(splits.view_names):
+            ax = axes[r, j]
+            ax.imshow(splits.test.views[view][i, 0].numpy(), cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("malignant" if y[i] == 1 else "benign", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(view.upper(), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def _init_worker() -> None:
     """One intra-op thread per worker process: two single-threaded runs use two cores without OpenMP
     barrier spinning, which on a busy machine made a two-threaded run over ten times slower."""
@@ -137,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     t_data = time.perf_counter() - t0
     print(f"[reproduce] {a.dataset}: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test "
           f"in {t_data:.1f}s; {len(conditions)} conditions x {len(seeds)} seeds", flush=True)
+    if a.dataset == "phantom":
+        save_examples(splits, Path(a.out) / "phantom_examples.png")
     cfgs = [replace(base, condition=c, seed=k, out=str(run_root / f"{c}-seed{k}")) for c in conditions for k in seeds]
     run_dirs = [c.out for c in cfgs]
     results: list[dict] = []

@@ -32,7 +32,7 @@ def test_reproduce_grid_smoke_mfeat(tmp_path):
     assert rc == 0
     df = pd.read_csv(out / "results.csv")
     assert sorted(df["condition"].unique()) == ["dropout", "separate", "shared"] and len(df) == 6
-    assert (out / "report.md").exists() and (out / "test_auc.md").exists()
+    assert (out / "report.md").exists() and (out / "test_auc.md").exists() and (out / "timing.json").exists()
     meta = dynamics.read_meta(tmp_path / "runs" / "mfeat" / "shared-seed1")
     assert meta["condition"] == "shared" and meta["seed"] == 1
 
