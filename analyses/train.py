@@ -56,6 +56,7 @@ class TrainConfig:
     root: str = "data"
     out: str = "runs/run"
     max_steps: int | None = None          # stop early (smoke tests)
+    probe_every: int = 50                 # higher-order LCA on a fixed training batch every n steps (0: off)
     mfeat_views: tuple[str, str] = ("fou", "mor")
     extra: dict = field(default_factory=dict)  # data-set specific options (csv paths, skip_bad, ...)
 
@@ -113,6 +114,10 @@ def evaluate(model: TwoViewModel, data: TwoViewData, device: str, batch_size: in
     return roc_auc(y, s), accuracy(y, (s > 0).astype(float))
 
 
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), y)
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -142,6 +147,10 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
     gen = torch.Generator().manual_seed(cfg.seed)
     best_auc, step, history = -1.0, 0, []
     ckpt = run_dir / "best.pt"
+    if cfg.probe_every > 0 and hasattr(dynamics, "ProbeBatch"):
+        inputs, y = next(splits.train.batches(cfg.batch_size, device=cfg.device))
+        attach_kw["probe"] = dynamics.ProbeBatch(inputs=(inputs,), targets=y, loss_fn=_loss)
+        attach_kw["probe_every"] = cfg.probe_every
     with dynamics.attach(model, opt, out=run_dir, config=config, seed=cfg.seed, condition=cfg.condition,
                          scaler=scaler, **view_kw, **attach_kw) as rec:
         bar = tqdm(total=total, desc=f"{cfg.dataset}/{cfg.condition}/seed{cfg.seed}", disable=not progress or None,
@@ -150,7 +159,7 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
             model.train()
             for inputs, y in splits.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=cfg.device):
                 with torch.autocast(device_type=cfg.device.split(":")[0], dtype=amp_dtype, enabled=cfg.amp):
-                    loss = F.binary_cross_entropy_with_logits(model(inputs).float(), y)
+                    loss = _loss(model(inputs), y)
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

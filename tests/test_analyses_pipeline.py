@@ -41,3 +41,15 @@ def test_t_interval_matches_hand_value():
     m, lo, hi = reproduce.t_interval([1.0, 2.0, 3.0])
     # mean 2, sd 1, t(0.975, 2) = 4.302653 → half width 4.302653 / sqrt(3)
     assert m == 2.0 and hi - m == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5) and m - lo == pytest.approx(hi - m)
+
+
+def test_two_step_shared_run_attributes_the_shared_column_to_both_views(tmp_path):
+    cfg = TrainConfig(dataset="mfeat", condition="shared", epochs=1, batch_size=32, max_steps=2, hidden=8,
+                      probe_every=1, out=str(tmp_path / "run"))
+    res = train(cfg, progress=False)
+    assert res["attribution"] == "attributed"
+    per_param, per_step = dynamics.load(tmp_path / "run")
+    body = per_param[per_param["attributed"]]
+    assert set(body["view"]) == {"fou", "mor"}  # every shared tensor split into the two views' parts
+    assert set(per_param.loc[~per_param["attributed"], "view"]) == {"fou", "mor", "shared"}  # stems, head
+    assert any(c.startswith("probe_residual") for c in per_step.columns)
