@@ -33,15 +33,14 @@ import torch
 from torch import nn
 
 from . import probe as probing
-from . import quantities, schedules, store
+from . import frames, quantities, schedules, store
 from .attribution import SharedAttribution, rows
+from .frames import GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, UPDATE_SQ
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
 
 __all__ = ["attach", "Recorder"]
 
-_GRAD_SQ, _PARAM_SQ, _UPDATE_SQ, _LCA, _PRE_SQ = range(5)
 _RESERVED = {"step", "recorded", "skipped", "clip_factor", "run", "condition", "seed"}
-_CLIP_TOLERANCE = 1e-3  # relative spread of per-tensor ratios still called "one uniform factor"
 _MAX_PENDING_LOGS = 10_000
 
 
@@ -98,7 +97,7 @@ class Recorder:
         self.device = device_of(self._params)
         self._dtype = torch.float64 if any(p.dtype == torch.float64 for p in self._params) else torch.float32
         self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
-        self._buffer = torch.full((flush_every, 5, self._n), math.nan, device=self.device, dtype=self._dtype)
+        self._buffer = torch.full((flush_every, len(frames.QUANTITIES), self._n), math.nan, device=self.device, dtype=self._dtype)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
         self._probe, self._probe_every = probe, probe_every
         if probe is not None:  # rows: lca by first-order, trapezoid, Simpson; losses before and after
@@ -288,21 +287,21 @@ class Recorder:
         buffer = self._buffer[row]
         changed = self._round_open and self._changed_since_backward()
         if self._round_open and not changed:  # the optimizer sees the backward's gradient untouched
-            buffer[_GRAD_SQ].copy_(quantities.sq_norms(grads))
-            buffer[_PRE_SQ].copy_(buffer[_GRAD_SQ])
+            buffer[GRAD_SQ].copy_(quantities.sq_norms(grads))
+            buffer[PRE_SQ].copy_(buffer[GRAD_SQ])
             self._eager = self._scaler is not None
         else:
-            buffer[_PRE_SQ].copy_(quantities.sq_norms(grads))
+            buffer[PRE_SQ].copy_(quantities.sq_norms(grads))
             if changed and self._bwd_sq is not None:
-                buffer[_GRAD_SQ].copy_(self._bwd_sq)
+                buffer[GRAD_SQ].copy_(self._bwd_sq)
             else:  # no backward pass seen, or a change the recorder did not expect: use the step's gradient
-                buffer[_GRAD_SQ].copy_(buffer[_PRE_SQ])
+                buffer[GRAD_SQ].copy_(buffer[PRE_SQ])
                 self._note("gradient taken at the optimizer step: no backward pass seen, or the gradients were "
                            "changed after it at a step where no change was expected (clipping or scaling "
                            "began mid-run); grad_sq and lca use the optimizer's gradient" if self._round_open
                            else "gradient taken at the optimizer step (no backward pass seen)")
                 changed, self._eager = False, True
-        buffer[_PARAM_SQ].copy_(quantities.sq_norms(self._params))
+        buffer[PARAM_SQ].copy_(quantities.sq_norms(self._params))
         if self._prev is None:
             self._prev = [torch.empty_like(p) for p in self._params]
         for saved, p in zip(self._prev, self._params):  # a plain loop: foreach copy is slower on CPU
@@ -329,16 +328,16 @@ class Recorder:
             if pending["probe"] is not None:
                 ends = [quantities.dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
-            buffer[_UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
+            buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
             lca = quantities.dots(grads, self._prev).neg_()
             if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
-                ratio = buffer[_GRAD_SQ] / buffer[_PRE_SQ]
-                lca = lca * torch.where(buffer[_PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt()
-            buffer[_LCA].copy_(lca)
+                ratio = buffer[GRAD_SQ] / buffer[PRE_SQ]
+                lca = lca * torch.where(buffer[PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt()
+            buffer[LCA].copy_(lca)
             if self._attribution is not None:
                 self._attribute(row, lca_too=True)
             if any(g._version != v for g, v in zip(grads, pending["versions"])):
-                buffer[_LCA].fill_(math.nan)
+                buffer[LCA].fill_(math.nan)
                 self._note("lca not available: the optimizer changed the gradients in place")
             self._rows.append({"step": self._step, "skipped": False, "changed": pending["changed"],
                                "lrs": pending["lrs"]})
@@ -412,8 +411,8 @@ class Recorder:
             buffer = self._buffer[row]
             buffer.fill_(math.nan)
             if self._bwd_sq is not None:
-                buffer[_GRAD_SQ].copy_(self._bwd_sq)
-            buffer[_PARAM_SQ].copy_(quantities.sq_norms(self._params))
+                buffer[GRAD_SQ].copy_(self._bwd_sq)
+            buffer[PARAM_SQ].copy_(quantities.sq_norms(self._params))
             self._has_grad.append(np.array([s is not None for s in self._snapshot], bool))
             if self._attribution is not None:
                 self._attribute(row, lca_too=False)
@@ -432,42 +431,37 @@ class Recorder:
         if len(self._rows) >= self._flush_every:
             self._flush()
 
-    def _note(self, text: str) -> None:
+    def _note(self, text: str, step: int | None = None) -> None:
+        """Something the reader of the run must know, with (up to 100 of) the steps it happened at."""
         steps = self._notes.setdefault(text, [])
         if len(steps) < 100:
-            steps.append(self._step)
+            steps.append(self._step if step is None else step)
 
     # -------------------------------------------------------------------------------------------- flush
     def _flush(self) -> None:
-        """Copy the buffered rows and logs to the host (one transfer each) and append Parquet parts."""
+        """Copy the buffered rows and logs to the host (one transfer per buffer) and append Parquet parts."""
         n = len(self._rows)
         step_rows: dict[int, dict] = {}
         if n:
-            values = self._buffer[:n].to("cpu", torch.float64).numpy()
+            values = self._take(self._buffer, n)
             has_grad = np.stack(self._has_grad)
             steps = np.array([r["step"] for r in self._rows], dtype=np.int64)
-            grad_sq = values[:, _GRAD_SQ]
-            skipped = np.array([r["skipped"] for r in self._rows])[:, None]
-            # finite: the backward's gradient and (on taken steps) the one the optimizer used
-            finite = np.isfinite(grad_sq) & (skipped | np.isfinite(values[:, _PRE_SQ]))
-            frame = pd.DataFrame({
-                "step": np.repeat(steps, self._n),
-                "param_id": np.tile(np.arange(self._n, dtype=np.int32), n),
-                "grad_sq": grad_sq.ravel(), "param_sq": values[:, _PARAM_SQ].ravel(),
-                "update_sq": values[:, _UPDATE_SQ].ravel(), "lca": values[:, _LCA].ravel(),
-                "finite": finite.ravel(), "has_grad": has_grad.ravel(),
-            })
-            self._write("params", frame)
+            skipped = np.array([r["skipped"] for r in self._rows], dtype=bool)
+            self._write("params", frames.param_frame(steps, values, has_grad, skipped))
             if self._attribution is not None:
-                self._write("attribution", self._attribution_frame(steps, n))
-            probe_rows = self._probe_rows(steps, n)
+                self._write("attribution", frames.attribution_frame(
+                    steps, self._take(self._attributed_buffer, n), self._attribution.views, self._attribution.indices))
+            probe_rows: dict[int, dict] = {}
+            if self._probe is not None:
+                part, probe_rows = frames.probe_frame(steps, self._take(self._probe_lca, n),
+                                                      self._take(self._probe_loss, n))
+                if part is not None:
+                    self._write("probe", part)
             for i, r in enumerate(self._rows):
                 row = {"step": r["step"], "recorded": True, "skipped": r["skipped"],
-                       "clip_factor": self._clip_factor(values[i], has_grad[i]) if r["changed"] else math.nan}
-                row.update({f"lr_{g}": float(lr) for g, lr in enumerate(r["lrs"])})
-                row.update(probe_rows.get(r["step"], {}))
+                       "clip_factor": self._clip_factor(values[i], has_grad[i], r["step"]) if r["changed"] else math.nan,
+                       **{f"lr_{g}": float(lr) for g, lr in enumerate(r["lrs"])}, **probe_rows.get(r["step"], {})}
                 step_rows[r["step"]] = row
-            self._buffer[:n].fill_(math.nan)
         if self._logs:
             tensors = [v for names in self._logs.values() for vs in names.values() for v in vs
                        if isinstance(v, torch.Tensor)]
@@ -478,66 +472,31 @@ class Recorder:
                 for name, vs in names.items():
                     row[name] = float(np.mean([next(host) if isinstance(v, torch.Tensor) else v for v in vs]))
         if step_rows:
-            frame = pd.DataFrame(sorted(step_rows.values(), key=lambda r: r["step"]))
-            frame = frame.astype({"step": "int64", "recorded": "bool", "skipped": "bool", "clip_factor": "float64"})
-            self._write("steps", frame)
+            self._write("steps", frames.step_frame(list(step_rows.values())))
         self._rows, self._has_grad, self._logs, self._n_logs = [], [], {}, 0
 
-    def _probe_rows(self, steps: np.ndarray, n: int) -> dict[int, dict]:
-        """Write the probe's per-tensor lca part; return its per-step losses and residuals by step."""
-        if self._probe is None:
-            return {}
-        lca = self._probe_lca[:n].to("cpu", torch.float64).numpy()   # [row, rule, tensor]
-        losses = self._probe_loss[:n].to("cpu", torch.float64).numpy()
-        self._probe_lca[:n].fill_(math.nan)
-        self._probe_loss[:n].fill_(math.nan)
-        probed = np.flatnonzero(~np.isnan(losses[:, 1]))
-        if not len(probed):
-            return {}
-        self._write("probe", pd.DataFrame({
-            "step": np.repeat(steps[probed], self._n),
-            "param_id": np.tile(np.arange(self._n, dtype=np.int32), len(probed)),
-            **{f"lca_{rule}": lca[probed, k].ravel() for k, rule in enumerate(probing.RULES)}}))
-        out = {}
-        for i in probed:
-            change = losses[i, 1] - losses[i, 0]
-            row = {"probe_loss_before": losses[i, 0], "probe_loss_after": losses[i, 1], "probe_change": change}
-            row.update({f"probe_residual_{rule}": change - lca[i, k].sum() for k, rule in enumerate(probing.RULES)})
-            out[int(steps[i])] = row
-        return out
+    @staticmethod
+    def _take(buffer: torch.Tensor, n: int) -> np.ndarray:
+        """The first ``n`` rows on the host (one transfer), and the rows reset to NaN for reuse."""
+        values = buffer[:n].to("cpu", torch.float64).numpy()
+        buffer[:n].fill_(math.nan)
+        return values
 
     def _write(self, table: str, frame: pd.DataFrame) -> None:
         store.write_part(self.run_dir, table, self._next_part[table], frame)
         self._next_part[table] += 1
 
-    def _attribution_frame(self, steps: np.ndarray, n: int) -> pd.DataFrame:
-        values = self._attributed_buffer[:n].to("cpu", torch.float64).numpy()  # [row, view, quantity, tensor]
-        self._attributed_buffer[:n].fill_(math.nan)
-        views, ids = self._attribution.views, np.asarray(self._attribution.indices, dtype=np.int32)
-        n_views, n_shared = len(views), len(ids)
-        return pd.DataFrame({
-            "step": np.repeat(steps, n_views * n_shared),
-            "param_id": np.tile(ids, n * n_views),
-            "view": np.tile(np.repeat(np.asarray(views, dtype=object), n_shared), n),
-            "grad_sq": values[:, :, 0].ravel(), "lca": values[:, :, 1].ravel(), "cross": values[:, :, 2].ravel(),
-        })
-
-    def _clip_factor(self, values: np.ndarray, has_grad: np.ndarray) -> float:
-        """One factor if the optimizer's gradient is a uniform rescaling of the backward's, else NaN (noted)."""
-        true_sq, pre_sq = values[_GRAD_SQ], values[_PRE_SQ]
-        usable = has_grad & np.isfinite(true_sq) & np.isfinite(pre_sq) & (true_sq > 0)
-        if not usable.any():
-            return math.nan
-        ratio = np.sqrt(pre_sq[usable] / true_sq[usable])
-        middle = float(np.median(ratio))
-        if self._scaler is None and middle < 0.5 and abs(math.log2(middle) - round(math.log2(middle))) < 1e-6:
-            self._notes.setdefault("gradients were divided by a power of two between backward and step, as an "
-                                   "AMP GradScaler does: pass it as attach(scaler=...) or grad_sq is scaled", [])
-        if np.max(np.abs(ratio - middle)) > _CLIP_TOLERANCE * max(middle, 1e-30):
-            self._notes.setdefault("gradient changed non-uniformly between backward and step (e.g. "
-                                   "clip_grad_value_): lca rescaled per tensor, clip_factor NaN", []).append(-1)
-            return math.nan
-        return middle if abs(middle - 1.0) > 1e-6 else math.nan
+    def _clip_factor(self, values: np.ndarray, has_grad: np.ndarray, step: int) -> float:
+        """The step's clip factor; a change that is not one uniform factor, or looks like a missed
+        GradScaler, is noted in the metadata with its step."""
+        factor, verdict = frames.clip_factor(values[frames.GRAD_SQ], values[frames.PRE_SQ], has_grad)
+        if verdict == "non-uniform":
+            self._note("gradient changed non-uniformly between backward and step (e.g. clip_grad_value_): "
+                       "lca rescaled per tensor, clip_factor NaN", step)
+        elif verdict == "power-of-two" and self._scaler is None:
+            self._note("gradients were divided by a power of two between backward and step, as an AMP "
+                       "GradScaler does: pass it as attach(scaler=...) or grad_sq is scaled", step)
+        return factor
 
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, *, out: str | Path,
