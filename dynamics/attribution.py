@@ -21,10 +21,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .views import ViewSpec
 
 _context = threading.local()
 
@@ -218,3 +221,48 @@ class SharedAttribution:
             for position, part in zip(positions, parts):
                 if part is not None:
                     self._add(view_name, position, part)
+
+
+def views_of(how) -> list[str]:
+    """The view names an attribute= value lists."""
+    return list(how.views) if isinstance(how, rows) else list(how)
+
+
+def group_label(how) -> str:
+    """The group name of an attributed module's tensors in the unsplit table, e.g. 'cc+mlo'."""
+    return "+".join(dict.fromkeys(views_of(how)))
+
+
+def resolve_attribution(model: nn.Module, views: "ViewSpec", attribute: Mapping) -> tuple[dict, "ViewSpec"]:
+    """Validate ``attribute=`` and add each attributed module to the view spec under its group label."""
+    if not attribute:
+        return {}, views
+    resolved = {}
+    for module, how in attribute.items():
+        if isinstance(module, str):
+            try:
+                module = model.get_submodule(module)
+            except AttributeError as exc:
+                raise ValueError(f"attribute: the model has no submodule {module!r}") from exc
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"attribute keys must be modules or their names, got {type(module).__name__}")
+        names = views_of(how) if isinstance(how, (rows, list, tuple)) else None
+        if not names or not all(isinstance(v, str) and v for v in names):
+            raise ValueError(f"attribute: {type(module).__name__} needs a list of view names (call order) or "
+                             f"dynamics.rows(fn, views), got {how!r}")
+        resolved[module] = how
+    if isinstance(views, Mapping):
+        spec = dict(views)
+    elif isinstance(views, Sequence) and not isinstance(views, str):
+        spec = {v: [] for v in views}
+    else:
+        raise ValueError("attribute= needs views= as a dict or a list of view names, not a callable")
+    spec = {v: target for v, target in spec.items() if not (isinstance(target, (list, tuple)) and not target)}
+    labels: dict[str, list] = {}
+    for module, how in resolved.items():
+        labels.setdefault(group_label(how), []).append(module)
+    for label, modules in labels.items():
+        if label in spec:
+            raise ValueError(f"view name {label!r} collides with the label of an attributed module")
+        spec[label] = modules
+    return resolved, spec

@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import math
-import platform
-import sys
 import warnings
 import weakref
 from pathlib import Path
@@ -33,8 +31,8 @@ import torch
 from torch import nn
 
 from . import probe as probing
-from . import frames, quantities, schedules, store
-from .attribution import SharedAttribution, rows
+from . import frames, quantities, runmeta, schedules, store
+from .attribution import SharedAttribution, group_label, resolve_attribution, rows, views_of
 from .frames import GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, UPDATE_SQ
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
 
@@ -44,31 +42,9 @@ _RESERVED = {"step", "recorded", "skipped", "clip_factor", "run", "condition", "
 _MAX_PENDING_LOGS = 10_000
 
 
-def _json_safe(value: Any) -> Any:
-    """Hyper-parameters and user config as JSON (tensors as numbers, anything exotic as its repr)."""
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.detach().cpu().tolist())
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return repr(value)
-
-
 def _learning_rates(optimizer: torch.optim.Optimizer) -> list:
     """Each group's learning rate now; a tensor lr is copied on the device and read at the flush."""
     return [g["lr"].detach().clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in optimizer.param_groups]
-
-
-def _versions() -> dict[str, str]:
-    import pyarrow
-    from . import __version__
-    return {"dynamics": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__, "pyarrow": pyarrow.__version__}
 
 
 def _refuse_unsupported(model: nn.Module) -> None:
@@ -97,12 +73,12 @@ class Recorder:
         self.device = device_of(self._params)
         self._dtype = torch.float64 if any(p.dtype == torch.float64 for p in self._params) else torch.float32
         self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
-        self._buffer = torch.full((flush_every, len(frames.QUANTITIES), self._n), math.nan, device=self.device, dtype=self._dtype)
+        self._buffer = self._nan_buffer(flush_every, len(frames.QUANTITIES), self._n)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
         self._probe, self._probe_every = probe, probe_every
         if probe is not None:  # rows: lca by first-order, trapezoid, Simpson; losses before and after
-            self._probe_lca = torch.full((flush_every, 3, self._n), math.nan, device=self.device, dtype=self._dtype)
-            self._probe_loss = torch.full((flush_every, 2), math.nan, device=self.device, dtype=self._dtype)
+            self._probe_lca = self._nan_buffer(flush_every, len(frames.RULES), self._n)
+            self._probe_loss = self._nan_buffer(flush_every, 2)
         # per-step host-side bookkeeping (no device data is read for these)
         self._step = start_step
         self._rows: list[dict] = []            # one per buffer row in use
@@ -124,13 +100,12 @@ class Recorder:
         self._attribution: SharedAttribution | None = None
         try:
             if attribute:
-                views = list(dict.fromkeys(v for how in attribute.values() for v in _views_of(how)))
+                views = list(dict.fromkeys(v for how in attribute.values() for v in views_of(how)))
                 self._attribution = SharedAttribution(
                     model, attribute, [self._params[i] for i in attributed], attributed, views,
                     is_active=lambda: not self._quiet and self._schedule(self._step),
                     inv_scale=self._inverse_loss_scale, quietly=self._quietly, guard=self._guard)
-                self._attributed_buffer = torch.full((flush_every, len(views), 3, len(attributed)), math.nan,
-                                                     device=self.device, dtype=self._dtype)
+                self._attributed_buffer = self._nan_buffer(flush_every, len(views), 3, len(attributed))
                 self._handles.append(model.register_forward_pre_hook(self._guard(self._on_forward, no_grad=False)))
             self._handles.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
             self._handles.append(optimizer.register_step_post_hook(self._guard(self._post_step)))
@@ -139,6 +114,10 @@ class Recorder:
         except BaseException:
             self._remove_hooks()
             raise
+
+    def _nan_buffer(self, *shape: int) -> torch.Tensor:
+        """A preallocated device buffer; NaN marks what a step did not fill."""
+        return torch.full(shape, math.nan, device=self.device, dtype=self._dtype)
 
     # ----------------------------------------------------------------------------------------- life cycle
     def __enter__(self) -> "Recorder":
@@ -528,42 +507,19 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
             raise ValueError(f"probe_every must be a positive int, got {probe_every!r}")
         recorded = schedule
         schedule = lambda step: recorded(step) or step % probe_every == 0  # noqa: E731 - probe steps are recorded
-    attribute, labelled = _attribution_groups(model, views, attribute or {})
+    attribute, labelled = resolve_attribution(model, views, attribute or {})
     assignment = resolve_views(model, labelled, shared_name=shared_name,
-                               extra_views=[v for how in attribute.values() for v in _views_of(how)])
-    attributed = [p.index for p in assignment.params if p.view in {_label(h) for h in attribute.values()}]
+                               extra_views=[v for how in attribute.values() for v in views_of(how)])
+    attributed = [p.index for p in assignment.params if p.view in {group_label(h) for h in attribute.values()}]
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
     parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
                   for info, t in zip(assignment.params, assignment.tensors)]
     run_dir, old_meta, next_part = store.prepare_run_dir(out, resume=resume)
     if old_meta is not None and [p["name"] for p in old_meta["parameters"]] != [p["name"] for p in parameters]:
         raise store.RunStoreError(f"{run_dir}: cannot resume: the model's recorded parameters differ from the run's")
-    meta = {
-        "schema_version": store.SCHEMA_VERSION,
-        "status": "running",
-        "created": (old_meta or {}).get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "views": assignment.views,
-        "shared_name": shared_name,
-        "parameters": parameters,
-        "frozen": assignment.frozen,
-        "not_in_optimizer": [p["name"] for p in parameters if p["group"] < 0],
-        "model": type(model).__module__ + "." + type(model).__qualname__,
-        "optimizer": {"class": type(optimizer).__module__ + "." + type(optimizer).__qualname__,
-                      "defaults": _json_safe(optimizer.defaults),
-                      "groups": [_json_safe({k: v for k, v in g.items() if k != "params"})
-                                 for g in optimizer.param_groups]},
-        "amp_scaler": scaler is not None,
-        "schedule": schedules.describe(every),
-        "probe": None if probe is None else {"every": probe_every, "train_mode": probe.train_mode,
-                                             "rules": list(probing.RULES)},
-        "flush_every": flush_every,
-        "config": _json_safe(dict(config or {})),
-        "seed": seed,
-        "condition": condition,
-        "versions": _versions(),
-        "host": platform.node(),
-        "gradient": "after accumulation, unscaled by the GradScaler, before clipping (see notes)",
-    }
+    meta = runmeta.describe_run(model, optimizer, assignment, parameters, every=every, flush_every=flush_every,
+                                scaler=scaler, probe=probe, probe_every=probe_every, config=config, seed=seed,
+                                condition=condition, created=(old_meta or {}).get("created"))
     start_step = 0
     if old_meta is not None:
         start_step = int(old_meta.get("next_step") or _next_step_on_disk(run_dir))
@@ -572,50 +528,6 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     return Recorder(model, optimizer, assignment, run_dir, schedule=schedule, flush_every=flush_every,
                     scaler=scaler, meta=meta, next_part=next_part, start_step=start_step,
                     attribute=attribute, attributed=attributed, probe=probe, probe_every=probe_every)
-
-
-def _views_of(how) -> list[str]:
-    return list(how.views) if isinstance(how, rows) else list(how)
-
-
-def _label(how) -> str:
-    """The group name of an attributed module's tensors in the unsplit table, e.g. 'cc+mlo'."""
-    return "+".join(dict.fromkeys(_views_of(how)))
-
-
-def _attribution_groups(model: nn.Module, views: ViewSpec, attribute: Mapping) -> tuple[dict, ViewSpec]:
-    """Validate ``attribute=`` and add each attributed module to the view spec under its group label."""
-    if not attribute:
-        return {}, views
-    resolved = {}
-    for module, how in attribute.items():
-        if isinstance(module, str):
-            try:
-                module = model.get_submodule(module)
-            except AttributeError as exc:
-                raise ValueError(f"attribute: the model has no submodule {module!r}") from exc
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"attribute keys must be modules or their names, got {type(module).__name__}")
-        names = _views_of(how) if isinstance(how, (rows, list, tuple)) else None
-        if not names or not all(isinstance(v, str) and v for v in names):
-            raise ValueError(f"attribute: {type(module).__name__} needs a list of view names (call order) or "
-                             f"dynamics.rows(fn, views), got {how!r}")
-        resolved[module] = how
-    if isinstance(views, Mapping):
-        spec = dict(views)
-    elif isinstance(views, Sequence) and not isinstance(views, str):
-        spec = {v: [] for v in views}
-    else:
-        raise ValueError("attribute= needs views= as a dict or a list of view names, not a callable")
-    spec = {v: target for v, target in spec.items() if not (isinstance(target, (list, tuple)) and not target)}
-    labels: dict[str, list] = {}
-    for module, how in resolved.items():
-        labels.setdefault(_label(how), []).append(module)
-    for label, modules in labels.items():
-        if label in spec:
-            raise ValueError(f"view name {label!r} collides with the label of an attributed module")
-        spec[label] = modules
-    return resolved, spec
 
 
 def _next_step_on_disk(run_dir: Path) -> int:

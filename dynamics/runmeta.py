@@ -1,0 +1,73 @@
+"""What a run's ``meta.json`` says about it: set-up, parameter table, library versions. JSON only."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import sys
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import schedules, store
+from .frames import RULES
+from .views import ViewAssignment
+
+
+def json_safe(value: Any) -> Any:
+    """Hyper-parameters and user config as JSON (tensors as numbers, anything exotic as its repr)."""
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.detach().cpu().tolist())
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return repr(value)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that shapes the numbers, for the reader of a run years later."""
+    import pyarrow
+    from . import __version__
+    return {"dynamics": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "numpy": np.__version__, "pandas": pd.__version__, "pyarrow": pyarrow.__version__}
+
+
+def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment: ViewAssignment,
+                 parameters: list[dict], *, every: schedules.Every, flush_every: int, scaler: Any, probe: Any,
+                 probe_every: int, config: Mapping | None, seed: int | None, condition: str | None,
+                 created: str | None) -> dict:
+    """The metadata written at attach (the recorder adds status, notes and errors at close)."""
+    return {
+        "schema_version": store.SCHEMA_VERSION,
+        "status": "running",
+        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "views": assignment.views,
+        "shared_name": assignment.shared_name,
+        "parameters": parameters,
+        "frozen": assignment.frozen,
+        "not_in_optimizer": [p["name"] for p in parameters if p["group"] < 0],
+        "model": type(model).__module__ + "." + type(model).__qualname__,
+        "optimizer": {"class": type(optimizer).__module__ + "." + type(optimizer).__qualname__,
+                      "defaults": json_safe(optimizer.defaults),
+                      "groups": [json_safe({k: v for k, v in g.items() if k != "params"})
+                                 for g in optimizer.param_groups]},
+        "amp_scaler": scaler is not None,
+        "schedule": schedules.describe(every),
+        "probe": None if probe is None else {"every": probe_every, "train_mode": probe.train_mode,
+                                             "rules": list(RULES)},
+        "flush_every": flush_every,
+        "config": json_safe(dict(config or {})),
+        "seed": seed,
+        "condition": condition,
+        "versions": library_versions(),
+        "host": platform.node(),
+        "gradient": "after accumulation, unscaled by the GradScaler, before clipping (see notes)",
+    }
