@@ -87,6 +87,9 @@ def main() -> None:
                 times[name] += _time_steps(m, o, batch, args.steps, recs.get(name))
         for rec in recs.values():
             rec.close()
+        _, probed = dynamics.load(recs["recorded+probe K=50"].run_dir)
+        residuals = probed.dropna(subset=["probe_change"])[
+            ["step", "probe_change", "probe_residual_first", "probe_residual_trapezoid", "probe_residual_simpson"]]
     n_tensors = sum(1 for _ in variants["plain"][0].parameters())
     print(f"two-view ResNet-22 (widths 16-256), {n_tensors} tensors, batch {args.batch} x 2 views x "
           f"{args.size}x{args.size}, {torch.get_num_threads()} threads, {args.reps}x{args.steps} interleaved steps")
@@ -94,6 +97,8 @@ def main() -> None:
     for name, value in median.items():
         base = median["plain shared" if "shared" in name else "plain"]
         print(f"  {name:30s} median step {value * 1e3:7.1f} ms   ratio {value / base:.3f}x")
+    print("probe on the benchmark model (loss change on the probe batch and residual of each rule):")
+    print(residuals.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 
 if __name__ == "__main__":
