@@ -28,7 +28,7 @@ from dynamics.metrics import average_ranks, bootstrap_ci
 __all__ = [
     "PHASES", "clean", "exclusions", "view_order", "view_dynamics", "layer_dynamics", "matched_depth",
     "matched_layers", "paired_test", "conditional_learning_speed", "run_summary", "imbalance_summary",
-    "user_metrics",
+    "user_metrics", "probe_residuals",
 ]
 
 QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
@@ -448,14 +448,35 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
 
 def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """Per run: the last logged value of every user scalar in ``per_step`` (e.g. ``val_auc``),
-    skipping bookkeeping columns (``recorded``, ``skipped``, ``clip_factor``, ``lr_*``) and
+    skipping bookkeeping columns (``recorded``, ``skipped``, ``clip_factor``, ``lr_*``, ``probe_*``) and
     ``exclude``."""
     _check_columns(per_step, ["step"], "per_step")
     ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
     skip = {"step", "run", "condition", "seed", "recorded", "skipped", "clip_factor"}
-    cols = [c for c in ps.columns if c not in skip and not str(c).startswith("lr_")
+    cols = [c for c in ps.columns if c not in skip and not str(c).startswith(("lr_", "probe_"))
             and pd.api.types.is_numeric_dtype(ps[c]) and not pd.api.types.is_bool_dtype(ps[c])]
     ps = ps.sort_values("step")
     last = ps.groupby("run", observed=True)[cols].last() if cols else pd.DataFrame(index=ps["run"].unique())
     last = last[[c for c in last.columns if c not in exclude]]
     return last.dropna(axis=1, how="all").reset_index()
+
+
+PROBE_RULES = ("first", "trapezoid", "simpson")
+
+
+def probe_residuals(per_step: pd.DataFrame) -> pd.DataFrame:
+    """Per run: probed steps and, per rule, Σ|actual − Σlca| / Σ|actual| over them (0 = exact).
+
+    The ratio of sums, not a median of ratios, so steps whose loss barely changed do not dominate."""
+    columns = ["probe_change"] + [f"probe_residual_{r}" for r in PROBE_RULES]
+    ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
+    if not set(columns) <= set(ps.columns):
+        return pd.DataFrame(columns=["run", "probed_steps", *[f"relative_residual_{r}" for r in PROBE_RULES]])
+    ps = ps.dropna(subset=columns)
+    rows = []
+    for run, sub in ps.groupby("run", observed=True):
+        change = np.abs(sub["probe_change"]).sum()
+        rows.append({"run": run, "probed_steps": len(sub), **{
+            f"relative_residual_{r}": np.abs(sub[f"probe_residual_{r}"]).sum() / change if change > 0 else np.nan
+            for r in PROBE_RULES}})
+    return pd.DataFrame(rows)

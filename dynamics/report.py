@@ -156,7 +156,7 @@ def _runs_word(n: int) -> str:
 
 def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
              utilization: pd.DataFrame | None = None, exclusions: pd.DataFrame | None = None,
-             unmatched: Sequence[int] = ()) -> list[str]:
+             unmatched: Sequence[int] = (), probe: pd.DataFrame | None = None) -> list[str]:
     """Plain sentences generated from the numbers (no sentence claims more than the table shows)."""
     out: list[str] = []
     overall = summary[summary["phase"].astype(str) == "all"]
@@ -197,11 +197,20 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
                    f"The {a}/{b} gradient-norm ratio was lowest under {lo.group} ({_num(lo.grad_ratio)}) and "
                    f"highest under {hi.group} ({_num(hi.grad_ratio)})")
         out[-1] += "."
-    if metrics is not None and len(metrics):
+    if probe is not None and len(probe):
+        for r in probe.itertuples(index=False):
+            out.append(f"in {r.group}, on the fixed probe batch the first-order lca missed the measured loss change "
+                       f"by {_pct(r.relative_residual_first)} of its size, the trapezoid rule by "
+                       f"{_pct(r.relative_residual_trapezoid)} and Simpson's rule by {_pct(r.relative_residual_simpson)}"
+                       f" (Σ|residual| / Σ|change| over {r.probed_steps} probed steps, {_runs_word(r.n_runs)}).")
+    if metrics is not None and len(metrics):  # outcomes in sentences; every logged metric is in its table
+        metrics = metrics[metrics["metric"].astype(str).str.startswith("test_")]
         for r in metrics.itertuples(index=False):
             ci = f" [{_num(r.lo)}, {_num(r.hi)}]" if np.isfinite(r.lo) else ""
             out.append(f"in {r.group}, the last logged {r.metric} was {_num(r.mean)}{ci} ({_runs_word(r.n_runs)}).")
     if utilization is not None and len(utilization):
+        if (utilization["metric"] == "auc").any():  # sentences for AUC; the table has every metric
+            utilization = utilization[utilization["metric"] == "auc"]
         for r in utilization.itertuples(index=False):
             how = "replacing {} by its training mean".format(r.view) if r.ablate == "mean" else f"zeroing {r.view}"
             out.append(f"in {r.group}, {how} changed {r.metric} from {_num(r.with_view)} to "
@@ -233,6 +242,17 @@ def metric_table(data: ReportData, group_of: dict[str, str], *, level: float = 0
             est, lo, hi = analysis._mean_ci(v, n_boot=2000, level=level, seed=0)
             rows.append({"group": g, "metric": metric, "mean": est, "lo": lo, "hi": hi, "n_runs": int(v.size)})
     return pd.DataFrame(rows)
+
+
+def probe_table(data: ReportData, group_of: dict[str, str]) -> pd.DataFrame:
+    """Per group: probed steps (all runs) and each rule's relative residual (median over runs)."""
+    per_run = analysis.probe_residuals(data.per_step)
+    if per_run.empty:
+        return per_run
+    per_run = per_run.assign(group=per_run["run"].astype(str).map(group_of))
+    return per_run.groupby("group", sort=True).agg(
+        probed_steps=("probed_steps", "sum"), n_runs=("run", "nunique"),
+        **{f"relative_residual_{r}": (f"relative_residual_{r}", "median") for r in analysis.PROBE_RULES}).reset_index()
 
 
 def utilization_table(data: ReportData, group_of: dict[str, str]) -> pd.DataFrame:
@@ -410,7 +430,7 @@ def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "
     steps.update(2)
     steps.set_postfix_str("writing")
     sentences = findings(summary, metrics=metrics, utilization=util, exclusions=ex,
-                         unmatched=md.attrs.get("unmatched", []))
+                         unmatched=md.attrs.get("unmatched", []), probe=probe_table(data, group_of))
     table = format_summary(summary)
     summary.to_csv(out / "summary.csv", index=False)
     meta_table = run_table(data, ex)

@@ -252,3 +252,17 @@ def test_empty_and_all_excluded_raise(run):
         analysis.view_dynamics(pp.iloc[:0])
     with pytest.raises(ValueError, match="no usable rows"):
         analysis.imbalance_summary(pp, ps.assign(skipped=True))
+
+
+def test_probe_residuals_ratio_of_sums_by_hand():
+    ps = pd.DataFrame({"run": ["r"] * 4, "step": [0, 1, 2, 3],
+                       "probe_change": [-0.5, np.nan, 0.25, -0.25],
+                       "probe_residual_first": [0.1, np.nan, -0.05, 0.05],
+                       "probe_residual_trapezoid": [0.01, np.nan, 0.0, -0.01],
+                       "probe_residual_simpson": [0.0, np.nan, 0.001, 0.0]})
+    out = analysis.probe_residuals(ps).iloc[0]
+    assert out["probed_steps"] == 3
+    assert out["relative_residual_first"] == pytest.approx(0.2 / 1.0)
+    assert out["relative_residual_trapezoid"] == pytest.approx(0.02)
+    assert out["relative_residual_simpson"] == pytest.approx(0.001)
+    assert analysis.probe_residuals(ps.drop(columns="probe_change")).empty
