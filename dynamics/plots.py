@@ -108,14 +108,19 @@ def view_lines(data: pd.DataFrame, *, x: str = "step", y: str, hue: str = "view"
                palette: Mapping[str, str] | None = None, band: bool = True, level: float = 0.95,
                logy: bool = False, ylabel: str | None = None, ax: plt.Axes | None = None) -> plt.Axes:
     """One line per ``hue`` level: the mean of ``y`` over ``units`` (seeds) at each ``x``, with a
-    ``level`` t-interval band when there are two or more units."""
+    ``level`` t-interval band when there are two or more units. With ``logy`` the mean and band are
+    taken on log(y) (a geometric mean), so the band stays positive and symmetric on the log axis."""
     _check(data, x, y, hue)
     ax = ax if ax is not None else plt.gca()
     levels = _levels(data, hue)
     palette = dict(palette) if palette is not None else view_palette(levels)
     for lev in levels:
         sub = data[data[hue].astype(str) == lev]
+        if logy:
+            sub = sub[sub[y] > 0].assign(**{y: lambda d: np.log(d[y])})
         m = _mean_band(sub, x, y, units, level)
+        if logy:
+            m = m.assign(**{c: np.exp(m[c]) for c in ("mean", "lo", "hi")})
         color = palette.get(lev)
         ax.plot(m[x], m["mean"], color=color, label=lev)
         if band and m["lo"].notna().any():
