@@ -123,7 +123,7 @@ def parse_seeds(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train conditions x seeds and write the imbalance report.")
     p.add_argument("--dataset", choices=DATASETS, default="phantom")
-    p.add_argument("--root", default="data", help="data folder (phantom cache; CBIS-DDSM/VinDr download)")
+    p.add_argument("--root", default="data", help="data folder: the phantom cache, or where your CBIS-DDSM/VinDr-Mammo images are")
     p.add_argument("--seeds", default="3", help="a count (0..n-1) or a comma-separated list")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--device", default="cpu")

@@ -70,13 +70,15 @@ class _Target:
     order: Sequence[str] | None       # per-call: views in call order within one forward pass
     by_rows: rows | None
     entries: list[tuple[nn.Module, str, int]]  # (owning submodule, attribute name, index in shared list)
-    calls: int = 0
+    calls: int = 0                             # calls in the current forward pass
+    aliases: dict | None = None                # while a call runs: position → alias
+    rows_call: tuple | None = None             # while a per-row call runs: its (args, kwargs)
 
 
 class SharedAttribution:
     """Installs the hooks for every attributed module and owns the per-view gradient buffers."""
 
-    def __init__(self, model: nn.Module, spec: Mapping[nn.Module | str, Sequence[str] | rows],
+    def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows],
                  params: Sequence[nn.Parameter], indices: Sequence[int], views: Sequence[str],
                  is_active: Callable[[], bool], inv_scale: Callable[[], torch.Tensor | None],
                  quietly: Callable[[], contextlib.AbstractContextManager],
@@ -87,19 +89,16 @@ class SharedAttribution:
         self._is_active, self._inv_scale, self._quietly, self._guard = is_active, inv_scale, quietly, guard
         self._position = {id(p): i for i, p in enumerate(self.params)}
         self.buffers: dict[str, list[torch.Tensor]] | None = None
-        self.present: set[str] = set()           # views that contributed since the last reset
-        self.unattributed_calls = 0
+        self.unattributed_calls = 0              # calls that matched no view (reported in the metadata)
         self._handles: list = []
-        self._targets = [self._target(model, module, how) for module, how in spec.items()]
+        self._targets = [self._target(module, how) for module, how in spec.items()]
         for t in self._targets:
             self._handles.append(t.module.register_forward_pre_hook(guard(self._make_pre(t), no_grad=False),
                                                                     with_kwargs=True))
             self._handles.append(t.module.register_forward_hook(guard(self._make_post(t), no_grad=False),
                                                                 with_kwargs=True, always_call=True))
 
-    def _target(self, model: nn.Module, module: nn.Module | str, how) -> _Target:
-        if isinstance(module, str):
-            module = model.get_submodule(module)
+    def _target(self, module: nn.Module, how) -> _Target:
         entries = []
         for sub in module.modules():
             for name, p in sub._parameters.items():
@@ -122,7 +121,6 @@ class SharedAttribution:
             self.buffers = {v: [torch.zeros_like(p) for p in self.params] for v in self.views}
         else:
             torch._foreach_zero_([b for bufs in self.buffers.values() for b in bufs])
-        self.present = set()
 
     def _add(self, view_name: str, position: int, grad: torch.Tensor) -> None:
         if self.buffers is None:
@@ -133,7 +131,6 @@ class SharedAttribution:
             buffer.add_(grad)
         else:
             buffer.addcmul_(grad, inv.to(grad.dtype))
-        self.present.add(view_name)
 
     # ------------------------------------------------------------------------------------------- hooks
     def new_pass(self) -> None:
@@ -153,16 +150,14 @@ class SharedAttribution:
             if not (torch.is_grad_enabled() and self._is_active()):
                 return None
             if t.by_rows is not None:
-                t._rows_args = (args, kwargs)
-                t._aliases = None
+                t.rows_call = (args, kwargs)
                 return None
             view_name = self._view_of_call(t)
             if view_name is None:
                 self.unattributed_calls += 1
-                t._aliases = None
                 return None
             aliases: dict[int, torch.Tensor] = {}
-            t._aliases = aliases
+            t.aliases = aliases
             for sub, name, position in t.entries:
                 alias = aliases.get(position)
                 if alias is None:
@@ -176,13 +171,13 @@ class SharedAttribution:
 
     def _make_post(self, t: _Target):
         def post(module, args, kwargs, output):
-            if getattr(t, "_aliases", None) is not None:  # always put the real parameters back
+            if t.aliases is not None:  # always put the real parameters back
                 for sub, name, position in t.entries:
                     sub._parameters[name] = self.params[position]
-                t._aliases = None
-            if t.by_rows is not None and getattr(t, "_rows_args", None) is not None:
-                rows_args, t._rows_args = t._rows_args, None
-                self._split_by_rows(t, rows_args, output)
+                t.aliases = None
+            if t.rows_call is not None:
+                call, t.rows_call = t.rows_call, None
+                self._split_by_rows(t, call, output)
             return None
         return post
 

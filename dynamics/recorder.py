@@ -102,7 +102,7 @@ class Recorder:
             if attribute:
                 views = list(dict.fromkeys(v for how in attribute.values() for v in views_of(how)))
                 self._attribution = SharedAttribution(
-                    model, attribute, [self._params[i] for i in attributed], attributed, views,
+                    attribute, [self._params[i] for i in attributed], attributed, views,
                     is_active=lambda: not self._quiet and self._schedule(self._step),
                     inv_scale=self._inverse_loss_scale, quietly=self._quietly, guard=self._guard)
                 self._attributed_buffer = self._nan_buffer(flush_every, len(views), 3, len(attributed))
@@ -137,6 +137,10 @@ class Recorder:
             if not self._failed:
                 self._end_open_round()
                 self._flush()
+            if self._attribution is not None and self._attribution.unattributed_calls:
+                self._note(f"{self._attribution.unattributed_calls} calls of an attributed module matched no view "
+                           f"(past the listed call order, or in dynamics.view of another name): their gradient "
+                           f"is in the tensor's total but in no view's part")
         finally:
             self._remove_hooks()
             self._prev = None

@@ -289,3 +289,22 @@ def test_attribute_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="claimed by two views"):
         dynamics.attach(model, opt, views={"cc": model.column}, attribute={model.column: ["cc", "mlo"]},
                         out=tmp_path / "c")
+
+
+def test_calls_past_the_listed_order_are_noted_not_lost(tmp_path):
+    torch.manual_seed(0)
+    model = SharedModel("custom")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 3)
+    with dynamics.attach(model, opt, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
+                         out=tmp_path / "r"):
+        loss = model(x, x).sum() + model.column(x).sum()  # a third call in the same forward pass
+        loss.backward()
+        opt.step()
+    notes = dynamics.read_meta(tmp_path / "r")["notes"]
+    assert any(text.startswith("1 calls of an attributed module matched no view") for text in notes)
+    split, _ = dynamics.load(tmp_path / "r")
+    whole, _ = dynamics.load(tmp_path / "r", split_shared=False)
+    parts = split[split["attributed"]].groupby("param", observed=True)["lca"].sum()
+    totals = whole.set_index("param")["lca"]
+    assert not np.allclose(parts.to_numpy(), totals.loc[parts.index].to_numpy())  # the third call is in no part
