@@ -113,7 +113,10 @@ def _num(x: float, digits: int = 3) -> str:
 
 
 def _pct(x: float) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.0f}%"
+    """Whole percent, but two significant digits below 1% (so a small residual does not read as 0%)."""
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{100 * x:.2g}%" if 0 < abs(x) < 0.01 else f"{100 * x:.0f}%"
 
 
 def _with_ci(est: float, lo: float, hi: float, n_runs: int, fmt=_num) -> str:
