@@ -12,7 +12,6 @@ reloaded with ``weights_only=True`` for the test set; test metrics and each view
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import time
@@ -88,18 +87,14 @@ def build_model(cfg: TrainConfig, splits: TwoViewSplits) -> TwoViewModel:
 def recorder_views(model: TwoViewModel) -> tuple[dict, dict, str]:
     """``views`` and extra ``attach`` keywords for the model's condition, and how ``shared`` is attributed.
 
-    ``shared`` uses the recorder's per-view attribution inside the shared column (``attribute=``) when the
-    installed ``dynamics.attach`` has it. FALLBACK (older recorder): the shared column is recorded as one
-    view named ``column``, so it cannot be split between the two views.
+    ``shared`` splits the shared column's gradient between the views by call order (``attribute=``); per-view
+    stems (mfeat) own their parameters outright.
     """
-    v1, v2 = model.views
     if model.condition != "shared":
         return {"views": {v: getattr(model, f"{v}_column") for v in model.views}}, {}, "columns"
     stems = {v: getattr(model, f"{v}_stem") for v in model.views if hasattr(model, f"{v}_stem")}
-    if "attribute" in inspect.signature(dynamics.attach).parameters:
-        views = dict(stems) if stems else [v1, v2]  # per-view stems (mfeat) own their parameters outright
-        return {"views": views}, {"attribute": {model.column: [v1, v2]}}, "attributed"
-    return {"views": {**stems, "column": model.column}}, {}, "fallback: shared column recorded as one view"
+    views = dict(stems) if stems else list(model.views)
+    return {"views": views}, {"attribute": {model.column: list(model.views)}}, "attributed"
 
 
 def evaluate(model: TwoViewModel, data: TwoViewData, device: str, batch_size: int = 256) -> tuple[float, float]:
@@ -147,7 +142,7 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
     gen = torch.Generator().manual_seed(cfg.seed)
     best_auc, step, history = -1.0, 0, []
     ckpt = run_dir / "best.pt"
-    if cfg.probe_every > 0 and hasattr(dynamics, "ProbeBatch"):
+    if cfg.probe_every > 0:
         inputs, y = next(splits.train.batches(cfg.batch_size, device=cfg.device))
         attach_kw["probe"] = dynamics.ProbeBatch(inputs=(inputs,), targets=y, loss_fn=_loss)
         attach_kw["probe_every"] = cfg.probe_every
