@@ -73,6 +73,18 @@ def loss_and_grads(model: nn.Module, probe: ProbeBatch, params: Sequence[torch.T
     return loss.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
+def check(model: nn.Module, probe: ProbeBatch) -> None:
+    """Evaluate the probe loss once (leaving no trace), so a bad probe fails at attach, not mid-training."""
+    try:
+        with preserved(model, probe.train_mode), torch.no_grad():
+            loss = probe.loss(model)
+    except Exception as exc:
+        raise ValueError(f"probe: loss_fn(model(inputs), targets) failed on the probe batch: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not torch.isfinite(loss).all():
+        raise ValueError("probe: the loss on the probe batch is not finite")
+
+
 def path_lca(g0: torch.Tensor, g_half: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
     """Per-tensor lca by each rule from the three gradient·Δθ dot products (rows: first, trapezoid, Simpson)."""
     return torch.stack([g0, (g0 + g1) / 2, (g0 + 4 * g_half + g1) / 6])

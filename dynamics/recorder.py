@@ -136,7 +136,7 @@ class Recorder:
         try:
             if not self._failed:
                 self._end_open_round()
-                self._flush()
+            self._flush()  # also after a failure: the steps completed before it are kept
             if self._attribution is not None and self._attribution.unattributed_calls:
                 self._note(f"{self._attribution.unattributed_calls} calls of an attributed module matched no view "
                            f"(past the listed call order, or in dynamics.view of another name): their gradient "
@@ -427,7 +427,7 @@ class Recorder:
         step_rows: dict[int, dict] = {}
         if n:
             values = self._take(self._buffer, n)
-            has_grad = np.stack(self._has_grad)
+            has_grad = np.stack(self._has_grad[:n])  # a step a failure interrupted has no row
             steps = np.array([r["step"] for r in self._rows], dtype=np.int64)
             skipped = np.array([r["skipped"] for r in self._rows], dtype=bool)
             self._write("params", frames.param_frame(steps, values, has_grad, skipped))
@@ -509,6 +509,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
             raise TypeError(f"probe must be a dynamics.ProbeBatch, got {type(probe).__name__}")
         if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be a positive int, got {probe_every!r}")
+        probing.check(model, probe)
         recorded = schedule
         schedule = lambda step: recorded(step) or step % probe_every == 0  # noqa: E731 - probe steps are recorded
     attribute, labelled = resolve_attribution(model, views, attribute or {})

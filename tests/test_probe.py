@@ -122,3 +122,41 @@ def test_probe_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="probe_every"):
         dynamics.attach(model, opt, views={"cc": model.cc}, out=tmp_path / "b",
                         probe=dynamics.ProbeBatch(None, None, _mse), probe_every=0)
+
+
+def test_bad_probe_fails_at_attach_and_leaves_no_trace(tmp_path):
+    torch.manual_seed(0)
+    model = Net(dropout=0.5)
+    before = copy.deepcopy(model.state_dict())
+    bad = dynamics.ProbeBatch((torch.randn(4, 7), torch.randn(4, 5)), torch.randn(4), _mse)  # 7 ≠ 6 features
+    good = dynamics.ProbeBatch((torch.randn(4, 6), torch.randn(4, 5)), torch.randn(4), _mse)
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match="probe: loss_fn"):
+        dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views={"cc": model.cc},
+                        out=tmp_path / "r", probe=bad)
+    rec = dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views={"cc": model.cc},
+                          out=tmp_path / "s", probe=good)
+    rec.close()
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_failure_mid_run_keeps_the_steps_before_it(tmp_path):
+    calls = []
+
+    def flaky(out, y):  # attach checks once; a probe step calls it three times; the 6th call fails
+        calls.append(1)
+        if len(calls) >= 6:
+            raise RuntimeError("probe exploded")
+        return _mse(out, y)
+
+    torch.manual_seed(0)
+    model = Net()
+    probe = dynamics.ProbeBatch((torch.randn(8, 6), torch.randn(8, 5)), torch.randn(8), flaky)
+    with pytest.warns(RuntimeWarning, match="probe exploded"):
+        _train(model, _data(5), probe=probe, tmp=tmp_path / "run")   # probe_every=2: steps 0, 2, 4
+    per_param, per_step = dynamics.load(tmp_path / "run")
+    assert per_step["step"].tolist() == [0, 1]                       # step 2 failed mid-way: no partial row
+    assert np.isfinite(per_step.loc[0, "probe_change"])               # step 0's probe is kept
+    assert "probe exploded" in dynamics.read_meta(tmp_path / "run")["errors"][0]
