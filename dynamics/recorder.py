@@ -287,8 +287,11 @@ class Recorder:
         buffer[PARAM_SQ].copy_(quantities.sq_norms(self._params))
         if self._prev is None:
             self._prev = [torch.empty_like(p) for p in self._params]
-        for saved, p in zip(self._prev, self._params):  # a plain loop: foreach copy is slower on CPU
-            saved.copy_(p)
+        if self.device.type == "cpu":  # a plain loop: foreach copy is slower than it on CPU
+            for saved, p in zip(self._prev, self._params):
+                saved.copy_(p)
+        else:
+            torch._foreach_copy_(self._prev, list(self._params))
         if self._probe is not None and self._step % self._probe_every == 0:
             with self._quietly(), probing.preserved(self.model, self._probe.train_mode):
                 loss, g0 = probing.loss_and_grads(self.model, self._probe, self._params)
