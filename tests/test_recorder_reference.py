@@ -143,3 +143,42 @@ def test_schedules_record_chosen_steps_with_true_indices(tmp_path, every, expect
     assert len(merged) == len(per_param) == len(expected) * len(list(model.parameters()))
     np.testing.assert_allclose(merged["lca"], merged["lca_ref"], rtol=2e-5)
     np.testing.assert_allclose(merged["update_sq"], merged["update_sq_ref"], rtol=2e-5)
+
+
+class TiedAndFrozen(torch.nn.Module):
+    """A frozen input layer, and a fusion weight registered under two names and used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = fresh_model()
+        self.cc, self.mlo, self.head = base.cc, base.mlo, base.head
+        self.cc[0].weight.requires_grad_(False)
+        self.fuse = torch.nn.Linear(12, 12)
+        self.fuse_again = torch.nn.Linear(12, 12)
+        self.fuse_again.weight = self.fuse.weight
+
+    def forward(self, x_cc, x_mlo):
+        h = torch.cat([self.cc(x_cc), self.mlo(x_mlo)], dim=1)
+        return self.head(torch.tanh(self.fuse_again(torch.tanh(self.fuse(h))))).squeeze(1)
+
+
+def test_tied_and_frozen_parameters_match_brute_force(tmp_path):
+    setup = SETUPS[2]  # Adam
+    torch.manual_seed(0)
+    model = TiedAndFrozen()
+    reference_model = clone(model)
+    batches = make_batches(4)
+    train(model, setup, batches, recorder_factory=lambda m, o, s: dynamics.attach(
+        m, o, views={"cc": m.cc, "mlo": m.mlo}, out=tmp_path / "run"))
+    reference = train(reference_model, setup, batches)
+    assert_bit_identical(state(model), state(reference_model))
+    per_param, _ = dynamics.load(tmp_path / "run")
+    assert "cc.0.weight" not in set(per_param["param"].astype(str))          # frozen: skipped
+    assert "fuse_again.weight" not in set(per_param["param"].astype(str))    # tied: once, under its first name
+    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
+    assert len(merged) == len(reference) == len(per_param)
+    for column in ("grad_sq", "param_sq", "update_sq", "lca"):
+        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=2e-5, err_msg=column)
+    meta = dynamics.read_meta(tmp_path / "run")
+    assert meta["frozen"] == ["cc.0.weight"]
+    assert next(p for p in meta["parameters"] if p["name"] == "fuse.weight")["aliases"] == ["fuse_again.weight"]
