@@ -8,11 +8,11 @@ __version__ = "0.1.0"
 from . import analysis, metrics, plots
 from .attribution import rows, view
 from .probe import ProbeBatch
-from .recorder import Recorder, attach
+from .recorder import InactiveRecorder, Recorder, attach
 from .store import RunStoreError, load, load_probe, load_runs, read_meta
 from .tables import learning_speed, norms, shares
 from .utilization import load_utilization, save_utilization, utilization
 
-__all__ = ["attach", "Recorder", "view", "rows", "ProbeBatch", "load", "load_probe", "load_runs", "read_meta", "RunStoreError", "norms",
+__all__ = ["attach", "Recorder", "InactiveRecorder", "view", "rows", "ProbeBatch", "load", "load_probe", "load_runs", "read_meta", "RunStoreError", "norms",
            "learning_speed", "shares", "utilization", "save_utilization", "load_utilization", "analysis", "plots",
            "metrics"]

@@ -36,7 +36,7 @@ from .attribution import SharedAttribution, group_label, resolve_attribution, ro
 from .frames import GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, UPDATE_SQ
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
 
-__all__ = ["attach", "Recorder"]
+__all__ = ["attach", "Recorder", "InactiveRecorder"]
 
 _RESERVED = {"step", "recorded", "skipped", "clip_factor", "run", "condition", "seed"}
 _MAX_PENDING_LOGS = 10_000
@@ -51,9 +51,38 @@ def _refuse_unsupported(model: nn.Module) -> None:
     """Set-ups whose gradients the recorder would get wrong are refused, not recorded wrongly."""
     for module in model.modules():
         name = type(module).__name__
-        if name in {"DistributedDataParallel", "FullyShardedDataParallel"}:
-            raise NotImplementedError(f"dynamics does not support {name} yet: its gradients are reduced after "
-                                      f"the backward pass ends, so recorded values would be per-process")
+        if name == "FullyShardedDataParallel":
+            raise NotImplementedError(f"dynamics does not support {name} yet: each process holds a shard of "
+                                      f"every gradient, so the sums of squares would need a reduction")
+
+
+def _distributed_rank() -> int:
+    """This process's rank when torch.distributed is running, else 0."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class InactiveRecorder:
+    """What ``attach`` returns on the processes other than rank 0 of a DistributedDataParallel run: after the
+    all-reduce every process holds the same gradients and parameters, so rank 0 records them once."""
+
+    def __init__(self, assignment: ViewAssignment) -> None:
+        self.assignment, self.run_dir = assignment, None
+
+    def __enter__(self) -> "InactiveRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None
+
+    def log(self, **scalars: float | torch.Tensor) -> None:
+        """Nothing is recorded on this process."""
+
+    def close(self) -> None:
+        """Nothing to flush on this process."""
+
+    def coverage(self) -> pd.DataFrame:
+        return self.assignment.coverage()
 
 
 class Recorder:
@@ -248,6 +277,11 @@ class Recorder:
         if self._round_open and self._changed_since_backward():
             self._record_skipped()
         self._round_open = True
+        torch.autograd.Variable._execution_engine.queue_callback(self._guard(self._after_other_callbacks))
+
+    def _after_other_callbacks(self) -> None:
+        """Callbacks run in order and may queue more: queueing the measurement again puts it after those
+        queued later in the pass, such as DistributedDataParallel's, which writes the averaged gradients."""
         torch.autograd.Variable._execution_engine.queue_callback(self._guard(self._on_backward_end))
 
     def _on_backward_end(self) -> None:
@@ -490,14 +524,17 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
            scaler: Any = None, config: Mapping | None = None, seed: int | None = None,
            condition: str | None = None, resume: bool = False,
            attribute: Mapping[nn.Module | str, Sequence[str] | rows] | None = None,
-           probe: probing.ProbeBatch | None = None, probe_every: int = 50) -> Recorder:
+           probe: probing.ProbeBatch | None = None, probe_every: int = 50) -> Recorder | InactiveRecorder:
     """Record per-tensor training quantities of ``model`` at the optimizer steps chosen by ``every``.
 
     ``views`` assigns parameters to views (see :func:`dynamics.views.resolve_views`); ``out`` is the run
     directory (never overwritten: pass ``resume=True`` to append); ``scaler`` is the ``torch.amp.GradScaler``
     if one is used, so gradients are recorded unscaled; ``config``, ``seed`` and ``condition`` go into the
-    metadata (``load_runs`` turns condition and seed into columns). Returns a :class:`Recorder`, which is a
-    context manager; ``close()`` flushes and removes every hook.
+    metadata (``load_runs`` turns condition and seed into columns). ``attribute`` splits the gradient of
+    modules shared by views (see :mod:`dynamics.attribution`); ``probe`` checks lca on a fixed batch every
+    ``probe_every`` steps (see :mod:`dynamics.probe`). Returns a :class:`Recorder`, which is a context
+    manager; ``close()`` flushes and removes every hook. For a DistributedDataParallel model only rank 0
+    records (the others get an :class:`InactiveRecorder`).
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -519,6 +556,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     assignment = resolve_views(model, labelled, shared_name=shared_name,
                                extra_views=[v for how in attribute.values() for v in views_of(how)])
     attributed = [p.index for p in assignment.params if p.view in {group_label(h) for h in attribute.values()}]
+    if _distributed_rank() != 0 and any(type(m).__name__ == "DistributedDataParallel" for m in model.modules()):
+        return InactiveRecorder(assignment)
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
     parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
                   for info, t in zip(assignment.params, assignment.tensors)]
