@@ -226,7 +226,8 @@ def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | No
     if ref is not None:
         ax.axhline(ref, color="0.6", linewidth=0.5, linestyle="--", zorder=0)
     ax.set_xticks(range(len(xs)))
-    ax.set_xticklabels(xs)
+    crowded = sum(len(v) for v in xs) > 6 * len(xs) + 2  # long names would run into each other
+    ax.set_xticklabels(xs, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)

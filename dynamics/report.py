@@ -324,6 +324,17 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 _LABELS = {"grad_norm": "gradient norm", "learning_speed": "‖g‖²/‖θ‖²", "loss_reduction": "loss reduction −Σlca"}
 
 
+def _outcome_metrics(names: Sequence[str], most: int = 2) -> list[str]:
+    """The logged metrics worth a panel: test AUC first, then other test and validation metrics; training
+    bookkeeping (loss, present counts) only when nothing else was logged."""
+    def rank(name: str) -> tuple[int, str]:
+        order = [name == "test_auc", name.startswith("test_"), name == "val_auc", name.startswith("val_")]
+        return (next((i for i, hit in enumerate(order) if hit), len(order)), name)
+    ranked = sorted(names, key=rank)
+    outcomes = [n for n in ranked if rank(n)[0] < 4]
+    return (outcomes or ranked)[:most]
+
+
 def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFrame, md: pd.DataFrame,
              cls: pd.DataFrame, summary: pd.DataFrame, metrics: pd.DataFrame, util: pd.DataFrame,
              palette: dict[str, str]) -> list[tuple[str, str, plt.Figure]]:
@@ -368,7 +379,7 @@ def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFra
                  "training (per group).", fig))
     panels = [("grad_ratio", f"{a}/{b} grad-norm ratio")]
     if len(metrics):
-        panels += [(m, m) for m in metrics["metric"].unique()[:2]]
+        panels += [(m, m) for m in _outcome_metrics(metrics["metric"].astype(str).unique())]
     if len(util):
         panels.append(("utilization", "conditional utilization"))
     fig, axes = plt.subplots(1, len(panels), figsize=(plots.figsize("double")[0] if len(panels) > 1 else

@@ -146,3 +146,9 @@ def test_python_m_dynamics_report(runs, tmp_path):
                           "--by", "run", "--no-progress"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "r" / "report.html").exists()
+
+
+def test_outcome_metrics_prefer_test_auc_then_other_outcomes():
+    assert report._outcome_metrics(["loss", "val_auc", "test_acc", "test_auc", "present_cc"]) == ["test_auc", "test_acc"]
+    assert report._outcome_metrics(["loss", "val_acc"]) == ["val_acc"]
+    assert report._outcome_metrics(["loss", "present_cc"]) == ["loss", "present_cc"]
