@@ -171,9 +171,10 @@ def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hu
 
 def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", value: str = "log2_ratio",
                   bins: int = 40, ax: plt.Axes | None = None, cmap: str = "RdBu_r",
-                  label: str | None = None) -> plt.Axes:
+                  label: str | None = None, colorbar: bool = True) -> plt.Axes:
     """Matched-layer ratio as a heatmap: ``y`` (depth) × ``x`` (steps cut into ``bins`` equal bins),
-    the mean of ``value`` over runs and the steps of a bin, on a diverging scale centred at 0."""
+    the mean of ``value`` over runs and the steps of a bin, on a diverging scale centred at 0 (± the largest
+    magnitude drawn; ``ax.images[0].set_clim`` puts several panels on one scale)."""
     _check(data, x, y, value)
     ax = ax if ax is not None else plt.gca()
     d = data[np.isfinite(data[value].to_numpy(float))]
@@ -195,7 +196,8 @@ def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", valu
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     a, b = data.attrs.get("view_a", "A"), data.attrs.get("view_b", "B")
-    ax.figure.colorbar(im, ax=ax, label=label or f"log2({a}/{b})")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label=label or f"log2({a}/{b})")
     return ax
 
 

@@ -353,21 +353,33 @@ def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFra
     n = len(groups)
     a, b = md.attrs.get("view_a"), md.attrs.get("view_b")
     w = plots.figsize("double")[0] if n > 1 else plots.figsize("single")[0]
-    fig, axes = plt.subplots(1, n, figsize=(w, 2.4), squeeze=False)
-    for ax, g in zip(axes[0], groups):
+    fig, axes = plt.subplots(1, n, figsize=(w, 2.4), squeeze=False, sharey=True)
+    for i, (ax, g) in enumerate(zip(axes[0], groups)):
         sub = md[md["_group"] == g] if len(md) else md
         if len(sub) and np.isfinite(sub["log2_ratio"]).any():
             sub.attrs.update(md.attrs)
-            plots.ratio_heatmap(sub, ax=ax)
+            plots.ratio_heatmap(sub, ax=ax, colorbar=False)
+        if i:
+            ax.set_ylabel("")
         if n > 1:
             ax.set_title(g)
+    images = [ax.images[0] for ax in axes[0] if ax.images]
+    if images:  # one scale for every panel, so the groups can be compared, and one colour bar
+        vmax = max(im.get_clim()[1] for im in images)
+        for im in images:
+            im.set_clim(-vmax, vmax)
+        fig.colorbar(images[0], ax=list(axes[0]), label=f"log2({a}/{b})")
     figs.append(("matched_ratio", f"log2 of the gradient-norm ratio {a}/{b} for matched layers (depth × step); red: "
                  f"{a} larger.", fig))
     fig, axes = plt.subplots(1, n, figsize=(w, 2.4), squeeze=False, sharey=True)
-    for ax, g in zip(axes[0], groups):
+    for i, (ax, g) in enumerate(zip(axes[0], groups)):
         sub = vd[vd["_group"] == g]
         if sub["share"].notna().any():
             plots.share_area_plot(sub, palette=palette, ax=ax)
+            if i:  # the first panel names the axis, the last keeps the legend
+                ax.set_ylabel("")
+            if i < n - 1 and ax.get_legend() is not None:
+                ax.get_legend().remove()
         if n > 1:
             ax.set_title(g)
     figs.append(("share", "Each view's share of the cumulative loss reduction (stacked).", fig))
