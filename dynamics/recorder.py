@@ -556,6 +556,11 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     assignment = resolve_views(model, labelled, shared_name=shared_name,
                                extra_views=[v for how in attribute.values() for v in views_of(how)])
     attributed = [p.index for p in assignment.params if p.view in {group_label(h) for h in attribute.values()}]
+    owned = {p.view for p in assignment.params} | {v for how in attribute.values() for v in views_of(how)}
+    empty = [v for v in assignment.views if v not in owned]
+    if empty:
+        raise ValueError(f"view(s) {empty} own no parameter: give them modules or patterns, or attribute= a "
+                         f"shared module to them")
     if _distributed_rank() != 0 and any(type(m).__name__ == "DistributedDataParallel" for m in model.modules()):
         return InactiveRecorder(assignment)
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}

@@ -88,3 +88,11 @@ def test_bad_view_types():
         resolve_views(model, 42)
     with pytest.raises(ValueError, match="returned 3"):
         resolve_views(model, lambda name: 3)
+
+
+def test_views_named_without_parameters_need_attribution(tmp_path):
+    import dynamics
+    model = TwoView()
+    with pytest.raises(ValueError, match=r"\['cc', 'mlo'\] own no parameter"):
+        dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views=["cc", "mlo"], out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
