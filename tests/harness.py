@@ -52,13 +52,14 @@ def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_
     """The user's plain loop. With ``recorder_factory`` the recorder is attached; else the brute-force
     reference rows are computed. Returns the list of reference rows (empty when recording)."""
     optimizer = setup.make_optimizer(model)
-    scaler = torch.amp.GradScaler("cpu", init_scale=setup.loss_scale) if setup.loss_scale else None
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler(device.type, init_scale=setup.loss_scale) if setup.loss_scale else None
     rec = recorder_factory(model, optimizer, scaler) if recorder_factory else None
     params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
     names = {id(p): n for n, p in model.named_parameters()}
     rows: list[dict] = []
     for step, micro_batches in enumerate(batches):
-        for x_cc, x_mlo, y in micro_batches:
+        for x_cc, x_mlo, y in (tuple(t.to(device) for t in b) for b in micro_batches):
             loss = ((model(x_cc, x_mlo) - y) ** 2).mean() / len(micro_batches)
             if step in setup.poison:
                 loss = loss * setup.poison[step]
@@ -117,3 +118,14 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 
 SETUPS_FOR_LIFECYCLE = Setup("adamw", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2))
+
+
+DEVICES = ["cpu", "cuda"]
+
+
+def device_or_skip(name: str) -> torch.device:
+    """The device for a parametrised test; CUDA cases skip where there is no GPU."""
+    import pytest
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    return torch.device(name)
