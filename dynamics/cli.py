@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-from pathlib import Path
 from typing import Sequence
 
 __all__ = ["main"]

@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .frames import RULES
 PROBE_SEED = 20200306  # the same dropout masks at every point of the path, so L(θ) is one function
 
 

@@ -8,7 +8,6 @@ pulled back with ``torch.autograd.grad``. Both are computed in the test with pla
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pandas as pd

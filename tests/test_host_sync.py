@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dynamics
-from harness import Setup, fresh_model, make_batches, train
+from harness import Setup, fresh_model, make_batches
 
 CONVERSIONS = ("item", "tolist", "cpu", "numpy")
 PACKAGE = str(Path(dynamics.__file__).parent)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dynamics
-from harness import SETUPS_FOR_LIFECYCLE, assert_bit_identical, clone, fresh_model, make_batches, state, train
+from harness import SETUPS_FOR_LIFECYCLE, assert_bit_identical, fresh_model, make_batches, state, train
 
 
 def _hook_counts(model, optimizer):

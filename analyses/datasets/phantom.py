@@ -207,7 +207,7 @@ def _project_oblique(vol: torch.Tensor, theta: torch.Tensor, s: int) -> torch.Te
 def _patch(centre: torch.Tensor, p: int, s: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Voxel indices (z, y, x), each (b, m), of a cube of half-width ``p`` around ``centre``, and their
     physical coordinates (b, m, 3 as x, y, z). Indices are clamped; clamped duplicates get distance ≫ r."""
-    b, nz = centre.shape[0], s // 2
+    nz = s // 2
     o = torch.arange(-p, p + 1)
     oz, oy, ox = (a.reshape(1, -1) for a in torch.meshgrid(o, o, o, indexing="ij"))
     ix = (centre[:, 0:1] * s).long() + ox
