@@ -349,7 +349,8 @@ class Recorder:
                 ends = [quantities.dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
             buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
-            lca = quantities.dots(grads, self._prev).neg_()
+            # a tensor without a gradient pairs the zero placeholder with itself: its lca is 0
+            lca = quantities.dots(grads, [self._zero if g is self._zero else d for g, d in zip(grads, self._prev)]).neg_()
             if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
                 ratio = buffer[GRAD_SQ] / buffer[PRE_SQ]
                 lca = lca * torch.where(buffer[PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -187,3 +188,45 @@ def test_tied_and_frozen_parameters_match_brute_force(tmp_path):
     meta = dynamics.read_meta(tmp_path / "run")
     assert meta["frozen"] == ["cc.0.weight"]
     assert next(p for p in meta["parameters"] if p["name"] == "fuse.weight")["aliases"] == ["fuse_again.weight"]
+
+
+class SometimesUnused(torch.nn.Module):
+    """The mlo branch takes part only in even steps: its tensors have no gradient in odd ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cc, self.mlo = torch.nn.Linear(5, 3), torch.nn.Linear(4, 3)
+        self.use_mlo = True
+
+    def forward(self, x_cc, x_mlo):
+        out = self.cc(x_cc).sum(1)
+        return out + self.mlo(x_mlo).sum(1) if self.use_mlo else out
+
+
+@pytest.mark.parametrize("make_optimizer", [lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                                            lambda p: torch.optim.AdamW(p, lr=0.01)], ids=["sgd", "adamw"])
+def test_tensors_without_gradient_in_some_steps(tmp_path, make_optimizer):
+    torch.manual_seed(0)
+    model = SometimesUnused()
+    optimizer = make_optimizer(model.parameters())
+    rows = []
+    with dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r"):
+        for step, [(x_cc, x_mlo, y)] in enumerate(make_batches(4)):
+            model.use_mlo = step % 2 == 0
+            ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
+            g = {n: None if p.grad is None else p.grad.double().clone() for n, p in model.named_parameters()}
+            before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+            optimizer.step()
+            optimizer.zero_grad()
+            for n, p in model.named_parameters():
+                delta = p.detach().double() - before[n]
+                rows.append({"step": step, "param": n, "has_grad_ref": g[n] is not None,
+                             "grad_sq_ref": 0.0 if g[n] is None else float((g[n] ** 2).sum()),
+                             "update_sq_ref": float((delta ** 2).sum()),
+                             "lca_ref": 0.0 if g[n] is None else float((g[n] * delta).sum())})
+    per_param, _ = dynamics.load(tmp_path / "r")
+    merged = pd.DataFrame(rows).merge(per_param.astype({"param": str}), on=["step", "param"])
+    assert len(merged) == len(rows) == len(per_param)
+    assert (merged["has_grad"] == merged["has_grad_ref"]).all() and not merged["has_grad"].all()
+    for column in ("grad_sq", "update_sq", "lca"):
+        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=2e-5, atol=1e-12, err_msg=column)
