@@ -38,6 +38,7 @@ from .views import ViewAssignment, ViewSpec, device_of, resolve_views
 
 __all__ = ["attach", "Recorder", "InactiveRecorder"]
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _RESERVED = {"step", "recorded", "skipped", "clip_factor", "run", "condition", "seed"}
 _MAX_PENDING_LOGS = 10_000
 
@@ -320,7 +321,9 @@ class Recorder:
                 changed, self._eager = False, True
         buffer[PARAM_SQ].copy_(quantities.sq_norms(self._params))
         if self._prev is None:
-            self._prev = [torch.empty_like(p) for p in self._params]
+            # low-precision tensors keep θ_t in float32, where θ_t − θ_{t+1} of two of them is exact
+            self._prev = [torch.empty_like(p, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype)
+                          for p in self._params]
         if self.device.type == "cpu":  # a plain loop: foreach copy is slower than it on CPU
             for saved, p in zip(self._prev, self._params):
                 saved.copy_(p)
@@ -377,7 +380,7 @@ class Recorder:
             after = [p.detach().clone() for p in params]
             try:
                 for p, start, end in zip(params, self._prev, after):
-                    p.copy_(torch.lerp(start, end, 0.5))
+                    p.copy_(torch.lerp(start, end.to(start.dtype), 0.5))
                 _, g_half = probing.loss_and_grads(self.model, self._probe, params)
             finally:
                 for p, end in zip(params, after):

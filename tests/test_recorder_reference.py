@@ -230,3 +230,28 @@ def test_tensors_without_gradient_in_some_steps(tmp_path, make_optimizer):
     assert (merged["has_grad"] == merged["has_grad_ref"]).all() and not merged["has_grad"].all()
     for column in ("grad_sq", "update_sq", "lca"):
         np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=2e-5, atol=1e-12, err_msg=column)
+
+
+def test_bfloat16_parameters_are_measured_exactly(tmp_path):
+    """θ_t is kept in float32 for low-precision tensors, so Δθ between two bfloat16 values is exact."""
+    torch.manual_seed(0)
+    model = fresh_model().to(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rows = []
+    with dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r"):
+        for step, [(x_cc, x_mlo, y)] in enumerate(make_batches(3)):
+            ((model(x_cc.bfloat16(), x_mlo.bfloat16()) - y.bfloat16()) ** 2).mean().backward()
+            g = {n: p.grad.double().clone() for n, p in model.named_parameters()}
+            before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+            optimizer.step()
+            optimizer.zero_grad()
+            for n, p in model.named_parameters():
+                delta = p.detach().double() - before[n]
+                rows.append({"step": step, "param": n, "grad_sq_ref": float((g[n] ** 2).sum()),
+                             "param_sq_ref": float((before[n] ** 2).sum()),
+                             "update_sq_ref": float((delta ** 2).sum()), "lca_ref": float((g[n] * delta).sum())})
+    per_param, _ = dynamics.load(tmp_path / "r")
+    merged = pd.DataFrame(rows).merge(per_param.astype({"param": str}), on=["step", "param"])
+    assert len(merged) == len(rows) == len(per_param)
+    for column in ("grad_sq", "param_sq", "update_sq", "lca"):  # float32 reductions of exact bfloat16 inputs
+        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=1e-5, atol=1e-12, err_msg=column)
