@@ -50,11 +50,14 @@ def _learning_rates(optimizer: torch.optim.Optimizer) -> list:
 
 def _refuse_unsupported(model: nn.Module) -> None:
     """Set-ups whose gradients the recorder would get wrong are refused, not recorded wrongly."""
-    for module in model.modules():
+    for qualified, module in model.named_modules():
         name = type(module).__name__
         if name == "FullyShardedDataParallel":
             raise NotImplementedError(f"dynamics does not support {name} yet: each process holds a shard of "
                                       f"every gradient, so the sums of squares would need a reduction")
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse:
+            raise NotImplementedError(f"dynamics does not support sparse gradients yet: module {qualified!r} "
+                                      f"({name}) has sparse=True")
 
 
 def _distributed_rank() -> int:
