@@ -545,6 +545,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise NotImplementedError("dynamics does not support LBFGS: it evaluates the loss and its gradient "
+                                  "inside step(), after the recorder's pre-step hook has run")
     if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
         raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
     if scaler is not None and not hasattr(scaler, "is_enabled"):

@@ -105,3 +105,10 @@ def test_sparse_gradients_are_refused_loudly(tmp_path):
     with pytest.raises(NotImplementedError, match="'table' \\(Embedding\\) has sparse=True"):
         dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views={"cc": model.cc},
                         out=tmp_path / "r")
+
+
+def test_lbfgs_is_refused(tmp_path):
+    import dynamics
+    model = TwoView()
+    with pytest.raises(NotImplementedError, match="LBFGS"):
+        dynamics.attach(model, torch.optim.LBFGS(model.parameters()), views={"cc": model.cc}, out=tmp_path / "r")
