@@ -97,18 +97,3 @@ def test_views_named_without_parameters_need_attribution(tmp_path):
         dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views=["cc", "mlo"], out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
-
-def test_sparse_gradients_are_refused_loudly(tmp_path):
-    import dynamics
-    model = TwoView()
-    model.table = nn.Embedding(10, 3, sparse=True)
-    with pytest.raises(NotImplementedError, match="'table' \\(Embedding\\) has sparse=True"):
-        dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views={"cc": model.cc},
-                        out=tmp_path / "r")
-
-
-def test_lbfgs_is_refused(tmp_path):
-    import dynamics
-    model = TwoView()
-    with pytest.raises(NotImplementedError, match="LBFGS"):
-        dynamics.attach(model, torch.optim.LBFGS(model.parameters()), views={"cc": model.cc}, out=tmp_path / "r")
