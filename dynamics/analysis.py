@@ -316,18 +316,20 @@ def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame |
                                shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
     """Conditional learning speed of view A relative to view B over training (Wu et al., ICML 2022).
 
-    Each layer's learning speed mu = ||g||^2 / ||theta||^2 is summed over the layers of a view's
-    branch, accumulated over the recorded steps up to t (or the last ``window`` recorded steps), and
-    ``speed = log(S_a / S_b)``: positive when A's branch learns faster. With two branches
-    ``speed(a; b) = -speed(b; a)``, so this single column is the paper's two-branch ``d_speed``
-    up to sign convention (positive = A faster). Per run and step: ``s_a``, ``s_b``, ``speed``.
+    A branch's learning speed at a step is mu = sum ||g||^2 / sum ||theta||^2 over the branch's tensors
+    (sums first, as in the authors' implementation), accumulated over the recorded steps up to t (or the
+    last ``window`` recorded steps): S_a, S_b. ``speed = log(S_a / S_b)`` (natural log; the authors' code
+    uses log10), positive when A's branch learns faster. In the paper each branch's speed is taken relative
+    to the fusion parameters it feeds; with one fusion head shared by both branches (late fusion) that
+    reference cancels from the difference of the two conditional speeds, which is this column.
+    Per run and step: ``s_a``, ``s_b``, ``speed``.
     """
     a, b = _pair(per_param, views, shared)
     if window is not None and window < 1:
         raise ValueError(f"window must be a positive number of recorded steps, got {window}")
-    ld = layer_dynamics(per_param, per_step, n_phases=n_phases)
-    ld = ld[ld["view"].astype(str).isin([a, b])]
-    mu = ld.groupby(["run", "step", "view"], observed=True)["learning_speed"].sum().unstack("view")
+    vd = view_dynamics(per_param, per_step, shared=shared, n_phases=n_phases)
+    vd = vd[vd["view"].astype(str).isin([a, b])]
+    mu = vd.pivot_table(index=["run", "step"], columns="view", values="learning_speed", observed=True)
     mu = mu.reindex(columns=[a, b]).astype(float)
     if window is None:
         acc = mu.groupby(level="run", observed=True).cumsum()
@@ -337,7 +339,7 @@ def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame |
     with np.errstate(divide="ignore", invalid="ignore"):
         out["speed"] = np.log(out["s_a"] / out["s_b"])
     out = out.reset_index()
-    info = ld.drop_duplicates(["run", "step"])[["run", "step", "phase", "condition", "seed"]]
+    info = vd.drop_duplicates(["run", "step"])[["run", "step", "phase", "condition", "seed"]]
     out = out.merge(info, on=["run", "step"], how="left")
     out.attrs.update(view_a=a, view_b=b, window=window)
     return out

@@ -169,10 +169,10 @@ def test_paired_test_rank_biserial_hand_value():
 
 def test_conditional_learning_speed(run):
     cls = analysis.conditional_learning_speed(*run).set_index("step")
-    # per step: sum of layer speeds a = 9/1 + 16/1 = 25 (x4 late); b = 1/2 + 4/2 = 2.5
+    # per step, branch speed = sum ||g||^2 / sum ||theta||^2: a = (9 + 16) / 2 = 12.5 (x4 late); b = 5 / 4
     assert cls.loc[0, "speed"] == pytest.approx(math.log(10))
-    # at step 6: a = 4 * 25 + 100 = 200, b = 5 * 2.5 = 12.5
-    assert cls.loc[6, "s_a"] == pytest.approx(200) and cls.loc[6, "speed"] == pytest.approx(math.log(16))
+    # at step 6: a = 4 * 12.5 + 50 = 100, b = 5 * 1.25 = 6.25
+    assert cls.loc[6, "s_a"] == pytest.approx(100) and cls.loc[6, "speed"] == pytest.approx(math.log(16))
     win = analysis.conditional_learning_speed(*run, window=1).set_index("step")
     assert win.loc[6, "speed"] == pytest.approx(math.log(40))
 
@@ -266,3 +266,12 @@ def test_probe_residuals_ratio_of_sums_by_hand():
     assert out["relative_residual_trapezoid"] == pytest.approx(0.02)
     assert out["relative_residual_simpson"] == pytest.approx(0.001)
     assert analysis.probe_residuals(ps.drop(columns="probe_change")).empty
+
+
+def test_conditional_learning_speed_sums_before_dividing():
+    """Layers of unequal size: the branch ratio of sums, not the sum of per-layer ratios."""
+    pp = pd.DataFrame({"step": [0, 0, 0], "view": ["a", "a", "b"], "layer": ["a0", "a1", "b0"], "depth": [0, 1, 0],
+                       "grad_sq": [4.0, 4.0, 1.0], "param_sq": [1.0, 3.0, 1.0], "update_sq": [1.0, 1.0, 1.0],
+                       "lca": [-1.0, -1.0, -1.0]})
+    cls = analysis.conditional_learning_speed(pp)
+    assert cls["speed"].iloc[0] == pytest.approx(math.log((4 + 4) / (1 + 3)))  # not log(4 + 4/3)
