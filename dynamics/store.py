@@ -231,8 +231,10 @@ def _expand(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> l
     return runs
 
 
-def load_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Concatenate several runs; adds ``run`` (directory name), ``condition`` and ``seed`` from metadata."""
+def load_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike], *,
+              split_shared: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenate several runs (each as :func:`load` reads it); adds ``run`` (directory name), ``condition``
+    and ``seed`` from metadata."""
     per_params, per_steps = [], []
     runs = _expand(paths_or_glob)
     labels = [r.name for r in runs]
@@ -240,7 +242,7 @@ def load_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) ->
         labels = [str(r) for r in runs]
     for run_dir, label in zip(runs, labels):
         meta = read_meta(run_dir)
-        per_param, per_step = load(run_dir)
+        per_param, per_step = load(run_dir, split_shared=split_shared)
         seed = meta.get("seed")
         for frame in (per_param, per_step):
             frame.insert(0, "seed", pd.array([seed] * len(frame), dtype="Int64"))
