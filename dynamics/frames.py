@@ -42,6 +42,19 @@ def attribution_frame(steps: np.ndarray, values: np.ndarray, views: Sequence[str
     })
 
 
+def unattributed_rows(values: np.ndarray, parts: np.ndarray, ids: Sequence[int],
+                      tolerance: float = 1e-3) -> np.ndarray:
+    """Rows where Σ_v (‖g_v‖² + g_v·(g − g_v)) = ‖Σ_v g_v‖² misses the tensor's ‖g‖²: some of the gradient
+    did not pass through an attributed call. Rows without finite numbers are not judged."""
+    whole = values[:, GRAD_SQ][:, np.asarray(ids, dtype=int)]            # [n, shared]
+    attributed = (parts[:, :, 0] + parts[:, :, 2]).sum(axis=1)           # [n, shared]
+    judged = np.isfinite(whole) & np.isfinite(attributed)
+    # relative to the tensor, but not below a millionth of the row's largest (rounding noise near zero)
+    scale = np.maximum(np.abs(whole), 1e-6 * np.nanmax(np.where(judged, np.abs(whole), 0.0), axis=1, keepdims=True))
+    off = np.abs(attributed - whole) > tolerance * np.maximum(scale, 1e-30)
+    return np.flatnonzero((judged & off).any(axis=1))
+
+
 def probe_frame(steps: np.ndarray, lca: np.ndarray, losses: np.ndarray) -> tuple[pd.DataFrame | None, dict[int, dict]]:
     """Per-tensor probe lca of the probed rows, and per step the losses, their change and each rule's residual
     (change − Σ over tensors of that rule's lca)."""

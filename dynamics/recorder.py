@@ -476,8 +476,13 @@ class Recorder:
             skipped = np.array([r["skipped"] for r in self._rows], dtype=bool)
             self._write("params", frames.param_frame(steps, values, has_grad, skipped))
             if self._attribution is not None:
+                parts = self._take(self._attributed_buffer, n)
+                for step in steps[frames.unattributed_rows(values, parts, self._attribution.indices)]:
+                    self._note("part of a shared tensor's gradient came from outside the attributed calls (the "
+                               "tensor is also used elsewhere): the views' parts do not add up to its total",
+                               int(step))
                 self._write("attribution", frames.attribution_frame(
-                    steps, self._take(self._attributed_buffer, n), self._attribution.views, self._attribution.indices))
+                    steps, parts, self._attribution.views, self._attribution.indices))
             probe_rows: dict[int, dict] = {}
             if self._probe is not None:
                 part, probe_rows = frames.probe_frame(steps, self._take(self._probe_lca, n),

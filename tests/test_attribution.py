@@ -307,3 +307,37 @@ def test_calls_past_the_listed_order_are_noted_not_lost(tmp_path):
     parts = split[split["attributed"]].groupby("param", observed=True)["lca"].sum()
     totals = whole.set_index("param")["lca"]
     assert not np.allclose(parts.to_numpy(), totals.loc[parts.index].to_numpy())  # the third call is in no part
+
+
+class SharedAlsoUsedByHead(nn.Module):
+    """The shared column's weight is used outside the column too: its gradient is partly unattributed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.column = nn.Linear(3, 3)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x_cc, x_mlo):
+        h = torch.cat([self.column(x_cc), self.column(x_mlo)], 1)
+        return self.head(h).squeeze(1) + (x_cc @ self.column.weight).sum(1)
+
+
+def test_gradient_from_outside_the_attributed_calls_is_noted(tmp_path):
+    torch.manual_seed(0)
+    model = SharedAlsoUsedByHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dynamics.attach(model, opt, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
+                         out=tmp_path / "r"):
+        for _ in range(2):
+            x = torch.randn(4, 3)
+            model(x, x + 1).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    notes = dynamics.read_meta(tmp_path / "r")["notes"]
+    (steps,) = [v for k, v in notes.items() if k.startswith("part of a shared tensor's gradient")]
+    assert steps == [0, 1]
+
+
+def test_no_note_when_the_parts_add_up(tmp_path):
+    _run("conv", tmp_path)
+    assert not dynamics.read_meta(tmp_path / "run")["notes"]

@@ -36,3 +36,16 @@ def test_clip_grad_value_is_noted_with_its_steps(tmp_path):
     assert "non-uniformly" in text and steps == [0, 1, 2]
     _, per_step = dynamics.load(tmp_path / "r")
     assert per_step["clip_factor"].isna().all()
+
+
+def test_unattributed_rows_by_hand():
+    from dynamics.frames import GRAD_SQ, QUANTITIES, unattributed_rows
+    values = np.full((2, len(QUANTITIES), 3), np.nan)
+    values[:, GRAD_SQ] = [[5.0, 1e-16, 2.0], [5.0, 1e-16, 2.0]]   # tensor 0 is not attributed
+    parts = np.zeros((2, 2, 3, 2))                                  # [row, view, (grad_sq, lca, cross), shared]
+    parts[:, 0, 0] = [[0.5, 1.0], [0.5, 1.0]]                       # ‖g_cc‖²
+    parts[:, 1, 0] = [[0.5, 1.0], [0.5, 0.5]]                       # ‖g_mlo‖²
+    parts[:, :, 2] = 0.0                                            # orthogonal parts: Σ = ‖g‖²
+    parts[:, :, 0, 0] = 0.4e-16                                     # tensor 1: 0.8e-16 vs 1e-16, rounding-level
+    # row 0 adds up (tensor 2: 1 + 1 = 2; tensor 1 differs only at noise level); row 1 misses 0.5 of tensor 2
+    assert unattributed_rows(values, parts, [1, 2]).tolist() == [1]
