@@ -378,7 +378,7 @@ def _mean_ci(values: np.ndarray, *, n_boot: int, level: float, seed: int, log: b
     x = np.log(v) if log else v
     est, lo, hi = bootstrap_ci(np.mean, x, n_boot=n_boot, level=level, seed=seed) if x.size >= 2 else (
         float(x.mean()), float("nan"), float("nan"))
-    return tuple(float(np.exp(t)) if log else t for t in (est, lo, hi))
+    return (float(np.exp(est)), float(np.exp(lo)), float(np.exp(hi))) if log else (est, lo, hi)
 
 
 def _group_column(df: pd.DataFrame, by: str | None) -> pd.Series:

@@ -193,7 +193,7 @@ class SharedAttribution:
         shared = [self.params[position] for position in sorted({e[2] for e in t.entries})]
         positions = sorted({e[2] for e in t.entries})
 
-        nested = []
+        nested: list[bool] = []
 
         def hook(grad_out: torch.Tensor) -> None:
             if nested:  # the pull-backs below start at this same tensor: do not split them again
@@ -207,7 +207,7 @@ class SharedAttribution:
         output.register_hook(self._guard(hook))
 
     def _pull_back(self, output: torch.Tensor, grad_out: torch.Tensor, masks: Mapping[str, torch.Tensor],
-                   shared: list[torch.Tensor], positions: list[int]) -> None:
+                   shared: Sequence[torch.Tensor], positions: Sequence[int]) -> None:
         """g_v = Jᵀ(m_v ⊙ ∂L/∂y): one autograd pass through the module per view."""
         for view_name, rows_of_view in masks.items():
             selected = torch.where(_row_mask(rows_of_view, grad_out), grad_out, torch.zeros_like(grad_out))

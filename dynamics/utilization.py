@@ -89,13 +89,13 @@ def _replace(x: Any, key: Any, fill: torch.Tensor | None) -> Any:
         return torch.zeros_like(t) if fill is None else fill.to(t.device, t.dtype).expand_as(t).clone()
 
     if isinstance(x, Mapping):
-        out = dict(x)
-        out[key] = filled(x[key])
-        return out
+        as_dict = dict(x)
+        as_dict[key] = filled(x[key])
+        return as_dict
     if isinstance(x, (tuple, list)):
-        out = list(x)
-        out[key] = filled(x[key])
-        return type(x)(out) if isinstance(x, tuple) else out
+        as_list = list(x)
+        as_list[key] = filled(x[key])
+        return type(x)(as_list) if isinstance(x, tuple) else as_list
     out = x.clone()
     out[:, key] = filled(x[:, key])
     return out
@@ -209,7 +209,10 @@ def utilization(model: torch.nn.Module, loader: Iterable, *, views: Sequence[str
 
             def interval(v: np.ndarray) -> tuple[float, float]:
                 v = v[np.isfinite(v)]
-                return (float("nan"), float("nan")) if v.size == 0 else tuple(map(float, np.quantile(v, [alpha, 1 - alpha])))
+                if v.size == 0:
+                    return float("nan"), float("nan")
+                lo, hi = np.quantile(v, [alpha, 1 - alpha])
+                return float(lo), float(hi)
 
             (ulo, uhi), (wlo, whi), (olo, ohi) = interval(rates), interval(boots[:, 0]), interval(boots[:, 1])
             rows.append({"view": name, "metric": m, "with_view": full, "without_view": without,
