@@ -77,11 +77,10 @@ def prepare_run_dir(out: str | os.PathLike, *, resume: bool) -> tuple[Path, dict
     Returns the path, the existing metadata when resuming, and the next part number per table.
     """
     run_dir = Path(out)
-    existing = run_dir.exists() and any(run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
     if run_dir.exists() and not run_dir.is_dir():
         raise RunStoreError(f"{run_dir}: exists and is not a directory")
     old_meta = None
-    if existing:
+    if run_dir.is_dir() and any(run_dir.iterdir()):
         if not resume:
             raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True "
                                 f"to append to it, or choose another out=")
@@ -100,13 +99,18 @@ def write_part(run_dir: Path, table: str, number: int, frame: pd.DataFrame) -> P
     return path
 
 
-def _read_parts(run_dir: Path, table: str) -> pd.DataFrame | None:
+def _read_parts(run_dir: Path, table: str, n_params: int) -> pd.DataFrame | None:
+    """All parts of a table, concatenated; a damaged part, or one naming a tensor the run does not have,
+    raises an error naming the file."""
     frames = []
     for path in _parts(run_dir, table):
         try:
             frames.append(pq.read_table(path).to_pandas())
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise RunStoreError(f"{path}: truncated or corrupt Parquet part ({exc})") from exc
+        ids = frames[-1]["param_id"].to_numpy() if "param_id" in frames[-1] else np.array([], dtype=int)
+        if len(ids) and (ids.min() < 0 or ids.max() >= n_params):
+            raise RunStoreError(f"{path}: parameter ids outside the parameter table of {META_FILE}")
     if not frames:
         return None
     return pd.concat(frames, ignore_index=True)
@@ -114,6 +118,18 @@ def _read_parts(run_dir: Path, table: str) -> pd.DataFrame | None:
 
 def _category(values: Iterable, categories: Sequence[str]) -> pd.Categorical:
     return pd.Categorical(values, categories=list(dict.fromkeys(categories)))
+
+
+def _labelled(raw: pd.DataFrame, info: pd.DataFrame, views: np.ndarray, view_categories: Sequence[str]) -> pd.DataFrame:
+    """step, param, view, layer and depth of each row of a part table, names as categoricals."""
+    ids = raw["param_id"].to_numpy()
+    return pd.DataFrame({
+        "step": raw["step"].astype("int64").to_numpy(),
+        "param": _category(info["name"].to_numpy()[ids], info["name"]),
+        "view": _category(views, view_categories),
+        "layer": _category(info["layer"].to_numpy()[ids], info["layer"]),
+        "depth": info["depth"].to_numpy()[ids].astype("int32"),
+    })
 
 
 def _split_shared(raw: pd.DataFrame, attribution: pd.DataFrame, group_of: np.ndarray) -> pd.DataFrame:
@@ -142,30 +158,19 @@ def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.D
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
     info = pd.DataFrame(meta["parameters"])
-    raw = _read_parts(run_dir, "params")
+    raw = _read_parts(run_dir, "params", len(info))
     if raw is None:
         raw = pd.DataFrame({c: pd.Series(dtype=t) for c, t in [("step", "int64"), ("param_id", "int32"),
                             ("grad_sq", "float64"), ("param_sq", "float64"), ("update_sq", "float64"),
                             ("lca", "float64"), ("finite", "bool"), ("has_grad", "bool")]})
-    ids = raw["param_id"].to_numpy()
-    if len(ids) and (ids.min() < 0 or ids.max() >= len(info)):
-        raise RunStoreError(f"{run_dir}: parameter ids outside the parameter table of {META_FILE}")
-    attribution = _read_parts(run_dir, "attribution") if split_shared else None
+    attribution = _read_parts(run_dir, "attribution", len(info)) if split_shared else None
     if attribution is not None:
         raw = _split_shared(raw, attribution, info["view"].to_numpy())
     else:
-        raw = raw.assign(attributed=False, cross=np.nan, view=info["view"].to_numpy()[ids])
-    ids = raw["param_id"].to_numpy()
-    names = info["name"].to_numpy()
+        raw = raw.assign(attributed=False, cross=np.nan, view=info["view"].to_numpy()[raw["param_id"].to_numpy()])
     present = set(raw["view"])
     view_order = [v for v in meta["views"] if attribution is None or v in present]
-    per_param = pd.DataFrame({
-        "step": raw["step"].astype("int64").to_numpy(),
-        "param": _category(names[ids], names),
-        "view": _category(raw["view"].to_numpy(), view_order),
-        "layer": _category(info["layer"].to_numpy()[ids], info["layer"]),
-        "depth": info["depth"].to_numpy()[ids].astype("int32"),
-    })
+    per_param = _labelled(raw, info, raw["view"].to_numpy(), view_order)
     for column in ("grad_sq", "param_sq", "update_sq", "lca"):
         per_param[column] = raw[column].astype("float64").to_numpy()
     for column in ("finite", "has_grad", "attributed"):
@@ -173,7 +178,7 @@ def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.D
     per_param["cross"] = raw["cross"].astype("float64").to_numpy()
     per_param = per_param.sort_values(["step", "param", "view"], kind="stable", ignore_index=True)
 
-    per_step = _read_parts(run_dir, "steps")
+    per_step = _read_parts(run_dir, "steps", len(info))
     if per_step is None:
         per_step = pd.DataFrame({"step": pd.Series(dtype="int64"), "recorded": pd.Series(dtype="bool"),
                                  "skipped": pd.Series(dtype="bool"), "clip_factor": pd.Series(dtype="float64")})
@@ -190,17 +195,10 @@ def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
     lca_trapezoid, lca_simpson. The per-step losses and residuals are columns of ``load(...)[1]``."""
     run_dir = Path(run_dir)
     info = pd.DataFrame(read_meta(run_dir)["parameters"])
-    raw = _read_parts(run_dir, "probe")
+    raw = _read_parts(run_dir, "probe", len(info))
     if raw is None:
         raise RunStoreError(f"{run_dir}: no probe was recorded (attach(..., probe=ProbeBatch(...)))")
-    ids = raw["param_id"].to_numpy()
-    out = pd.DataFrame({
-        "step": raw["step"].astype("int64").to_numpy(),
-        "param": _category(info["name"].to_numpy()[ids], info["name"]),
-        "view": _category(info["view"].to_numpy()[ids], info["view"]),
-        "layer": _category(info["layer"].to_numpy()[ids], info["layer"]),
-        "depth": info["depth"].to_numpy()[ids].astype("int32"),
-    })
+    out = _labelled(raw, info, info["view"].to_numpy()[raw["param_id"].to_numpy()], info["view"])
     for column in ("lca_first", "lca_trapezoid", "lca_simpson"):
         out[column] = raw[column].astype("float64").to_numpy()
     return out.sort_values(["step", "param"], kind="stable", ignore_index=True)

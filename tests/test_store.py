@@ -127,3 +127,16 @@ def test_load_runs_adds_run_condition_and_seed(tmp_path):
     assert len(per_param) == 3 * 2 * 12 and isinstance(per_param["run"].dtype, pd.CategoricalDtype)
     with pytest.raises(RunStoreError, match="matches no run"):
         dynamics.load_runs(str(tmp_path / "nothing-*"))
+
+
+def test_part_naming_an_unknown_tensor_is_an_error_naming_the_file(tmp_path):
+    from dynamics import store
+    model = fresh_model()
+    optimizer, rec = _attach(model, tmp_path / "r")
+    _train(model, optimizer, rec, 1)
+    rec.close()
+    bad = pd.DataFrame({"step": [5], "param_id": pd.array([999], dtype="int32"), "grad_sq": [1.0],
+                        "param_sq": [1.0], "update_sq": [1.0], "lca": [0.0], "finite": [True], "has_grad": [True]})
+    path = store.write_part(tmp_path / "r", "params", 7, bad)
+    with pytest.raises(RunStoreError, match=f"{path.name}: parameter ids outside"):
+        dynamics.load(tmp_path / "r")
