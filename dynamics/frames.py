@@ -18,11 +18,14 @@ RULES = ("first", "trapezoid", "simpson")
 CLIP_TOLERANCE = 1e-3  # relative spread of per-tensor ratios still called "one uniform factor"
 
 
-def param_frame(steps: np.ndarray, values: np.ndarray, has_grad: np.ndarray, skipped: np.ndarray) -> pd.DataFrame:
-    """One row per step × tensor. ``finite``: the backward's gradient and, on taken steps, the optimizer's."""
+def param_frame(steps: np.ndarray, values: np.ndarray, has_grad: np.ndarray, skipped: np.ndarray,
+                measured: np.ndarray) -> pd.DataFrame:
+    """One row per step × tensor. ``finite``: the backward's gradient and, on taken steps, the optimizer's.
+    A skipped step whose gradient was not measured (``measured`` False: grad_sq NaN) is not called
+    non-finite: its gradient is unknown, not NaN."""
     n, _, k = values.shape
     grad_sq = values[:, GRAD_SQ]
-    finite = np.isfinite(grad_sq) & (skipped[:, None] | np.isfinite(values[:, PRE_SQ]))
+    finite = (np.isfinite(grad_sq) | ~measured[:, None]) & (skipped[:, None] | np.isfinite(values[:, PRE_SQ]))
     return pd.DataFrame({
         "step": np.repeat(steps, k), "param_id": np.tile(np.arange(k, dtype=np.int32), n),
         "grad_sq": grad_sq.ravel(), "param_sq": values[:, PARAM_SQ].ravel(),

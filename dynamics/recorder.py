@@ -268,8 +268,7 @@ class Recorder:
         """A forward pass of the model (attribution only): close a skipped step, start a new one's buffers."""
         if self._quiet or not torch.is_grad_enabled():
             return
-        if self._round_open and self._changed_since_backward():
-            self._record_skipped()
+        self._end_open_round()
         if not self._round_open and self._schedule(self._step):
             with torch.no_grad():
                 self._attribution.reset()
@@ -278,8 +277,7 @@ class Recorder:
     def _on_first_grad(self) -> None:
         """First gradient of a backward pass: close a step that was skipped, then wait for the pass's end."""
         self._in_backward = True
-        if self._round_open and self._changed_since_backward():
-            self._record_skipped()
+        self._end_open_round()
         self._round_open = True
         torch.autograd.Variable._execution_engine.queue_callback(self._guard(self._after_other_callbacks))
 
@@ -366,7 +364,7 @@ class Recorder:
             if any(g._version != v for g, v in zip(grads, pending["versions"])):
                 buffer[LCA].fill_(math.nan)
                 self._note("lca not available: the optimizer changed the gradients in place")
-            self._rows.append({"step": self._step, "skipped": False, "changed": pending["changed"],
+            self._rows.append({"step": self._step, "skipped": False, "changed": pending["changed"], "measured": True,
                                "lrs": pending["lrs"]})
         self._end_round()
 
@@ -396,13 +394,13 @@ class Recorder:
         if attribution.buffers is None:  # the shared module never ran with gradients this step
             out.zero_()
             return
-        views = attribution.views
-        parts = [attribution.buffers[v] for v in views]
+        parts = [attribution.buffers[v] for v in attribution.views]
+        minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
         out[:, 2].zero_()
         for a, part in enumerate(parts):
             out[a, 0].copy_(quantities.sq_norms(part))
-            if lca_too:
-                out[a, 1].copy_(quantities.dots(part, [self._prev[i] for i in attribution.indices]).neg_())
+            if minus_delta is not None:
+                out[a, 1].copy_(quantities.dots(part, minus_delta).neg_())
             else:
                 out[a, 1].fill_(math.nan)
             for b in range(a + 1, len(parts)):
@@ -443,11 +441,12 @@ class Recorder:
             self._has_grad.append(np.array([s is not None for s in self._snapshot], bool))
             if self._attribution is not None:
                 self._attribute(row, lca_too=False)
-            self._rows.append({"step": self._step, "skipped": True, "changed": False,
+            self._rows.append({"step": self._step, "skipped": True, "changed": False, "measured": self._bwd_sq is not None,
                                "lrs": _learning_rates(self.optimizer)})
         self._end_round()
 
     def _end_open_round(self) -> None:
+        """A step whose gradients were reset or changed without an optimizer step ends here, as skipped."""
         if self._round_open and self._changed_since_backward():
             self._record_skipped()
 
@@ -474,7 +473,8 @@ class Recorder:
             has_grad = np.stack(self._has_grad[:n])  # a step a failure interrupted has no row
             steps = np.array([r["step"] for r in self._rows], dtype=np.int64)
             skipped = np.array([r["skipped"] for r in self._rows], dtype=bool)
-            self._write("params", frames.param_frame(steps, values, has_grad, skipped))
+            measured = np.array([r["measured"] for r in self._rows], dtype=bool)
+            self._write("params", frames.param_frame(steps, values, has_grad, skipped, measured))
             if self._attribution is not None:
                 parts = self._take(self._attributed_buffer, n)
                 for step in steps[frames.unattributed_rows(values, parts, self._attribution.indices)]:

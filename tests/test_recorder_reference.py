@@ -258,3 +258,27 @@ def test_bfloat16_parameters_are_measured_exactly(tmp_path):
     assert len(merged) == len(rows) == len(per_param)
     for column in ("grad_sq", "param_sq", "update_sq", "lca"):  # float32 reductions of exact bfloat16 inputs
         np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=1e-5, atol=1e-12, err_msg=column)
+
+
+def test_a_step_the_loop_skips_itself_is_recorded_as_skipped(tmp_path):
+    """No scaler, no clipping: the loop drops step 1 (zero_grad without step). Its gradient was not
+    measured, so grad_sq is NaN but the tensors are not flagged non-finite; the next step is step 2."""
+    model = fresh_model()
+    reference = clone(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    with dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r"):
+        for step, [(x_cc, x_mlo, y)] in enumerate(make_batches(4)):
+            for m, opt in ((model, optimizer), (reference, ref_optimizer)):
+                ((m(x_cc, x_mlo) - y) ** 2).mean().backward()
+                if step != 1:
+                    opt.step()
+                opt.zero_grad()
+    assert_bit_identical(state(model), state(reference))
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert per_step["step"].tolist() == [0, 1, 2, 3]
+    assert per_step["skipped"].tolist() == [False, True, False, False]
+    skipped = per_param[per_param["step"] == 1]
+    assert skipped["grad_sq"].isna().all() and skipped["lca"].isna().all() and skipped["update_sq"].isna().all()
+    assert skipped["finite"].all() and skipped["param_sq"].gt(0).all()
+    assert per_param[per_param["step"] != 1]["grad_sq"].notna().all()
