@@ -89,6 +89,7 @@ class SharedAttribution:
         self._is_active, self._inv_scale, self._quietly, self._guard = is_active, inv_scale, quietly, guard
         self._position = {id(p): i for i, p in enumerate(self.params)}
         self.buffers: dict[str, list[torch.Tensor]] | None = None
+        self._inv: torch.Tensor | bool | None = None  # cached 1/loss scale of this step (False: no scaler)
         self.unattributed_calls = 0              # calls that matched no view (reported in the metadata)
         self._handles: list = []
         self._targets = [self._target(module, how) for module, how in spec.items()]
@@ -121,16 +122,19 @@ class SharedAttribution:
             self.buffers = {v: [torch.zeros_like(p) for p in self.params] for v in self.views}
         else:
             torch._foreach_zero_([b for bufs in self.buffers.values() for b in bufs])
+        self._inv = None
 
     def _add(self, view_name: str, position: int, grad: torch.Tensor) -> None:
         if self.buffers is None:
             self.reset()
-        inv = self._inv_scale()
+        if self._inv is None:  # 1/loss scale, once per step (the GradScaler changes it only after the step)
+            inv = self._inv_scale()
+            self._inv = False if inv is None else inv
         buffer = self.buffers[view_name][position]
-        if inv is None:
+        if self._inv is False:
             buffer.add_(grad)
         else:
-            buffer.addcmul_(grad, inv.to(grad.dtype))
+            buffer.addcmul_(grad, self._inv.to(grad.dtype))
 
     # ------------------------------------------------------------------------------------------- hooks
     def new_pass(self) -> None:
@@ -246,13 +250,12 @@ def resolve_attribution(model: nn.Module, views: "ViewSpec", attribute: Mapping)
             raise ValueError(f"attribute: {type(module).__name__} needs a list of view names (call order) or "
                              f"dynamics.rows(fn, views), got {how!r}")
         resolved[module] = how
-    if isinstance(views, Mapping):
-        spec = dict(views)
+    if isinstance(views, Mapping):  # views given no module ({"cc": []}) own only their attributed parts
+        spec = {v: t for v, t in views.items() if not (isinstance(t, (list, tuple)) and not t)}
     elif isinstance(views, Sequence) and not isinstance(views, str):
-        spec = {v: [] for v in views}
+        spec = {}  # names only: they come back as the views of the attributed modules
     else:
         raise ValueError("attribute= needs views= as a dict or a list of view names, not a callable")
-    spec = {v: target for v, target in spec.items() if not (isinstance(target, (list, tuple)) and not target)}
     labels: dict[str, list] = {}
     for module, how in resolved.items():
         labels.setdefault(group_label(how), []).append(module)
