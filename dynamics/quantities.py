@@ -9,17 +9,14 @@ from typing import Sequence
 
 import torch
 
-_REDUCE_DTYPE = torch.float32
-
-
-def _reduce_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+def reduce_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     """float64 if any input is float64 (so double-precision models keep their precision), else float32."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else _REDUCE_DTYPE
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def sq_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """‖t‖² for every tensor, as one vector (one vectorised foreach reduction)."""
-    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=_reduce_dtype(tensors))).square_()
+    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=reduce_dtype(tensors))).square_()
 
 
 def dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -29,5 +26,5 @@ def dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     if len(a) != len(b):
         raise ValueError(f"dots needs lists of equal length, got {len(a)} and {len(b)}")
-    dtype = _reduce_dtype([*a, *b])
+    dtype = reduce_dtype([*a, *b])
     return torch.stack([torch.vdot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype)) for x, y in zip(a, b)])

@@ -104,7 +104,7 @@ class Recorder:
         self._params: list[nn.Parameter] = assignment.tensors
         self._n = len(self._params)
         self.device = device_of(self._params)
-        self._dtype = torch.float64 if any(p.dtype == torch.float64 for p in self._params) else torch.float32
+        self._dtype = quantities.reduce_dtype(self._params)
         self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
         self._buffer = self._nan_buffer(flush_every, len(frames.QUANTITIES), self._n)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
