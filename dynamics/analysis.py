@@ -39,7 +39,8 @@ SHARED = "shared"
 
 # --------------------------------------------------------------------------- cleaning
 
-def _check_columns(df: pd.DataFrame, columns: Iterable[str], table: str) -> None:
+def check_columns(df: pd.DataFrame, columns: Iterable[str], table: str) -> None:
+    """A clear error naming the missing columns of ``table``."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{table} is missing column(s) {missing}; it has {list(df.columns)}")
@@ -89,7 +90,7 @@ def _skipped_steps(per_step: pd.DataFrame | None, runs: list[str]) -> pd.DataFra
     """(run, step) pairs the optimizer skipped, from ``per_step.skipped``."""
     if per_step is None or "skipped" not in per_step.columns:
         return pd.DataFrame({"run": [], "step": []})
-    _check_columns(per_step, ["step"], "per_step")
+    check_columns(per_step, ["step"], "per_step")
     ps = per_step[per_step["skipped"].fillna(False).astype(bool)]
     if "run" in ps.columns:
         return pd.DataFrame({"run": ps["run"].astype(str), "step": ps["step"]})
@@ -100,7 +101,7 @@ def _skipped_steps(per_step: pd.DataFrame | None, runs: list[str]) -> pd.DataFra
 
 def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_phases: int = 3) -> pd.DataFrame:
     """Rows usable for analysis (see the module docstring), with ``run``/``condition``/``seed`` and ``phase``."""
-    _check_columns(per_param, REQUIRED, "per_param")
+    check_columns(per_param, REQUIRED, "per_param")
     if n_phases < 1:
         raise ValueError(f"n_phases must be >= 1, got {n_phases}")
     df = _with_run(per_param)
@@ -289,7 +290,7 @@ def paired_test(matched: pd.DataFrame) -> dict:
     differences) and ``effect_size``: the matched-pairs rank-biserial correlation
     (W+ - W-)/(W+ + W-), from +1 (a > b in every pair) to -1.
     """
-    _check_columns(matched, ["a", "b"], "matched table")
+    check_columns(matched, ["a", "b"], "matched table")
     a = matched["a"].to_numpy(float)
     b = matched["b"].to_numpy(float)
     ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
@@ -452,7 +453,7 @@ def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ()) -> pd.D
     """Per run: the last logged value of every user scalar in ``per_step`` (e.g. ``val_auc``),
     skipping bookkeeping columns (``recorded``, ``skipped``, ``clip_factor``, ``lr_*``, ``probe_*``) and
     ``exclude``."""
-    _check_columns(per_step, ["step"], "per_step")
+    check_columns(per_step, ["step"], "per_step")
     ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
     skip = {"step", "run", "condition", "seed", "recorded", "skipped", "clip_factor"}
     cols = [c for c in ps.columns if c not in skip and not str(c).startswith(("lr_", "probe_"))

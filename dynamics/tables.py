@@ -11,20 +11,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import clean
+from .analysis import check_columns, clean
 
 _SUMS = ["grad_sq", "param_sq", "update_sq", "lca"]
 
 
-def _check(per_param: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in per_param]
-    if missing:
-        raise ValueError(f"table lacks column(s) {missing}; expected a per_param table from dynamics.load")
-
-
 def norms(per_param: pd.DataFrame) -> pd.DataFrame:
     """A copy with ``grad_norm``, ``param_norm`` and ``update_norm`` (√ of the stored squares) added."""
-    _check(per_param, ["grad_sq", "param_sq", "update_sq"])
+    check_columns(per_param, ["grad_sq", "param_sq", "update_sq"], "per_param")
     out = per_param.copy()
     for name in ("grad", "param", "update"):
         out[f"{name}_norm"] = np.sqrt(out[f"{name}_sq"])
@@ -35,7 +29,7 @@ def sums(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view"),
          per_step: pd.DataFrame | None = None) -> pd.DataFrame:
     """Exact group sums of the additive statistics over usable rows (NaN where a quantity is missing)."""
     by = list(by)
-    _check(per_param, by + _SUMS)
+    check_columns(per_param, by + _SUMS, "per_param")
     return clean(per_param, per_step).groupby(by, observed=True)[_SUMS].sum(min_count=1).reset_index()
 
 
