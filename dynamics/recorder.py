@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import probe as probing
-from . import frames, quantities, runmeta, schedules, store
+from . import distributed, frames, quantities, runmeta, schedules, store
 from .attribution import SharedAttribution, group_label, resolve_attribution, rows, views_of
 from .frames import GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, UPDATE_SQ
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
@@ -53,17 +53,12 @@ def _refuse_unsupported(model: nn.Module) -> None:
     for qualified, module in model.named_modules():
         name = type(module).__name__
         if name == "FullyShardedDataParallel":
-            raise NotImplementedError(f"dynamics does not support {name} yet: each process holds a shard of "
-                                      f"every gradient, so the sums of squares would need a reduction")
+            raise NotImplementedError(f"dynamics does not support the {name} wrapper (FSDP1), whose flattened "
+                                      f"parameters lose the per-tensor boundaries: shard with "
+                                      f"torch.distributed.fsdp.fully_shard (FSDP2) instead")
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse:
             raise NotImplementedError(f"dynamics does not support sparse gradients yet: module {qualified!r} "
                                       f"({name}) has sparse=True")
-
-
-def _distributed_rank() -> int:
-    """This process's rank when torch.distributed is running, else 0."""
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class InactiveRecorder:
@@ -96,8 +91,10 @@ class Recorder:
                  run_dir: Path, *, schedule: schedules.Schedule, flush_every: int, scaler: Any,
                  meta: dict, next_part: dict[str, int], start_step: int,
                  attribute: Mapping | None = None, attributed: Sequence[int] = (),
-                 probe: probing.ProbeBatch | None = None, probe_every: int = 50) -> None:
+                 probe: probing.ProbeBatch | None = None, probe_every: int = 50,
+                 layout: distributed.Layout = distributed.Layout()) -> None:
         self.model, self.optimizer, self.assignment = model, optimizer, assignment
+        self._layout = layout
         self.run_dir, self.meta = run_dir, meta
         self._schedule, self._flush_every, self._scaler = schedule, flush_every, scaler
         self._next_part = dict(next_part)
@@ -109,6 +106,7 @@ class Recorder:
         self._buffer = self._nan_buffer(flush_every, len(frames.QUANTITIES), self._n)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
         self._probe, self._probe_every = probe, probe_every
+        self._probe_model = distributed.unwrapped(model)  # run locally, outside DistributedDataParallel
         if probe is not None:  # rows: lca by first-order, trapezoid, Simpson; losses before and after
             self._probe_lca = self._nan_buffer(flush_every, len(frames.RULES), self._n)
             self._probe_loss = self._nan_buffer(flush_every, 2)
@@ -142,8 +140,11 @@ class Recorder:
                 self._handles.append(model.register_forward_pre_hook(self._guard(self._on_forward, no_grad=False)))
             self._handles.append(optimizer.register_step_pre_hook(self._guard(self._pre_step)))
             self._handles.append(optimizer.register_step_post_hook(self._guard(self._post_step)))
-            for i, p in enumerate(self._params):
-                self._handles.append(p.register_hook(self._make_grad_hook()))
+            if layout.sharded:  # FSDP computes gradients of unsharded copies: notice the backward at the output
+                self._handles.append(model.register_forward_hook(self._guard(self._hook_outputs, no_grad=False)))
+            else:
+                for p in self._params:
+                    self._handles.append(p.register_hook(self._make_grad_hook()))
         except BaseException:
             self._remove_hooks()
             raise
@@ -183,7 +184,8 @@ class Recorder:
             self.meta["notes"] = {k: v for k, v in self._notes.items()}
             if self._failed:
                 self.meta.setdefault("errors", []).append(self._failed)
-            store.write_meta(self.run_dir, self.meta)
+            if self._layout.writes:
+                store.write_meta(self.run_dir, self.meta)
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -264,6 +266,14 @@ class Recorder:
         finally:
             self._quiet -= 1
 
+    def _hook_outputs(self, module, args, output) -> None:
+        """Sharded parameters: the first gradient of a backward pass is the model output's."""
+        if self._quiet or not torch.is_grad_enabled():
+            return
+        for leaf in torch.utils._pytree.tree_leaves(output):
+            if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+                leaf.register_hook(self._make_grad_hook())
+
     def _on_forward(self, module, args) -> None:
         """A forward pass of the model (attribution only): close a skipped step, start a new one's buffers."""
         if self._quiet or not torch.is_grad_enabled():
@@ -294,7 +304,8 @@ class Recorder:
             sq = quantities.sq_norms(self._grads())
             scale = self._loss_scale()
             self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
-        self._snapshot = [None if p.grad is None else (weakref.ref(p.grad), p.grad._version) for p in self._params]
+        self._snapshot = [None if p.grad is None else (weakref.ref(p.grad), distributed.local(p.grad)._version)
+                          for p in self._params]
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
         self._in_backward = False
@@ -320,19 +331,20 @@ class Recorder:
                            "began mid-run); grad_sq and lca use the optimizer's gradient" if self._round_open
                            else "gradient taken at the optimizer step (no backward pass seen)")
                 changed, self._eager = False, True
-        buffer[PARAM_SQ].copy_(quantities.sq_norms(self._params))
+        params = self._local_params()
+        buffer[PARAM_SQ].copy_(quantities.sq_norms(params))
         if self._prev is None:
             # low-precision tensors keep θ_t in float32, where θ_t − θ_{t+1} of two of them is exact
             self._prev = [torch.empty_like(p, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype)
-                          for p in self._params]
+                          for p in params]
         if self.device.type == "cpu":  # a plain loop: foreach copy is slower than it on CPU
-            for saved, p in zip(self._prev, self._params):
+            for saved, p in zip(self._prev, params):
                 saved.copy_(p)
         else:
-            torch._foreach_copy_(self._prev, list(self._params))
+            torch._foreach_copy_(self._prev, params)
         if self._probe is not None and self._step % self._probe_every == 0:
             with self._quietly(), probing.preserved(self.model, self._probe.train_mode):
-                loss, g0 = probing.loss_and_grads(self.model, self._probe, self._params)
+                loss, g0 = probing.loss_and_grads(self._probe_model, self._probe, self._params)
             self._probe_loss[row, 0].copy_(loss)
             probe_start = g0
         else:
@@ -348,17 +360,18 @@ class Recorder:
             row, grads, buffer = pending["row"], pending["grads"], self._buffer[pending["row"]]
             if pending["probe"] is not None:
                 g_half, g1 = self._probe_path(row)
-            torch._foreach_sub_(self._prev, list(self._params))  # θ_t − θ_{t+1} = −Δθ
+            torch._foreach_sub_(self._prev, self._local_params())  # θ_t − θ_{t+1} = −Δθ
             if pending["probe"] is not None:
                 ends = [quantities.dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
             buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
             # a tensor without a gradient pairs the zero placeholder with itself: its lca is 0
-            lca = quantities.dots(grads, [self._zero if g is self._zero else d for g, d in zip(grads, self._prev)]).neg_()
+            buffer[LCA].copy_(quantities.dots(
+                grads, [self._zero if g is self._zero else d for g, d in zip(grads, self._prev)]).neg_())
+            distributed.sum_over_shards(buffer, self._layout)  # every sum is whole before it is used
             if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
                 ratio = buffer[GRAD_SQ] / buffer[PRE_SQ]
-                lca = lca * torch.where(buffer[PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt()
-            buffer[LCA].copy_(lca)
+                buffer[LCA].mul_(torch.where(buffer[PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt())
             if self._attribution is not None:
                 self._attribute(row, lca_too=True)
             if any(g._version != v for g, v in zip(grads, pending["versions"])):
@@ -370,19 +383,26 @@ class Recorder:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _grads(self) -> list[torch.Tensor]:
+        """This process's part of each gradient (a zero placeholder where there is none)."""
+        if self._layout.sharded:
+            return [self._zero if p.grad is None else distributed.local(p.grad) for p in self._params]
         return [self._zero if p.grad is None else p.grad for p in self._params]
+
+    def _local_params(self) -> list[torch.Tensor]:
+        """This process's part of each recorded tensor."""
+        return [distributed.local(p) for p in self._params] if self._layout.sharded else list(self._params)
 
     def _probe_path(self, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Probe gradients at θ_{t+1} and at the midpoint (parameters put back bit for bit afterwards)."""
         params = self._params
         with self._quietly(), probing.preserved(self.model, self._probe.train_mode):
-            loss, g1 = probing.loss_and_grads(self.model, self._probe, params)
+            loss, g1 = probing.loss_and_grads(self._probe_model, self._probe, params)
             self._probe_loss[row, 1].copy_(loss)
             after = [p.detach().clone() for p in params]
             try:
                 for p, start, end in zip(params, self._prev, after):
                     p.copy_(torch.lerp(start, end.to(start.dtype), 0.5))
-                _, g_half = probing.loss_and_grads(self.model, self._probe, params)
+                _, g_half = probing.loss_and_grads(self._probe_model, self._probe, params)
             finally:
                 for p, end in zip(params, after):
                     p.copy_(end)
@@ -395,6 +415,7 @@ class Recorder:
             out.zero_()
             return
         parts = [attribution.buffers[v] for v in attribution.views]
+        distributed.average_over_replicas(parts, self._layout)
         minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
         out[:, 2].zero_()
         for a, part in enumerate(parts):
@@ -425,7 +446,7 @@ class Recorder:
             if snap is None:
                 if grad is not None:
                     return True
-            elif grad is None or snap[0]() is not grad or grad._version != snap[1]:
+            elif grad is None or snap[0]() is not grad or distributed.local(grad)._version != snap[1]:
                 return True
         return False
 
@@ -437,7 +458,8 @@ class Recorder:
             buffer.fill_(math.nan)
             if self._bwd_sq is not None:
                 buffer[GRAD_SQ].copy_(self._bwd_sq)
-            buffer[PARAM_SQ].copy_(quantities.sq_norms(self._params))
+            buffer[PARAM_SQ].copy_(quantities.sq_norms(self._local_params()))
+            distributed.sum_over_shards(buffer, self._layout)
             self._has_grad.append(np.array([s is not None for s in self._snapshot], bool))
             if self._attribution is not None:
                 self._attribute(row, lca_too=False)
@@ -515,6 +537,8 @@ class Recorder:
         return values
 
     def _write(self, table: str, frame: pd.DataFrame) -> None:
+        if not self._layout.writes:  # another process writes the run
+            return
         store.write_part(self.run_dir, table, self._next_part[table], frame)
         self._next_part[table] += 1
 
@@ -545,8 +569,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     metadata (``load_runs`` turns condition and seed into columns). ``attribute`` splits the gradient of
     modules shared by views (see :mod:`dynamics.attribution`); ``probe`` checks lca on a fixed batch every
     ``probe_every`` steps (see :mod:`dynamics.probe`). Returns a :class:`Recorder`, which is a context
-    manager; ``close()`` flushes and removes every hook. For a DistributedDataParallel model only rank 0
-    records (the others get an :class:`InactiveRecorder`).
+    manager; ``close()`` flushes and removes every hook. Under DistributedDataParallel or ``fully_shard``
+    call it on every process: rank 0 writes the run (see :mod:`dynamics.distributed`).
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -564,7 +588,6 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
             raise TypeError(f"probe must be a dynamics.ProbeBatch, got {type(probe).__name__}")
         if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be a positive int, got {probe_every!r}")
-        probing.check(model, probe)
         recorded = schedule
         schedule = lambda step: recorded(step) or step % probe_every == 0  # noqa: E731 - probe steps are recorded
     attribute, labelled = resolve_attribution(model, views, attribute or {})
@@ -576,25 +599,45 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     if empty:
         raise ValueError(f"view(s) {empty} own no parameter: give them modules or patterns, or attribute= a "
                          f"shared module to them")
-    if _distributed_rank() != 0 and any(type(m).__name__ == "DistributedDataParallel" for m in model.modules()):
+    layout = distributed.layout_of(model, assignment.tensors, attribution=bool(attribute), probe=probe is not None)
+    if not layout.records:
         return InactiveRecorder(assignment)
+    if probe is not None:
+        probing.check(distributed.unwrapped(model), probe)
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
     parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
                   for info, t in zip(assignment.params, assignment.tensors)]
+    run_dir, meta, next_part, start_step, error = None, {}, {}, 0, None
+    if layout.writes:
+        try:
+            run_dir, meta, next_part, start_step = _open_run(
+                out, resume, parameters, model, optimizer, assignment, every=every, flush_every=flush_every,
+                scaler=scaler, probe=probe, probe_every=probe_every, config=config, seed=seed, condition=condition)
+        except Exception as exc:  # told to the other processes before it is raised, so none waits forever
+            error = exc
+    # the other processes measure their part at the same steps as rank 0, which writes the run
+    start_step = distributed.agree_with_writer(start_step, error, layout)
+    return Recorder(model, optimizer, assignment, run_dir, schedule=schedule, flush_every=flush_every,
+                    scaler=scaler, meta=meta, next_part=next_part, start_step=start_step,
+                    attribute=attribute, attributed=attributed, probe=probe, probe_every=probe_every,
+                    layout=layout)
+
+
+def _open_run(out: str | Path, resume: bool, parameters: list[dict], model: nn.Module,
+              optimizer: torch.optim.Optimizer, assignment: ViewAssignment, **described: Any
+              ) -> tuple[Path, dict, dict[str, int], int]:
+    """Create (or reopen, to resume) the run directory and write its metadata; returns the first step."""
     run_dir, old_meta, next_part = store.prepare_run_dir(out, resume=resume)
     if old_meta is not None and [p["name"] for p in old_meta["parameters"]] != [p["name"] for p in parameters]:
         raise store.RunStoreError(f"{run_dir}: cannot resume: the model's recorded parameters differ from the run's")
-    meta = runmeta.describe_run(model, optimizer, assignment, parameters, every=every, flush_every=flush_every,
-                                scaler=scaler, probe=probe, probe_every=probe_every, config=config, seed=seed,
-                                condition=condition, created=(old_meta or {}).get("created"))
+    meta = runmeta.describe_run(model, optimizer, assignment, parameters, **described,
+                                created=(old_meta or {}).get("created"))
     start_step = 0
     if old_meta is not None:
         start_step = int(old_meta.get("next_step") or _next_step_on_disk(run_dir))
         meta["resumed_at"] = [*old_meta.get("resumed_at", []), start_step]
     store.write_meta(run_dir, meta)
-    return Recorder(model, optimizer, assignment, run_dir, schedule=schedule, flush_every=flush_every,
-                    scaler=scaler, meta=meta, next_part=next_part, start_step=start_step,
-                    attribute=attribute, attributed=attributed, probe=probe, probe_every=probe_every)
+    return run_dir, meta, next_part, start_step
 
 
 def _next_step_on_disk(run_dir: Path) -> int:
