@@ -315,7 +315,9 @@ class Recorder:
         row = len(self._rows)
         grads = self._grads()
         buffer = self._buffer[row]
-        changed = self._round_open and self._changed_since_backward()
+        # DTensor gradients changed in place (clipping, unscaling) keep their version counters, so a sharded
+        # gradient counts as changed: the ratio of its two measurements is then exactly 1 where it was not
+        changed = self._round_open and (self._layout.sharded or self._changed_since_backward())
         if self._round_open and not changed:  # the optimizer sees the backward's gradient untouched
             buffer[GRAD_SQ].copy_(quantities.sq_norms(grads))
             buffer[PRE_SQ].copy_(buffer[GRAD_SQ])
@@ -415,7 +417,7 @@ class Recorder:
             out.zero_()
             return
         parts = [attribution.buffers[v] for v in attribution.views]
-        distributed.average_over_replicas(parts, self._layout)
+        distributed.average_over_replicas([t for part in parts for t in part], self._layout)
         minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
         out[:, 2].zero_()
         for a, part in enumerate(parts):

@@ -1,0 +1,209 @@
+"""Two CPU processes (gloo, file rendezvous, no network) under DistributedDataParallel and fully_shard (FSDP2).
+
+Every record is checked against a single-process run on the concatenated batch: the brute-force reference of
+``harness.train`` (float64 from cloned tensors) and, for the attribution, a single-process dynamics record
+(itself checked against a detached-backward reference in test_attribution.py). The models have no BatchNorm,
+so two half batches give the gradient of the whole batch. All scenarios run in one pair of processes.
+"""
+import contextlib
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import dynamics
+from harness import Setup, make_batches, train
+from test_attribution import SharedModel, _inputs
+
+STEPS, CLIP, WORLD, TIMEOUT_S = 3, 0.05, 2, 240
+QUANTITIES = ["grad_sq", "param_sq", "update_sq", "lca"]
+
+
+def _model(seed: int = 0) -> nn.Module:
+    """The harness's two-view model without its BatchNorm (a half batch's statistics differ from the whole's)."""
+    from harness import TwoView
+    torch.manual_seed(seed)
+    model = TwoView()
+    model.cc[1] = nn.Identity()
+    return model
+
+
+SCENARIOS = {
+    "ddp_clip": Setup("ddp_clip", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), clip=CLIP),
+    "ddp_accumulate": Setup("ddp_accumulate", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2), micro=2),
+    "fsdp_clip": Setup("fsdp_clip", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2), clip=CLIP),
+    "fsdp_accumulate": Setup("fsdp_accumulate", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+                             micro=2),
+}
+
+
+def _half(batch: tuple, rank: int) -> tuple:
+    return tuple(t.chunk(WORLD)[rank] for t in batch)
+
+
+def _wrap(name: str, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(the model the loop calls, the module whose submodules name the views)."""
+    if name.startswith("ddp"):
+        wrapped = nn.parallel.DistributedDataParallel(model)
+        return wrapped, wrapped.module
+    from torch.distributed.fsdp import fully_shard
+    for column in (model.cc, model.mlo):
+        fully_shard(column)
+    fully_shard(model)
+    return model, model
+
+
+def _sync(name: str, model: nn.Module, last: bool):
+    """Gradient synchronisation only on the last micro-batch: DDP's no_sync, FSDP's requires_gradient_sync."""
+    if name.startswith("ddp"):
+        return contextlib.nullcontext() if last else model.no_sync()
+    model.set_requires_gradient_sync(last)
+    return contextlib.nullcontext()
+
+
+def _train_sharded(name: str, rank: int, out: str) -> None:
+    setup = SCENARIOS[name]
+    model, inner = _wrap(name, _model())
+    optimizer = setup.make_optimizer(model)
+    rec = dynamics.attach(model, optimizer, views={"cc": inner.cc, "mlo": inner.mlo}, out=out)
+    expected = dynamics.InactiveRecorder if (name.startswith("ddp") and rank) else dynamics.Recorder
+    assert isinstance(rec, expected), (name, rank, type(rec))
+    for micro_batches in make_batches(STEPS, setup.micro):
+        for i, batch in enumerate(micro_batches):
+            x_cc, x_mlo, y = _half(batch, rank)
+            with _sync(name, model, i == len(micro_batches) - 1):
+                (((model(x_cc, x_mlo) - y) ** 2).mean() / len(micro_batches)).backward()
+        if setup.clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), setup.clip)
+        optimizer.step()
+        optimizer.zero_grad()
+    rec.close()
+
+
+def _attribution_data():
+    g = torch.Generator().manual_seed(1)
+    return [(_inputs("attention", 6, g), _inputs("attention", 6, g), torch.randn(6, generator=g))
+            for _ in range(STEPS)]
+
+
+def _train_attributed(out: str, rank: int | None) -> None:
+    """The shared-column model with per-call attribution; ``rank`` None is the single-process reference."""
+    torch.manual_seed(0)
+    inner = SharedModel("attention")
+    model = inner if rank is None else nn.parallel.DistributedDataParallel(inner)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rec = dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={inner.column: ["cc", "mlo"]}, out=out)
+    for batch in _attribution_data():
+        x_cc, x_mlo, y = batch if rank is None else _half(batch, rank)
+        ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+        optimizer.zero_grad()
+    rec.close()
+
+
+def _refusals(rank: int, out: str) -> None:
+    """Set-ups that cannot be recorded right are refused on every rank, and no process is left waiting."""
+    from torch.distributed.fsdp import fully_shard
+    torch.manual_seed(0)
+    model = SharedModel("attention")
+    fully_shard(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NotImplementedError, match="attribution"):
+        dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]}, out=out)
+    # rank 0 cannot open the run (it exists): the other rank hears why instead of waiting for it
+    plain = _model()
+    fully_shard(plain)
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        f.write("{}")
+    with pytest.raises((dynamics.RunStoreError, RuntimeError), match="rank 0 could not open" if rank else "exists"):
+        dynamics.attach(plain, opt, views={"cc": plain.cc, "mlo": plain.mlo}, out=out)
+    with open(os.path.join(out, f"refused_on_rank_{rank}"), "w") as f:
+        f.write("both refusals raised")
+
+
+def _worker(rank: int, store: str, root: str) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        for name in SCENARIOS:
+            _train_sharded(name, rank, os.path.join(root, name))
+        _train_attributed(os.path.join(root, "ddp_attribution"), rank)
+        _refusals(rank, os.path.join(root, "refused"))
+        dist.barrier()  # both ranks leave together: gloo aborts if one tears down while the other works
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown, where gloo's threads have been seen to abort the process
+
+
+@pytest.fixture(scope="module")
+def distributed_runs(tmp_path_factory):
+    """Run every scenario once in two processes, bounded in time; the run directories' root."""
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    root = tmp_path_factory.mktemp("distributed")
+    context = mp.start_processes(_worker, args=(str(root / "store"), str(root)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the distributed scenarios did not finish within {TIMEOUT_S} s")
+    return root
+
+
+def _reference(name: str) -> pd.DataFrame:
+    return train(_model(), SCENARIOS[name], make_batches(STEPS, SCENARIOS[name].micro))
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_record_equals_the_single_process_reference(distributed_runs, name):
+    per_param, per_step = dynamics.load(distributed_runs / name)
+    reference = _reference(name)
+    got = per_param.astype({"param": str}).assign(param=lambda d: d["param"].str.removeprefix("module."))
+    merged = reference.merge(got, on=["step", "param"], suffixes=("_ref", ""))
+    assert len(merged) == len(reference) == len(per_param) and per_step["step"].tolist() == list(range(STEPS))
+    assert not dynamics.read_meta(distributed_runs / name).get("errors")
+    for column in QUANTITIES:
+        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=1e-5,
+                                   atol=1e-9 * np.abs(merged[f"{column}_ref"]).max(), err_msg=column)
+    if SCENARIOS[name].clip is not None:
+        assert (per_step["clip_factor"] < 1).all()
+
+
+def test_parameter_names_are_the_models_own(distributed_runs):
+    names = {n for n, _ in _model().named_parameters()}
+    assert set(dynamics.load(distributed_runs / "fsdp_clip")[0]["param"].astype(str)) == names
+    assert {n.removeprefix("module.") for n in dynamics.load(distributed_runs / "ddp_clip")[0]["param"].astype(str)} == names
+
+
+def test_ddp_attribution_equals_the_single_process_attribution(distributed_runs, tmp_path):
+    _train_attributed(str(tmp_path / "single"), None)
+    single, _ = dynamics.load(tmp_path / "single")
+    got, _ = dynamics.load(distributed_runs / "ddp_attribution")
+    got = got.astype({"param": str, "view": str}).assign(param=lambda d: d["param"].str.removeprefix("module."))
+    merged = single.astype({"param": str, "view": str}).merge(got, on=["step", "param", "view"], suffixes=("_ref", ""))
+    assert len(merged) == len(single) == len(got) and merged["attributed"].any()
+    for column in ["grad_sq", "lca", "cross"]:
+        ref = merged[f"{column}_ref"].astype(float)
+        np.testing.assert_allclose(merged[column].astype(float), ref, rtol=1e-5,
+                                   atol=1e-9 * np.nanmax(np.abs(ref)), err_msg=column)
+    meta = dynamics.read_meta(distributed_runs / "ddp_attribution")
+    assert not meta["notes"] and not meta.get("errors")
+
+
+def test_refusals_reached_every_rank(distributed_runs):
+    # each rank writes its marker only after both of its refusals raised as expected
+    assert sorted(p.name for p in (distributed_runs / "refused").glob("refused_on_rank_*")) == [
+        f"refused_on_rank_{r}" for r in range(WORLD)]
