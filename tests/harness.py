@@ -46,6 +46,7 @@ class Setup:
     clip: float | None = None
     loss_scale: float | None = None         # a GradScaler is used with this initial scale
     poison: dict[int, float] = field(default_factory=dict)  # step → value multiplied into the loss (inf/nan)
+    autocast: torch.dtype | None = None     # the forward pass runs under torch.autocast with this dtype
 
 
 def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_step=None):
@@ -60,7 +61,9 @@ def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_
     rows: list[dict] = []
     for step, micro_batches in enumerate(batches):
         for x_cc, x_mlo, y in (tuple(t.to(device) for t in b) for b in micro_batches):
-            loss = ((model(x_cc, x_mlo) - y) ** 2).mean() / len(micro_batches)
+            with torch.autocast(device.type, dtype=setup.autocast, enabled=setup.autocast is not None):
+                out = model(x_cc, x_mlo)
+            loss = ((out.float() - y) ** 2).mean() / len(micro_batches)
             if step in setup.poison:
                 loss = loss * setup.poison[step]
             (scaler.scale(loss) if scaler else loss).backward()

@@ -44,8 +44,8 @@ SCENARIOS = {
 }
 
 
-def _half(batch: tuple, rank: int) -> tuple:
-    return tuple(t.chunk(WORLD)[rank] for t in batch)
+def _half(batch: tuple, rank: int, world: int = WORLD, device: str = "cpu") -> tuple:
+    return tuple(t.chunk(world)[rank].to(device) for t in batch)
 
 
 def _wrap(name: str, model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -68,16 +68,16 @@ def _sync(name: str, model: nn.Module, last: bool):
     return contextlib.nullcontext()
 
 
-def _train_sharded(name: str, rank: int, out: str) -> None:
+def _train_sharded(name: str, rank: int, out: str, world: int = WORLD, device: str = "cpu") -> None:
     setup = SCENARIOS[name]
-    model, inner = _wrap(name, _model())
+    model, inner = _wrap(name, _model().to(device))
     optimizer = setup.make_optimizer(model)
     rec = dynamics.attach(model, optimizer, views={"cc": inner.cc, "mlo": inner.mlo}, out=out)
     expected = dynamics.InactiveRecorder if (name.startswith("ddp") and rank) else dynamics.Recorder
     assert isinstance(rec, expected), (name, rank, type(rec))
     for micro_batches in make_batches(STEPS, setup.micro):
         for i, batch in enumerate(micro_batches):
-            x_cc, x_mlo, y = _half(batch, rank)
+            x_cc, x_mlo, y = _half(batch, rank, world, device)
             with _sync(name, model, i == len(micro_batches) - 1):
                 (((model(x_cc, x_mlo) - y) ** 2).mean() / len(micro_batches)).backward()
         if setup.clip is not None:
@@ -201,6 +201,33 @@ def test_ddp_attribution_equals_the_single_process_attribution(distributed_runs,
                                    atol=1e-9 * np.nanmax(np.abs(ref)), err_msg=column)
     meta = dynamics.read_meta(distributed_runs / "ddp_attribution")
     assert not meta["notes"] and not meta.get("errors")
+
+
+def _cuda_fsdp_worker(rank: int, store: str, out: str) -> None:
+    """One process, NCCL, fully_shard on the GPU, every recorder hook in sync-debug "error" mode."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from cuda_strict import make_hooks_strict
+    make_hooks_strict()
+    torch.cuda.set_device(0)
+    dist.init_process_group("nccl", init_method=f"file://{store}", rank=0, world_size=1)
+    try:
+        _train_sharded("fsdp_clip", 0, out, world=1, device="cuda")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs CUDA and NCCL")
+def test_fsdp_on_cuda_without_host_synchronisation(tmp_path):
+    mp.start_processes(_cuda_fsdp_worker, args=(str(tmp_path / "store"), str(tmp_path / "run")), nprocs=1,
+                       start_method="spawn")
+    assert not dynamics.read_meta(tmp_path / "run").get("errors")
+    per_param, _ = dynamics.load(tmp_path / "run")
+    reference = train(_model().cuda(), SCENARIOS["fsdp_clip"], make_batches(STEPS))
+    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
+    assert len(merged) == len(reference) == len(per_param)
+    for column in QUANTITIES:
+        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=1e-4,
+                                   atol=1e-7 * np.abs(merged[f"{column}_ref"]).max(), err_msg=column)
 
 
 def test_refusals_reached_every_rank(distributed_runs):

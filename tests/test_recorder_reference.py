@@ -33,6 +33,9 @@ SETUPS = [
           poison={2: math.inf}),
     Setup("grad-scaler-clip-accumulation", lambda m: torch.optim.SGD(m.parameters(), lr=0.1), micro=2,
           loss_scale=2.0 ** 8, clip=0.05, poison={3: math.nan}),
+    Setup("bf16-autocast", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2), autocast=torch.bfloat16),
+    Setup("fp16-autocast-grad-scaler-clip", lambda m: torch.optim.Adam(m.parameters(), lr=1e-2),
+          loss_scale=2.0 ** 12, clip=0.05, autocast=torch.float16, poison={4: math.inf}),
 ]
 
 
