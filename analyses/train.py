@@ -8,20 +8,35 @@ reloaded with ``weights_only=True`` for the test set; test metrics and each view
 ``results.json`` and ``utilization.*`` in the run directory.
 
     python -m analyses.train --dataset phantom --condition shared --seed 0 --out runs/phantom/shared-0
+
+Launched by ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` set), the same command trains with
+DistributedDataParallel: one process per device (gloo on CPU, nccl on CUDA, ``cuda:LOCAL_RANK``), every
+process calls ``dynamics.attach`` with the same arguments, the training set is sharded with a
+``DistributedSampler`` (``--batch-size`` is per process, so the effective batch is ``WORLD_SIZE`` times it),
+and rank 0 alone evaluates and writes: the one run directory, the checkpoint, ``results.json`` and
+``utilization.*``. Without torchrun nothing of this happens and a run is exactly the single-process one.
+
+    torchrun --standalone --nproc-per-node=2 analyses/train.py --dataset phantom --condition shared --out runs/ddp
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+if __package__ in (None, ""):  # run as a file (torchrun analyses/train.py): make `analyses` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dynamics
 from dynamics.metrics import accuracy, roc_auc
@@ -119,26 +134,97 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by torchrun (or another launcher that sets the same variables)."""
+    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a DistributedDataParallel run (``world_size`` 1: a plain single-process run)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    owns_group: bool = False   # this module initialised the process group, so it also destroys it
+
+    @property
+    def on(self) -> bool:
+        return self.world_size > 1 or self.owns_group
+
+
+def init_distributed(device: str) -> Distributed:
+    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU; CUDA device from LOCAL_RANK).
+
+    Without torchrun and without an initialised group this is a no-op (a single-process run); a group the
+    caller initialised already is used as it is.
+    """
+    if not dist.is_available() or (not dist.is_initialized() and not launched_by_torchrun()):
+        return Distributed(device=device)
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
+
+
+def _index_batches(data: TwoViewData, order: torch.Tensor, batch_size: int, device: str):
+    """Batches of ``data`` in the order ``order`` (a DistributedSampler's shard); the last may be smaller."""
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield {k: v[idx].to(device) for k, v in data.views.items()}, data.y[idx].to(device)
+
+
 def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool = True) -> dict:
-    """Train, record and evaluate one run; returns the results that are also written to ``results.json``."""
+    """Train, record and evaluate one run; returns the results that are also written to ``results.json``.
+
+    Under torchrun (see the module docstring) every process trains its shard and rank 0 returns and writes
+    the results; the other ranks return ``{"rank": r, "world_size": n, "steps": k}``.
+    """
     if cfg.condition not in CONDITIONS:
         raise ValueError(f"unknown condition {cfg.condition!r}; choose from {CONDITIONS}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    ddp = init_distributed(cfg.device)
+    if not ddp.on:
+        return _train(cfg, splits, progress, ddp)
+    try:
+        return _train(replace(cfg, device=ddp.device), splits, progress and ddp.rank == 0, ddp)
+    finally:
+        if ddp.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: Distributed) -> dict:
     t0 = time.perf_counter()
     splits = splits or build_data(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, splits).to(cfg.device)
+    net = build_model(cfg, splits).to(cfg.device)   # the TwoViewModel: evaluated, checkpointed, views named on it
+    model: torch.nn.Module = net                     # what trains and is recorded: net, or net wrapped in DDP
+    sampler = None
+    per_process = len(splits.train)
+    if ddp.on:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[torch.device(cfg.device).index] if cfg.device.startswith("cuda") else None)
+        torch.manual_seed(cfg.seed + 1_000_003 * (ddp.rank + 1))  # own noise/dropout stream per process
+        sampler = torch.utils.data.DistributedSampler(range(len(splits.train)), num_replicas=ddp.world_size,
+                                                      rank=ddp.rank, shuffle=True, seed=cfg.seed)
+        per_process = sampler.num_samples
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(splits.train) // cfg.batch_size)
+    steps_per_epoch = -(-per_process // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, cfg.warmup_steps))
     use_cuda_amp = cfg.amp and cfg.device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda") if use_cuda_amp else None
     amp_dtype = torch.float16 if use_cuda_amp else torch.bfloat16
-    view_kw, attach_kw, attribution = recorder_views(model)
+    view_kw, attach_kw, attribution = recorder_views(net)
     run_dir = Path(cfg.out)
     config = {**asdict(cfg), "attribution": attribution, "data": splits.info, "n_train": len(splits.train)}
+    if ddp.on:
+        config.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
+    writer = ddp.rank == 0
     gen = torch.Generator().manual_seed(cfg.seed)
     best_auc, step, history = -1.0, 0, []
     ckpt = run_dir / "best.pt"
@@ -152,7 +238,12 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
                    leave=False)
         for epoch in range(cfg.epochs):
             model.train()
-            for inputs, y in splits.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=cfg.device):
+            if sampler is None:
+                batches = splits.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=cfg.device)
+            else:
+                sampler.set_epoch(epoch)
+                batches = _index_batches(splits.train, torch.tensor(list(sampler)), cfg.batch_size, cfg.device)
+            for inputs, y in batches:
                 with torch.autocast(device_type=cfg.device.split(":")[0], dtype=amp_dtype, enabled=cfg.amp):
                     loss = _loss(model(inputs), y)
                 opt.zero_grad(set_to_none=True)
@@ -162,7 +253,7 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
                     loss.backward()
                 scalars = {"loss": loss.detach()}
                 if cfg.condition == "dropout":
-                    scalars.update({f"present_{v}": c for v, c in model.last_present.items()})
+                    scalars.update({f"present_{v}": c for v, c in net.last_present.items()})
                 rec.log(**scalars)
                 if scaler is not None:
                     scaler.step(opt)
@@ -174,25 +265,36 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
                 bar.update(1)
                 if step >= total:
                     break
-            val_auc, val_acc = evaluate(model, splits.val, cfg.device)
-            rec.log(val_auc=val_auc, val_acc=val_acc)  # attaches to the epoch's last optimizer step
-            history.append({"epoch": epoch, "step": step, "val_auc": val_auc, "val_acc": val_acc})
-            if val_auc > best_auc or math.isnan(best_auc):
-                best_auc = val_auc
-                torch.save(model.state_dict(), ckpt)
-            bar.set_postfix(val_auc=f"{val_auc:.3f}")
+            if writer:  # rank 0 evaluates net itself (no DDP forward, so no collective the others miss)
+                val_auc, val_acc = evaluate(net, splits.val, cfg.device)
+                rec.log(val_auc=val_auc, val_acc=val_acc)  # attaches to the epoch's last optimizer step
+                history.append({"epoch": epoch, "step": step, "val_auc": val_auc, "val_acc": val_acc})
+                if val_auc > best_auc or math.isnan(best_auc):
+                    best_auc = val_auc
+                    torch.save(net.state_dict(), ckpt)
+                bar.set_postfix(val_auc=f"{val_auc:.3f}")
             if step >= total:
                 break
         bar.close()
-        model.load_state_dict(torch.load(ckpt, weights_only=True, map_location=cfg.device))
-        test_auc, test_acc = evaluate(model, splits.test, cfg.device)
-        rec.log(test_auc=test_auc, test_acc=test_acc)  # best-validation checkpoint; on the last step
+        if writer:
+            net.load_state_dict(torch.load(ckpt, weights_only=True, map_location=cfg.device))
+            test_auc, test_acc = evaluate(net, splits.test, cfg.device)
+            rec.log(test_auc=test_auc, test_acc=test_acc)  # best-validation checkpoint; on the last step
+    if not writer:
+        dist.barrier()  # wait for rank 0's evaluation and files before the process group goes
+        return {"rank": ddp.rank, "world_size": ddp.world_size, "steps": step}
     results = {"dataset": cfg.dataset, "condition": cfg.condition, "seed": cfg.seed, "test_auc": test_auc,
                "test_acc": test_acc, "best_val_auc": best_auc, "steps": step, "history": history,
                "attribution": attribution, "seconds_train": time.perf_counter() - t0}
-    results["utilization"] = write_utilization(model, splits, run_dir, cfg.device)
-    results["seconds_total"] = time.perf_counter() - t0
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    if ddp.on:
+        results.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
+    try:
+        results["utilization"] = write_utilization(net, splits, run_dir, cfg.device)
+        results["seconds_total"] = time.perf_counter() - t0
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    finally:
+        if ddp.on:
+            dist.barrier()
     return results
 
 
@@ -236,7 +338,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     res = train(parse_args(argv))
-    print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=1, default=float))
+    if "test_auc" in res:  # rank 0 (or the only process)
+        print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=1, default=float))
 
 
 if __name__ == "__main__":
