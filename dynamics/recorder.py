@@ -235,7 +235,9 @@ class Recorder:
 
     # ------------------------------------------------------------------------------------------- hooks
     def _guard(self, hook: Callable, *, no_grad: bool = True) -> Callable:
-        """Never raise inside the user's training step: a failure stops recording and is reported."""
+        """Never raise inside the user's training step: a failure stops recording and is reported. The hook
+        always runs eagerly: where the user compiles backward() or optimizer.step(), dynamo leaves it alone
+        (its host-side bookkeeping would break the graph and recompile every step)."""
         def guarded(*args, **kwargs):
             if self._failed or self._closed:
                 return None
@@ -246,11 +248,12 @@ class Recorder:
                 self._failed = f"recording stopped at step {self._step}: {type(exc).__name__}: {exc}"
                 warnings.warn(f"dynamics: {self._failed}", RuntimeWarning, stacklevel=2)
             return None
-        return guarded
+        return torch.compiler.disable(guarded)
 
     def _make_grad_hook(self) -> Callable:
         guarded = self._guard(self._on_first_grad)
 
+        @torch.compiler.disable
         def hook(grad: torch.Tensor) -> None:
             if not self._in_backward and not self._quiet:
                 guarded()

@@ -180,15 +180,9 @@ def test_compiled_records_the_eager_numbers(recorded, how):
 # Hooks that must run eagerly (the recorder's optimizer hooks) break the graph where the optimizer calls them:
 # the only break dynamics may add, and only where the user compiles optimizer.step() itself.
 EAGER_HOOK = "Skip calling `torch.compiler.disable()`d function"
-DYNAMO_TRACES_RECORDER = pytest.mark.xfail(strict=True, reason=(
-    "dynamo traces the recorder's hooks when backward() or optimizer.step() runs inside a compiled function: "
-    "breaks at queue_callback, np.fromiter and grad._version inside dynamics, and recompiles _pre_step every "
-    "step; fix: torch.compiler.disable on the hook entry points (remove this marker with the fix)"))
 
 
-@pytest.mark.parametrize("how", [
-    "model", pytest.param("forward_backward", marks=DYNAMO_TRACES_RECORDER), "traced_backward",
-    pytest.param("with_optimizer", marks=DYNAMO_TRACES_RECORDER)])
+@pytest.mark.parametrize("how", ["model", "forward_backward", "traced_backward", "with_optimizer"])
 def test_dynamics_adds_no_graph_break(recorded, how):
     plain, run = _run(how), recorded(how)
     assert run["graphs"] == plain["graphs"]

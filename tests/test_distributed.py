@@ -48,15 +48,17 @@ def _half(batch: tuple, rank: int, world: int = WORLD, device: str = "cpu") -> t
     return tuple(t.chunk(world)[rank].to(device) for t in batch)
 
 
-def _wrap(name: str, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _wrap(name: str, model: nn.Module, world: int = WORLD) -> tuple[nn.Module, nn.Module]:
     """(the model the loop calls, the module whose submodules name the views)."""
     if name.startswith("ddp"):
         wrapped = nn.parallel.DistributedDataParallel(model)
         return wrapped, wrapped.module
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(next(model.parameters()).device.type, (world,))  # not CUDA's by default
     for column in (model.cc, model.mlo):
-        fully_shard(column)
-    fully_shard(model)
+        fully_shard(column, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model, model
 
 
@@ -70,7 +72,7 @@ def _sync(name: str, model: nn.Module, last: bool):
 
 def _train_sharded(name: str, rank: int, out: str, world: int = WORLD, device: str = "cpu") -> None:
     setup = SCENARIOS[name]
-    model, inner = _wrap(name, _model().to(device))
+    model, inner = _wrap(name, _model().to(device), world)
     optimizer = setup.make_optimizer(model)
     rec = dynamics.attach(model, optimizer, views={"cc": inner.cc, "mlo": inner.mlo}, out=out)
     expected = dynamics.InactiveRecorder if (name.startswith("ddp") and rank) else dynamics.Recorder
@@ -111,16 +113,17 @@ def _train_attributed(out: str, rank: int | None) -> None:
 
 def _refusals(rank: int, out: str) -> None:
     """Set-ups that cannot be recorded right are refused on every rank, and no process is left waiting."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     torch.manual_seed(0)
     model = SharedModel("attention")
-    fully_shard(model)
+    fully_shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NotImplementedError, match="attribution"):
         dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]}, out=out)
     # rank 0 cannot open the run (it exists): the other rank hears why instead of waiting for it
     plain = _model()
-    fully_shard(plain)
+    fully_shard(plain, mesh=init_device_mesh("cpu", (WORLD,)))
     opt = torch.optim.SGD(plain.parameters(), lr=0.1)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "meta.json"), "w") as f:
