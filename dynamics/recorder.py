@@ -105,6 +105,8 @@ class Recorder:
         self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
         self._buffer = self._nan_buffer(flush_every, len(frames.QUANTITIES), self._n)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
+        self._dots: Callable = quantities.dots             # and the dot products sized for it
+        self._part_dots: Callable | None = None
         self._probe, self._probe_every = probe, probe_every
         self._probe_model = distributed.unwrapped(model)  # run locally, outside DistributedDataParallel
         if probe is not None:  # rows: lca by first-order, trapezoid, Simpson; losses before and after
@@ -342,6 +344,7 @@ class Recorder:
             # low-precision tensors keep θ_t in float32, where θ_t − θ_{t+1} of two of them is exact
             self._prev = [torch.empty_like(p, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype)
                           for p in params]
+            self._dots = self._dots_for(params)
         if self.device.type == "cpu":  # a plain loop: foreach copy is slower than it on CPU
             for saved, p in zip(self._prev, params):
                 saved.copy_(p)
@@ -371,8 +374,7 @@ class Recorder:
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
             buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
             # a tensor without a gradient pairs the zero placeholder with itself: its lca is 0
-            buffer[LCA].copy_(quantities.dots(
-                grads, [self._zero if g is self._zero else d for g, d in zip(grads, self._prev)]).neg_())
+            buffer[LCA].copy_(self._dots([None if g is self._zero else g for g in grads], self._prev).neg_())
             distributed.sum_over_shards(buffer, self._layout)  # every sum is whole before it is used
             if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
                 ratio = buffer[GRAD_SQ] / buffer[PRE_SQ]
@@ -422,17 +424,23 @@ class Recorder:
         parts = [attribution.buffers[v] for v in attribution.views]
         distributed.average_over_replicas([t for part in parts for t in part], self._layout)
         minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
+        if self._part_dots is None:
+            self._part_dots = self._dots_for(parts[0])
         out[:, 2].zero_()
         for a, part in enumerate(parts):
             out[a, 0].copy_(quantities.sq_norms(part))
             if minus_delta is not None:
-                out[a, 1].copy_(quantities.dots(part, minus_delta).neg_())
+                out[a, 1].copy_(self._part_dots(part, minus_delta).neg_())
             else:
                 out[a, 1].fill_(math.nan)
             for b in range(a + 1, len(parts)):
-                cross = quantities.dots(part, parts[b])
+                cross = self._part_dots(part, parts[b])
                 out[a, 2].add_(cross)
                 out[b, 2].add_(cross)
+
+    def _dots_for(self, like: Sequence[torch.Tensor]) -> Callable:
+        """Per-tensor dot products: one launch per tensor costs more than the work on a GPU, so batch them there."""
+        return quantities.BatchedDots(like, self._dtype) if self.device.type == "cuda" else quantities.dots
 
     def _inverse_loss_scale(self) -> torch.Tensor | None:
         scale = self._loss_scale()
