@@ -43,6 +43,16 @@ _RESERVED = {"step", "recorded", "skipped", "clip_factor", "run", "condition", "
 _MAX_PENDING_LOGS = 10_000
 
 
+def _never_compiled(hook: Callable) -> Callable:
+    """A hook dynamo must not trace (it runs once per parameter per backward pass): its code is marked to be
+    skipped, which costs nothing per call, where this torch offers that; else it is wrapped."""
+    skip_code = getattr(getattr(torch._dynamo, "eval_frame", None), "skip_code", None)
+    if skip_code is None:
+        return torch.compiler.disable(hook)
+    skip_code(hook.__code__)
+    return hook
+
+
 def _learning_rates(optimizer: torch.optim.Optimizer) -> list:
     """Each group's learning rate now; a tensor lr is copied on the device and read at the flush."""
     return [g["lr"].detach().clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in optimizer.param_groups]
@@ -255,12 +265,11 @@ class Recorder:
     def _make_grad_hook(self) -> Callable:
         guarded = self._guard(self._on_first_grad)
 
-        @torch.compiler.disable
         def hook(grad: torch.Tensor) -> None:
             if not self._in_backward and not self._quiet:
                 guarded()
             return None
-        return hook
+        return _never_compiled(hook)
 
     @contextlib.contextmanager
     def _quietly(self):
