@@ -37,6 +37,7 @@ class BatchedDots:
     The products are written into one flat scratch buffer (foreach copy, then foreach multiply, each a few
     multi-tensor kernels) and summed per tensor by one segment reduction. It costs a buffer the size of the
     tensors and one more pass over memory, which a GPU pays easily; on a CPU the loop in :func:`dots` is faster.
+    Make it outside the training hot path: building it copies the lengths to the device.
     """
 
     def __init__(self, like: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
@@ -56,7 +57,8 @@ class BatchedDots:
         views = [self._views[i] for i in present]
         torch._foreach_copy_(views, [a[i] for i in present])
         torch._foreach_mul_(views, [b[i] for i in present])
-        return torch.segment_reduce(self._flat, "sum", lengths=self._lengths)
+        # unsafe: skips checking the lengths, which reads them to the host; they are right by construction
+        return torch.segment_reduce(self._flat, "sum", lengths=self._lengths, unsafe=True)
 
 
 def _check_pairs(a: Sequence, b: Sequence) -> None:

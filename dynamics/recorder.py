@@ -115,8 +115,9 @@ class Recorder:
         self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
         self._buffer = self._nan_buffer(flush_every, len(frames.QUANTITIES), self._n)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
-        self._dots: Callable = quantities.dots             # and the dot products sized for it
-        self._part_dots: Callable | None = None
+        local = self._local_params()  # the per-tensor dot products, made here: never in the hot path
+        self._dots = self._dots_for(local)
+        self._part_dots = self._dots_for([local[i] for i in attributed]) if attribute else None
         self._probe, self._probe_every = probe, probe_every
         self._probe_model = distributed.unwrapped(model)  # run locally, outside DistributedDataParallel
         if probe is not None:  # rows: lca by first-order, trapezoid, Simpson; losses before and after
@@ -352,7 +353,6 @@ class Recorder:
             # low-precision tensors keep θ_t in float32, where θ_t − θ_{t+1} of two of them is exact
             self._prev = [torch.empty_like(p, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype)
                           for p in params]
-            self._dots = self._dots_for(params)
         if self.device.type == "cpu":  # a plain loop: foreach copy is slower than it on CPU
             for saved, p in zip(self._prev, params):
                 saved.copy_(p)
@@ -432,8 +432,6 @@ class Recorder:
         parts = [attribution.buffers[v] for v in attribution.views]
         distributed.average_over_replicas([t for part in parts for t in part], self._layout)
         minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
-        if self._part_dots is None:
-            self._part_dots = self._dots_for(parts[0])
         out[:, 2].zero_()
         for a, part in enumerate(parts):
             out[a, 0].copy_(quantities.sq_norms(part))
