@@ -72,8 +72,9 @@ def _refuse_unsupported(model: nn.Module) -> None:
 
 
 class InactiveRecorder:
-    """What ``attach`` returns on the processes other than rank 0 of a DistributedDataParallel run: after the
-    all-reduce every process holds the same gradients and parameters, so rank 0 records them once."""
+    """What ``attach`` returns on the processes other than rank 0 of a DistributedDataParallel run without
+    attribution: after the all-reduce every process holds the same gradients and parameters, so rank 0 records
+    them once (see :mod:`dynamics.distributed`)."""
 
     def __init__(self, assignment: ViewAssignment) -> None:
         self.assignment, self.run_dir = assignment, None
@@ -381,7 +382,7 @@ class Recorder:
                 ends = [quantities.dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
             buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
-            # a tensor without a gradient pairs the zero placeholder with itself: its lca is 0
+            # a tensor without a gradient (None here) has lca 0
             buffer[LCA].copy_(self._dots([None if g is self._zero else g for g in grads], self._prev).neg_())
             distributed.sum_over_shards(buffer, self._layout)  # every sum is whole before it is used
             if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
@@ -399,9 +400,7 @@ class Recorder:
     # ------------------------------------------------------------------------------------------ helpers
     def _grads(self) -> list[torch.Tensor]:
         """This process's part of each gradient (a zero placeholder where there is none)."""
-        if self._layout.sharded:
-            return [self._zero if p.grad is None else distributed.local(p.grad) for p in self._params]
-        return [self._zero if p.grad is None else p.grad for p in self._params]
+        return [self._zero if p.grad is None else distributed.local(p.grad) for p in self._params]
 
     def _local_params(self) -> list[torch.Tensor]:
         """This process's part of each recorded tensor."""
