@@ -1,11 +1,13 @@
-"""Two CPU processes (gloo, file rendezvous, no network) under DistributedDataParallel and fully_shard (FSDP2).
+"""Four CPU processes (gloo, file rendezvous, no network) under DistributedDataParallel and fully_shard (FSDP2,
+and HSDP: two replicas of two shards).
 
 Every record is checked against a single-process run on the concatenated batch: the brute-force reference of
 ``harness.train`` (float64 from cloned tensors) and, for the attribution, a single-process dynamics record
 (itself checked against a detached-backward reference in test_attribution.py). The models have no BatchNorm,
-so two half batches give the gradient of the whole batch. All scenarios run in one pair of processes.
+so four quarter batches give the gradient of the whole batch. All scenarios run in one group of processes.
 """
 import contextlib
+from dataclasses import dataclass
 import os
 import sys
 import time
@@ -22,7 +24,7 @@ import dynamics
 from harness import Setup, make_batches, train
 from test_attribution import SharedModel, _inputs
 
-STEPS, CLIP, WORLD, TIMEOUT_S = 3, 0.05, 2, 240
+STEPS, CLIP, WORLD, TIMEOUT_S = 3, 0.05, 4, 240
 QUANTITIES = ["grad_sq", "param_sq", "update_sq", "lca"]
 
 
@@ -35,52 +37,89 @@ def _model(seed: int = 0) -> nn.Module:
     return model
 
 
+def _sgd(m):
+    return torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+
+
+def _adamw(m):
+    return torch.optim.AdamW(m.parameters(), lr=1e-2)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A training set-up, how the model is spread over the processes, and how it is recorded."""
+
+    setup: Setup
+    mesh: tuple[int, ...] | None = None   # None: DDP; else fully_shard over a device mesh of this shape
+    steps: int = STEPS
+    every: int = 1
+    resume_at: int | None = None          # close the recorder before this step and attach again (resume=True)
+
+    def recorded_steps(self) -> list[int]:
+        return list(range(0, self.steps, self.every))
+
+
 SCENARIOS = {
-    "ddp_clip": Setup("ddp_clip", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), clip=CLIP),
-    "ddp_accumulate": Setup("ddp_accumulate", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2), micro=2),
-    "fsdp_clip": Setup("fsdp_clip", lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2), clip=CLIP),
-    "fsdp_accumulate": Setup("fsdp_accumulate", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
-                             micro=2),
+    "ddp_clip": Scenario(Setup("ddp_clip", _sgd, clip=CLIP)),
+    "ddp_accumulate": Scenario(Setup("ddp_accumulate", _adamw, micro=2)),
+    "fsdp_clip": Scenario(Setup("fsdp_clip", _adamw, clip=CLIP), mesh=(WORLD,)),
+    "fsdp_accumulate": Scenario(Setup("fsdp_accumulate", _sgd, micro=2), mesh=(WORLD,)),
+    "hsdp_clip": Scenario(Setup("hsdp_clip", _adamw, clip=CLIP), mesh=(2, WORLD // 2)),
+    # every rank must agree with rank 0 on the step it resumes at, or their collectives would not pair up
+    "fsdp_resume_every_2": Scenario(Setup("fsdp_resume", _sgd, clip=CLIP), mesh=(WORLD,), steps=6, every=2,
+                                    resume_at=3),
 }
 
 
-def _half(batch: tuple, rank: int, world: int = WORLD, device: str = "cpu") -> tuple:
+def _part(batch: tuple, rank: int, world: int = WORLD, device: str = "cpu") -> tuple:
+    """This process's slice of the batch."""
     return tuple(t.chunk(world)[rank].to(device) for t in batch)
 
 
-def _wrap(name: str, model: nn.Module, world: int = WORLD) -> tuple[nn.Module, nn.Module]:
+def _wrap(mesh_shape: tuple[int, ...] | None, model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(the model the loop calls, the module whose submodules name the views)."""
-    if name.startswith("ddp"):
+    if mesh_shape is None:
         wrapped = nn.parallel.DistributedDataParallel(model)
         return wrapped, wrapped.module
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    mesh = init_device_mesh(next(model.parameters()).device.type, (world,))  # not CUDA's by default
+    names = ("replicate", "shard")[-len(mesh_shape):]  # two dimensions: HSDP
+    mesh = init_device_mesh(next(model.parameters()).device.type, mesh_shape, mesh_dim_names=names)
     for column in (model.cc, model.mlo):
         fully_shard(column, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model, model
 
 
-def _sync(name: str, model: nn.Module, last: bool):
+def _sync(model: nn.Module, last: bool):
     """Gradient synchronisation only on the last micro-batch: DDP's no_sync, FSDP's requires_gradient_sync."""
-    if name.startswith("ddp"):
+    if hasattr(model, "no_sync"):
         return contextlib.nullcontext() if last else model.no_sync()
     model.set_requires_gradient_sync(last)
     return contextlib.nullcontext()
 
 
-def _train_sharded(name: str, rank: int, out: str, world: int = WORLD, device: str = "cpu") -> None:
-    setup = SCENARIOS[name]
-    model, inner = _wrap(name, _model().to(device), world)
+def _train_spread(scenario: Scenario, rank: int, out: str, world: int = WORLD, device: str = "cpu") -> None:
+    """The harness's loop on this process's part of each batch, recorded."""
+    setup = scenario.setup
+    model, inner = _wrap(scenario.mesh, _model().to(device))
     optimizer = setup.make_optimizer(model)
-    rec = dynamics.attach(model, optimizer, views={"cc": inner.cc, "mlo": inner.mlo}, out=out)
-    expected = dynamics.InactiveRecorder if (name.startswith("ddp") and rank) else dynamics.Recorder
-    assert isinstance(rec, expected), (name, rank, type(rec))
-    for micro_batches in make_batches(STEPS, setup.micro):
+
+    def attach(resume: bool):
+        rec = dynamics.attach(model, optimizer, views={"cc": inner.cc, "mlo": inner.mlo}, out=out,
+                              every=scenario.every, resume=resume)
+        expected = dynamics.InactiveRecorder if (scenario.mesh is None and rank) else dynamics.Recorder
+        assert isinstance(rec, expected), (setup.name, rank, type(rec))
+        return rec
+
+    rec = attach(resume=False)
+    for step, micro_batches in enumerate(make_batches(scenario.steps, setup.micro)):
+        if step == scenario.resume_at:
+            rec.close()
+            rec = attach(resume=True)
         for i, batch in enumerate(micro_batches):
-            x_cc, x_mlo, y = _half(batch, rank, world, device)
-            with _sync(name, model, i == len(micro_batches) - 1):
+            x_cc, x_mlo, y = _part(batch, rank, world, device)
+            with _sync(model, i == len(micro_batches) - 1):
                 (((model(x_cc, x_mlo) - y) ** 2).mean() / len(micro_batches)).backward()
         if setup.clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), setup.clip)
@@ -91,7 +130,7 @@ def _train_sharded(name: str, rank: int, out: str, world: int = WORLD, device: s
 
 def _attribution_data():
     g = torch.Generator().manual_seed(1)
-    return [(_inputs("attention", 6, g), _inputs("attention", 6, g), torch.randn(6, generator=g))
+    return [(_inputs("attention", 8, g), _inputs("attention", 8, g), torch.randn(8, generator=g))
             for _ in range(STEPS)]
 
 
@@ -103,7 +142,7 @@ def _train_attributed(out: str, rank: int | None) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     rec = dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={inner.column: ["cc", "mlo"]}, out=out)
     for batch in _attribution_data():
-        x_cc, x_mlo, y = batch if rank is None else _half(batch, rank)
+        x_cc, x_mlo, y = batch if rank is None else _part(batch, rank)
         ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
@@ -139,8 +178,8 @@ def _worker(rank: int, store: str, root: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        for name in SCENARIOS:
-            _train_sharded(name, rank, os.path.join(root, name))
+        for name, scenario in SCENARIOS.items():
+            _train_spread(scenario, rank, os.path.join(root, name))
         _train_attributed(os.path.join(root, "ddp_attribution"), rank)
         _refusals(rank, os.path.join(root, "refused"))
         dist.barrier()  # both ranks leave together: gloo aborts if one tears down while the other works
@@ -151,7 +190,7 @@ def _worker(rank: int, store: str, root: str) -> None:
 
 @pytest.fixture(scope="module")
 def distributed_runs(tmp_path_factory):
-    """Run every scenario once in two processes, bounded in time; the run directories' root."""
+    """Run every scenario once in WORLD processes, bounded in time; the run directories' root."""
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     root = tmp_path_factory.mktemp("distributed")
@@ -166,22 +205,25 @@ def distributed_runs(tmp_path_factory):
     return root
 
 
-def _reference(name: str) -> pd.DataFrame:
-    return train(_model(), SCENARIOS[name], make_batches(STEPS, SCENARIOS[name].micro))
+def _reference(scenario: Scenario) -> pd.DataFrame:
+    rows = train(_model(), scenario.setup, make_batches(scenario.steps, scenario.setup.micro))
+    return rows[rows["step"].isin(scenario.recorded_steps())]
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_record_equals_the_single_process_reference(distributed_runs, name):
+    scenario = SCENARIOS[name]
     per_param, per_step = dynamics.load(distributed_runs / name)
-    reference = _reference(name)
+    reference = _reference(scenario)
     got = per_param.astype({"param": str}).assign(param=lambda d: d["param"].str.removeprefix("module."))
     merged = reference.merge(got, on=["step", "param"], suffixes=("_ref", ""))
-    assert len(merged) == len(reference) == len(per_param) and per_step["step"].tolist() == list(range(STEPS))
+    assert len(merged) == len(reference) == len(per_param)
+    assert per_step["step"].tolist() == scenario.recorded_steps()
     assert not dynamics.read_meta(distributed_runs / name).get("errors")
     for column in QUANTITIES:
         np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=1e-5,
                                    atol=1e-9 * np.abs(merged[f"{column}_ref"]).max(), err_msg=column)
-    if SCENARIOS[name].clip is not None:
+    if scenario.setup.clip is not None:
         assert (per_step["clip_factor"] < 1).all()
 
 
@@ -215,7 +257,7 @@ def _cuda_fsdp_worker(rank: int, store: str, out: str) -> None:
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"file://{store}", rank=0, world_size=1)
     try:
-        _train_sharded("fsdp_clip", 0, out, world=1, device="cuda")
+        _train_spread(Scenario(SCENARIOS["fsdp_clip"].setup, mesh=(1,)), 0, out, world=1, device="cuda")
     finally:
         dist.destroy_process_group()
 
@@ -226,7 +268,7 @@ def test_fsdp_on_cuda_without_host_synchronisation(tmp_path):
                        start_method="spawn")
     assert not dynamics.read_meta(tmp_path / "run").get("errors")
     per_param, _ = dynamics.load(tmp_path / "run")
-    reference = train(_model().cuda(), SCENARIOS["fsdp_clip"], make_batches(STEPS))
+    reference = train(_model().cuda(), SCENARIOS["fsdp_clip"].setup, make_batches(STEPS))
     merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
     assert len(merged) == len(reference) == len(per_param)
     for column in QUANTITIES:
