@@ -249,7 +249,10 @@ def load(cfg: PhantomConfig | None = None, root: str | Path = DEFAULT_ROOT,
     splits = stratified_split(a["y"], fractions, seed=cfg.seed)
 
     def take(idx: np.ndarray) -> TwoViewData:
-        views = {v: torch.from_numpy(a[v][idx].astype(np.float32)).unsqueeze(1) for v in ("cc", "mlo")}
+        # C order whether the arrays were just generated or read from the cache: a tensor's memory layout
+        # steers how randn_like fills it (input noise), so a run must not depend on where its data came from
+        views = {v: torch.from_numpy(np.ascontiguousarray(a[v][idx], dtype=np.float32)).unsqueeze(1)
+                 for v in ("cc", "mlo")}
         return TwoViewData(views, torch.from_numpy(a["y"][idx]).float(), [f"phantom-{i}" for i in idx])
 
     train, val, test = (take(i) for i in splits)
