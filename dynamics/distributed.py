@@ -54,17 +54,18 @@ class Layout:
         return self.shard_group is not None
 
 
-def layout_of(model: nn.Module, params: Sequence[torch.Tensor], *, attribution: bool, probe: bool) -> Layout:
-    """The layout of ``params`` (the recorded tensors of ``model``); unsupported distributed set-ups raise."""
+def layout_of(model: nn.Module, names: Sequence[str], params: Sequence[torch.Tensor], *, attribution: bool,
+              probe: bool) -> Layout:
+    """The layout of ``params`` (the recorded tensors of ``model``, called ``names``); unsupported distributed
+    set-ups raise an error that names the cause."""
     dtensor = _dtensor_type()
     sharded = [p for p in params if dtensor is not None and isinstance(p, dtensor)]
     rank = torch.distributed.get_rank() if _dist_running() else 0
     if sharded:
         if len(sharded) != len(params):
-            plain = next(p for p in params if not isinstance(p, dtensor))
-            raise NotImplementedError(f"dynamics: some recorded parameters are sharded (DTensor) and others are "
-                                      f"not ({tuple(plain.shape)}): shard the whole model with fully_shard, or "
-                                      f"record only the sharded part")
+            plain = next(n for n, p in zip(names, params) if not isinstance(p, dtensor))
+            raise NotImplementedError(f"dynamics: some recorded parameters are sharded (DTensor) and others, such "
+                                      f"as {plain!r}, are not: shard the whole model with fully_shard")
         if attribution:
             raise NotImplementedError("dynamics: per-call attribution (attribute=) is not supported under "
                                       "fully_shard: the per-view parts would be unsharded gradients on every rank")

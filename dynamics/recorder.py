@@ -617,7 +617,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     if empty:
         raise ValueError(f"view(s) {empty} own no parameter: give them modules or patterns, or attribute= a "
                          f"shared module to them")
-    layout = distributed.layout_of(model, assignment.tensors, attribution=bool(attribute), probe=probe is not None)
+    layout = distributed.layout_of(model, [p.name for p in assignment.params], assignment.tensors,
+                                   attribution=bool(attribute), probe=probe is not None)
     if not layout.records:
         return InactiveRecorder(assignment)
     if probe is not None:
