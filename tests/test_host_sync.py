@@ -9,7 +9,9 @@ import torch
 import dynamics
 from harness import Setup, fresh_model, make_batches
 
-CONVERSIONS = ("item", "tolist", "cpu", "numpy")
+# every way a tensor's value reaches the host: explicit copies, and the Python conversions (float(t), int(t),
+# bool(t) / `if t:`, t.__index__ as in range(t) or list[t]) and nonzero(), whose output size needs the values
+CONVERSIONS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__", "nonzero")
 PACKAGE = str(Path(dynamics.__file__).parent)
 
 
@@ -36,6 +38,23 @@ def conversion_counter(monkeypatch):
     return counts
 
 
+def _reset(counts: dict) -> None:
+    """Start counting from here: attach() may read the device once (the probe's check calls bool())."""
+    for name in counts:
+        counts[name] = 0
+
+
+def test_counter_sees_python_conversions(conversion_counter):
+    """float(t), int(t), bool(t), t.__index__ and t.nonzero() go through the patched methods."""
+    t = torch.ones(())
+    float(t), int(t), bool(t), [0, 1][t.long()], t.nonzero()
+    assert conversion_counter == {name: 0 for name in CONVERSIONS}  # test code is not dynamics code
+    exec(compile("float(t), int(t), bool(t), [0, 1][t.long()], t.nonzero()", PACKAGE + "/fake.py", "exec"))
+    assert {name: conversion_counter[name] for name in ("__float__", "__int__", "__bool__", "__index__",
+                                                        "nonzero")} == dict.fromkeys(
+        ("__float__", "__int__", "__bool__", "__index__", "nonzero"), 1)
+
+
 @pytest.mark.parametrize("setup", [
     Setup("adam-accumulate-clip", lambda m: torch.optim.Adam(m.parameters(), lr=1e-2), micro=2, clip=0.1),
     Setup("sgd-every-step", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)),
@@ -45,6 +64,7 @@ def test_no_host_transfers_between_flushes(tmp_path, conversion_counter, setup):
     optimizer = setup.make_optimizer(model)
     rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
                           flush_every=100)
+    _reset(conversion_counter)
     for micro in make_batches(8, setup.micro):
         for x_cc, x_mlo, y in micro:
             loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
@@ -80,6 +100,7 @@ def test_no_host_transfers_with_attribution_and_probe(tmp_path, conversion_count
                                 torch.randn(8, generator=g), lambda out, y: ((out - y) ** 2).mean())
     rec = dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
                           out=tmp_path / "r", flush_every=100, probe=probe if use_probe else None, probe_every=2)
+    _reset(conversion_counter)
     for _ in range(6):
         a, b, y = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, generator=g)
         ((model(a, b) - y) ** 2).mean().backward()
