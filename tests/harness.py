@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.func import functional_call
+
+import dynamics
 
 
 class TwoView(nn.Module):
@@ -27,6 +30,84 @@ class TwoView(nn.Module):
 
     def forward(self, x_cc: torch.Tensor, x_mlo: torch.Tensor) -> torch.Tensor:
         return self.head(torch.cat([self.cc(x_cc), self.mlo(x_mlo)], dim=1)).squeeze(1)
+
+
+class SharedColumn(nn.Module):
+    """One column called on both views (attribution), a head on the concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.column = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh())
+        self.head = nn.Linear(12, 1)
+
+    def forward(self, a, b):
+        return self.head(torch.cat([self.column(a), self.column(b)], 1)).squeeze(1)
+
+
+class ConvColumn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.Conv2d(4, 4, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class AttentionColumn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):  # x: (batch, tokens, 4)
+        h = self.norm(x + self.attn(x, x, x, need_weights=False)[0])
+        return h.mean(dim=1)
+
+
+class CustomColumn(nn.Module):
+    """Parameters used through arbitrary tensor maths, not a library layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4) * 0.5)
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return torch.tanh(x @ self.w) * self.scale.exp() + self.w.sum(0).sin()
+
+
+def _inputs(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
+    shape = {"conv": (n, 1, 6, 6), "attention": (n, 3, 4), "custom": (n, 3)}[kind]
+    return torch.randn(*shape, generator=g)
+
+
+COLUMNS = {"conv": ConvColumn, "attention": AttentionColumn, "custom": CustomColumn}
+
+
+class SharedModel(nn.Module):
+    """One column for both views; ``detach`` makes one view's call use detached parameters (reference)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.column = COLUMNS[kind]()
+        self.head = nn.Linear(8, 1)
+
+    def represent(self, x, detached: bool):
+        if not detached:
+            return self.column(x)
+        return functional_call(self.column, {n: p.detach() for n, p in self.column.named_parameters()}, (x,))
+
+    def forward(self, x_cc, x_mlo, detach: str | None = None, context: bool = False):
+        if context:  # explicit attribution, calls in reverse order on purpose
+            with dynamics.view("mlo"):
+                h_mlo = self.represent(x_mlo, detach == "mlo")
+            with dynamics.view("cc"):
+                h_cc = self.represent(x_cc, detach == "cc")
+        else:
+            h_cc = self.represent(x_cc, detach == "cc")
+            h_mlo = self.represent(x_mlo, detach == "mlo")
+        return self.head(torch.cat([h_cc, h_mlo], 1)).squeeze(1)
 
 
 def make_batches(steps: int, micro: int = 1, seed: int = 1, n: int = 8) -> list[list[tuple]]:

@@ -8,8 +8,7 @@ import torch
 
 import dynamics
 from cuda_strict import make_hooks_strict
-from harness import fresh_model, make_batches
-from test_host_sync import SharedColumn
+from harness import SharedColumn, fresh_model, make_batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

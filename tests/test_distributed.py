@@ -21,8 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import dynamics
-from harness import Setup, make_batches, train
-from test_attribution import SharedModel, _inputs
+from harness import Setup, SharedModel, _inputs, make_batches, train
 
 STEPS, CLIP, WORLD, TIMEOUT_S = 3, 0.05, 4, 240
 QUANTITIES = ["grad_sq", "param_sq", "update_sq", "lca"]

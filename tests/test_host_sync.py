@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dynamics
-from harness import Setup, fresh_model, make_batches
+from harness import Setup, SharedColumn, fresh_model, make_batches
 
 # every way a tensor's value reaches the host: explicit copies, and the Python conversions (float(t), int(t),
 # bool(t) / `if t:`, t.__index__ as in range(t) or list[t]) and nonzero(), whose output size needs the values
@@ -78,16 +78,6 @@ def test_no_host_transfers_between_flushes(tmp_path, conversion_counter, setup):
     assert sum(conversion_counter.values()) > 0
     per_param, per_step = dynamics.load(tmp_path / "r")
     assert len(per_step) == 8 and per_step["loss"].notna().all()
-
-
-class SharedColumn(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.column = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh())
-        self.head = torch.nn.Linear(12, 1)
-
-    def forward(self, a, b):
-        return self.head(torch.cat([self.column(a), self.column(b)], 1)).squeeze(1)
 
 
 @pytest.mark.parametrize("use_probe", [False, True])
