@@ -53,6 +53,20 @@ def _never_compiled(hook: Callable) -> Callable:
     return hook
 
 
+def _attributed_views(attribute: Mapping) -> list[str]:
+    """The views that attribute= names, in order of first mention."""
+    return list(dict.fromkeys(v for how in attribute.values() for v in views_of(how)))
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 def _learning_rates(optimizer: torch.optim.Optimizer) -> list:
     """Each group's learning rate now; a tensor lr is copied on the device and read at the flush."""
     return [g["lr"].detach().clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in optimizer.param_groups]
@@ -107,9 +121,11 @@ class Recorder:
         self.model, self.optimizer, self.assignment = model, optimizer, assignment
         self._layout = layout
         self.run_dir, self.meta = run_dir, meta
-        self._schedule, self._flush_every, self._scaler = schedule, flush_every, scaler
+        self._schedule, self._flush_every = schedule, flush_every
+        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None  # disabled: no scaling
         self._next_part = dict(next_part)
         self._params: list[nn.Parameter] = assignment.tensors
+        self._local: Callable[[torch.Tensor], torch.Tensor] = distributed.local if layout.sharded else _identity
         self._n = len(self._params)
         self.device = device_of(self._params)
         self._dtype = quantities.reduce_dtype(self._params)
@@ -127,7 +143,6 @@ class Recorder:
         # per-step host-side bookkeeping (no device data is read for these)
         self._step = start_step
         self._rows: list[dict] = []            # one per buffer row in use
-        self._has_grad: list[np.ndarray] = []
         self._logs: dict[int, dict[str, list]] = {}
         self._n_logs = 0
         # backward-pass state
@@ -142,10 +157,14 @@ class Recorder:
         self._notes: dict[str, list[int]] = {}
         self._handles: list = []
         self._quiet = 0                        # >0 while the recorder runs autograd itself (probe, rows)
+        # hooks and callbacks, each wrapped once (wrapping costs more than a call)
+        self._grad_hook = self._make_grad_hook()
+        self._after_others = self._guard(self._after_other_callbacks)
+        self._at_backward_end = self._guard(self._on_backward_end)
         self._attribution: SharedAttribution | None = None
         try:
             if attribute:
-                views = list(dict.fromkeys(v for how in attribute.values() for v in views_of(how)))
+                views = _attributed_views(attribute)
                 self._attribution = SharedAttribution(
                     attribute, [self._params[i] for i in attributed], attributed, views,
                     is_active=lambda: not self._quiet and self._schedule(self._step),
@@ -158,7 +177,7 @@ class Recorder:
                 self._handles.append(model.register_forward_hook(self._guard(self._hook_outputs, no_grad=False)))
             else:
                 for p in self._params:
-                    self._handles.append(p.register_hook(self._make_grad_hook()))
+                    self._handles.append(p.register_hook(self._grad_hook))
         except BaseException:
             self._remove_hooks()
             raise
@@ -288,7 +307,7 @@ class Recorder:
             return
         for leaf in torch.utils._pytree.tree_leaves(output):
             if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
-                leaf.register_hook(self._make_grad_hook())
+                leaf.register_hook(self._grad_hook)
 
     def _on_forward(self, module, args) -> None:
         """A forward pass of the model (attribution only): close a skipped step, start a new one's buffers."""
@@ -305,12 +324,12 @@ class Recorder:
         self._in_backward = True
         self._end_open_round()
         self._round_open = True
-        torch.autograd.Variable._execution_engine.queue_callback(self._guard(self._after_other_callbacks))
+        torch.autograd.Variable._execution_engine.queue_callback(self._after_others)
 
     def _after_other_callbacks(self) -> None:
         """Callbacks run in order and may queue more: queueing the measurement again puts it after those
         queued later in the pass, such as DistributedDataParallel's, which writes the averaged gradients."""
-        torch.autograd.Variable._execution_engine.queue_callback(self._guard(self._on_backward_end))
+        torch.autograd.Variable._execution_engine.queue_callback(self._at_backward_end)
 
     def _on_backward_end(self) -> None:
         """All gradients of this pass are accumulated: remember them, and measure them now if they may be
@@ -320,7 +339,7 @@ class Recorder:
             sq = quantities.sq_norms(self._grads())
             scale = self._loss_scale()
             self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
-        self._snapshot = [None if p.grad is None else (weakref.ref(p.grad), distributed.local(p.grad)._version)
+        self._snapshot = [None if (g := p.grad) is None else (weakref.ref(g), self._local(g)._version)
                           for p in self._params]
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
@@ -360,16 +379,15 @@ class Recorder:
         else:
             torch._foreach_copy_(self._prev, params)
         if self._probe is not None and self._step % self._probe_every == 0:
-            with self._quietly(), probing.preserved(self.model, self._probe.train_mode):
+            with self._quietly(), probing.preserved(self._probe_model, self._probe.train_mode):
                 loss, g0 = probing.loss_and_grads(self._probe_model, self._probe, self._params)
             self._probe_loss[row, 0].copy_(loss)
             probe_start = g0
         else:
             probe_start = None
-        self._pending = {"row": row, "grads": grads, "changed": changed, "probe": probe_start,
-                         "versions": [g._version for g in grads],
-                         "lrs": _learning_rates(optimizer)}
-        self._has_grad.append(np.fromiter((p.grad is not None for p in self._params), bool, self._n))
+        self._pending = {"row": row, "grads": grads, "params": params, "changed": changed, "probe": probe_start,
+                         "versions": [g._version for g in grads], "lrs": _learning_rates(optimizer),
+                         "has_grad": np.fromiter((g is not self._zero for g in grads), bool, self._n)}
 
     def _post_step(self, optimizer, args, kwargs) -> None:
         pending, self._pending = self._pending, None
@@ -377,9 +395,9 @@ class Recorder:
             row, grads, buffer = pending["row"], pending["grads"], self._buffer[pending["row"]]
             if pending["probe"] is not None:
                 g_half, g1 = self._probe_path(row)
-            torch._foreach_sub_(self._prev, self._local_params())  # θ_t − θ_{t+1} = −Δθ
+            torch._foreach_sub_(self._prev, pending["params"])  # θ_t − θ_{t+1} = −Δθ
             if pending["probe"] is not None:
-                ends = [quantities.dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
+                ends = [self._dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
             buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
             # a tensor without a gradient (None here) has lca 0
@@ -387,29 +405,29 @@ class Recorder:
             distributed.sum_over_shards(buffer, self._layout)  # every sum is whole before it is used
             if pending["changed"]:  # undo a per-tensor rescaling (clipping) of the gradient
                 ratio = buffer[GRAD_SQ] / buffer[PRE_SQ]
-                buffer[LCA].mul_(torch.where(buffer[PRE_SQ] > 0, ratio, torch.zeros_like(ratio)).sqrt())
+                buffer[LCA].mul_(torch.where(buffer[PRE_SQ] > 0, ratio, 0.0).sqrt())
             if self._attribution is not None:
                 self._attribute(row, lca_too=True)
             if any(g._version != v for g, v in zip(grads, pending["versions"])):
                 buffer[LCA].fill_(math.nan)
                 self._note("lca not available: the optimizer changed the gradients in place")
             self._rows.append({"step": self._step, "skipped": False, "changed": pending["changed"], "measured": True,
-                               "lrs": pending["lrs"]})
+                               "lrs": pending["lrs"], "has_grad": pending["has_grad"]})
         self._end_round()
 
     # ------------------------------------------------------------------------------------------ helpers
     def _grads(self) -> list[torch.Tensor]:
         """This process's part of each gradient (a zero placeholder where there is none)."""
-        return [self._zero if p.grad is None else distributed.local(p.grad) for p in self._params]
+        return [self._zero if p.grad is None else self._local(p.grad) for p in self._params]
 
     def _local_params(self) -> list[torch.Tensor]:
         """This process's part of each recorded tensor."""
-        return [distributed.local(p) for p in self._params] if self._layout.sharded else list(self._params)
+        return [self._local(p) for p in self._params]
 
     def _probe_path(self, row: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Probe gradients at θ_{t+1} and at the midpoint (parameters put back bit for bit afterwards)."""
         params = self._params
-        with self._quietly(), probing.preserved(self.model, self._probe.train_mode):
+        with self._quietly(), probing.preserved(self._probe_model, self._probe.train_mode):
             loss, g1 = probing.loss_and_grads(self._probe_model, self._probe, params)
             self._probe_loss[row, 1].copy_(loss)
             after = [p.detach().clone() for p in params]
@@ -429,15 +447,16 @@ class Recorder:
             out.zero_()
             return
         parts = [attribution.buffers[v] for v in attribution.views]
-        distributed.average_over_replicas([t for part in parts for t in part], self._layout)
-        minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
+        every_part = [t for part in parts for t in part]
+        distributed.average_over_replicas(every_part, self._layout)
+        out[:, 0].copy_(quantities.sq_norms(every_part).view(len(parts), -1))
         out[:, 2].zero_()
+        minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
+        if minus_delta is None:  # a skipped step: no update
+            out[:, 1].fill_(math.nan)
         for a, part in enumerate(parts):
-            out[a, 0].copy_(quantities.sq_norms(part))
             if minus_delta is not None:
                 out[a, 1].copy_(self._part_dots(part, minus_delta).neg_())
-            else:
-                out[a, 1].fill_(math.nan)
             for b in range(a + 1, len(parts)):
                 cross = self._part_dots(part, parts[b])
                 out[a, 2].add_(cross)
@@ -452,10 +471,7 @@ class Recorder:
         return None if scale is None else scale.reciprocal()
 
     def _loss_scale(self) -> torch.Tensor | None:
-        scaler = self._scaler
-        if scaler is None or not scaler.is_enabled():
-            return None
-        return getattr(scaler, "_scale", None)
+        return None if self._scaler is None else getattr(self._scaler, "_scale", None)
 
     def _changed_since_backward(self) -> bool:
         """Were the gradients reset, replaced or modified in place since the last backward pass ended?"""
@@ -464,7 +480,7 @@ class Recorder:
             if snap is None:
                 if grad is not None:
                     return True
-            elif grad is None or snap[0]() is not grad or distributed.local(grad)._version != snap[1]:
+            elif grad is None or snap[0]() is not grad or self._local(grad)._version != snap[1]:
                 return True
         return False
 
@@ -478,11 +494,11 @@ class Recorder:
                 buffer[GRAD_SQ].copy_(self._bwd_sq)
             buffer[PARAM_SQ].copy_(quantities.sq_norms(self._local_params()))
             distributed.sum_over_shards(buffer, self._layout)
-            self._has_grad.append(np.array([s is not None for s in self._snapshot], bool))
             if self._attribution is not None:
                 self._attribute(row, lca_too=False)
             self._rows.append({"step": self._step, "skipped": True, "changed": False, "measured": self._bwd_sq is not None,
-                               "lrs": _learning_rates(self.optimizer)})
+                               "lrs": _learning_rates(self.optimizer),
+                               "has_grad": np.array([s is not None for s in self._snapshot], bool)})
         self._end_round()
 
     def _end_open_round(self) -> None:
@@ -510,7 +526,7 @@ class Recorder:
         step_rows: dict[int, dict] = {}
         if n:
             values = self._take(self._buffer, n)
-            has_grad = np.stack(self._has_grad[:n])  # a step a failure interrupted has no row
+            has_grad = np.stack([r["has_grad"] for r in self._rows])
             steps = np.array([r["step"] for r in self._rows], dtype=np.int64)
             skipped = np.array([r["skipped"] for r in self._rows], dtype=bool)
             measured = np.array([r["measured"] for r in self._rows], dtype=bool)
@@ -545,7 +561,7 @@ class Recorder:
                     row[name] = float(np.mean([next(host) if isinstance(v, torch.Tensor) else v for v in vs]))
         if step_rows:
             self._write("steps", frames.step_frame(list(step_rows.values())))
-        self._rows, self._has_grad, self._logs, self._n_logs = [], [], {}, 0
+        self._rows, self._logs, self._n_logs = [], {}, 0
 
     @staticmethod
     def _take(buffer: torch.Tensor, n: int) -> np.ndarray:
@@ -595,8 +611,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     if isinstance(optimizer, torch.optim.LBFGS):
         raise NotImplementedError("dynamics does not support LBFGS: it evaluates the loss and its gradient "
                                   "inside step(), after the recorder's pre-step hook has run")
-    if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
-        raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
+    _check_positive_int("flush_every", flush_every)
     if scaler is not None and not hasattr(scaler, "is_enabled"):
         raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
     _refuse_unsupported(model)
@@ -604,15 +619,15 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     if probe is not None:
         if not isinstance(probe, probing.ProbeBatch):
             raise TypeError(f"probe must be a dynamics.ProbeBatch, got {type(probe).__name__}")
-        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
-            raise ValueError(f"probe_every must be a positive int, got {probe_every!r}")
+        _check_positive_int("probe_every", probe_every)
         recorded = schedule
         schedule = lambda step: recorded(step) or step % probe_every == 0  # noqa: E731 - probe steps are recorded
     attribute, labelled = resolve_attribution(model, views, attribute or {})
     assignment = resolve_views(model, labelled, shared_name=shared_name,
-                               extra_views=[v for how in attribute.values() for v in views_of(how)])
-    attributed = [p.index for p in assignment.params if p.view in {group_label(h) for h in attribute.values()}]
-    owned = {p.view for p in assignment.params} | {v for how in attribute.values() for v in views_of(how)}
+                               extra_views=_attributed_views(attribute))
+    groups = {group_label(h) for h in attribute.values()}
+    attributed = [p.index for p in assignment.params if p.view in groups]
+    owned = {p.view for p in assignment.params} | set(_attributed_views(attribute))
     empty = [v for v in assignment.views if v not in owned]
     if empty:
         raise ValueError(f"view(s) {empty} own no parameter: give them modules or patterns, or attribute= a "
