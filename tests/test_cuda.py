@@ -36,6 +36,27 @@ def test_strict_hooks_catch_a_synchronisation(tmp_path, monkeypatch):
     assert any("synchroniz" in e for e in _errors(tmp_path / "r"))
 
 
+def test_plain_loop_adamw_accumulation_clip_log(tmp_path, monkeypatch):
+    make_hooks_strict(monkeypatch.setattr)
+    model = fresh_model().cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batches = [[tuple(t.cuda() for t in b) for b in micro] for micro in make_batches(6, 2)]
+    rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
+                          flush_every=100)
+    for micro in batches:
+        for x_cc, x_mlo, y in micro:
+            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
+            loss.backward()
+            rec.log(loss=loss)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad()
+    rec.close()
+    assert _errors(tmp_path / "r") == []
+    per_param, per_step = dynamics.load(tmp_path / "r")
+    assert len(per_step) == 6 and per_param["finite"].all() and per_step["loss"].notna().all()
+
+
 def test_grad_scaler_fp16_clip_accumulation(tmp_path, monkeypatch):
     make_hooks_strict(monkeypatch.setattr)
     model = fresh_model().cuda()
