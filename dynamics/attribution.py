@@ -19,6 +19,7 @@ Gradients are stored unscaled (multiplied by the GradScaler's 1/scale on the dev
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
@@ -53,7 +54,9 @@ def _row_mask(rows_of_view: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if rows_of_view.dtype != torch.bool:
         index = rows_of_view.to(like.device)
         rows_of_view = torch.zeros(like.shape[0], dtype=torch.bool, device=like.device).index_fill_(0, index, True)
-    return rows_of_view.to(like.device).reshape(-1, *([1] * (like.dim() - 1)))
+    else:
+        rows_of_view = rows_of_view.to(like.device)
+    return rows_of_view.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ class _Target:
     order: Sequence[str] | None       # per-call: views in call order within one forward pass
     by_rows: rows | None
     entries: list[tuple[nn.Module, str, int]]  # (owning submodule, attribute name, index in shared list)
+    positions: list[int]                       # the distinct shared-list indices among the entries
     calls: int = 0                             # calls in the current forward pass
-    aliases: dict | None = None                # while a call runs: position → alias
+    swapped: bool = False                      # while a call runs with aliases in place of the parameters
     rows_call: tuple | None = None             # while a per-row call runs: its (args, kwargs)
 
 
@@ -92,6 +96,7 @@ class SharedAttribution:
         self._inv: torch.Tensor | bool | None = None  # cached 1/loss scale of this step (False: no scaler)
         self.unattributed_calls = 0              # calls that matched no view (reported in the metadata)
         self._handles: list = []
+        self._guarded_add = guard(self._add)  # wrapped once: every alias's gradient hook calls it
         self._targets = [self._target(module, how) for module, how in spec.items()]
         for t in self._targets:
             self._handles.append(t.module.register_forward_pre_hook(guard(self._make_pre(t), no_grad=False),
@@ -105,9 +110,10 @@ class SharedAttribution:
             for name, p in sub._parameters.items():
                 if p is not None and id(p) in self._position:
                     entries.append((sub, name, self._position[id(p)]))
+        positions = sorted({position for _, _, position in entries})
         if isinstance(how, rows):
-            return _Target(module, None, how, entries)
-        return _Target(module, list(how), None, entries)
+            return _Target(module, None, how, entries, positions)
+        return _Target(module, list(how), None, entries, positions)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -161,24 +167,24 @@ class SharedAttribution:
                 self.unattributed_calls += 1
                 return None
             aliases: dict[int, torch.Tensor] = {}
-            t.aliases = aliases
             for sub, name, position in t.entries:
                 alias = aliases.get(position)
                 if alias is None:
                     original = self.params[position]
                     alias = original.view_as(original)
-                    alias.register_hook(self._guard(lambda g, v=view_name, i=position: self._add(v, i, g)))
+                    alias.register_hook(functools.partial(self._guarded_add, view_name, position))
                     aliases[position] = alias
                 sub._parameters[name] = alias
+            t.swapped = True
             return None
         return pre
 
     def _make_post(self, t: _Target):
         def post(module, args, kwargs, output):
-            if t.aliases is not None:  # always put the real parameters back
+            if t.swapped:  # always put the real parameters back
                 for sub, name, position in t.entries:
                     sub._parameters[name] = self.params[position]
-                t.aliases = None
+                t.swapped = False
             if t.rows_call is not None:
                 call, t.rows_call = t.rows_call, None
                 self._split_by_rows(t, call, output)
@@ -194,8 +200,8 @@ class SharedAttribution:
         unknown = [v for v in masks if v not in self.views]
         if unknown:
             raise ValueError(f"dynamics.rows: the row function returned unknown view(s) {unknown}")
-        shared = [self.params[position] for position in sorted({e[2] for e in t.entries})]
-        positions = sorted({e[2] for e in t.entries})
+        shared = [self.params[position] for position in t.positions]
+        positions = t.positions
 
         nested: list[bool] = []
 
@@ -214,7 +220,7 @@ class SharedAttribution:
                    shared: Sequence[torch.Tensor], positions: Sequence[int]) -> None:
         """g_v = Jᵀ(m_v ⊙ ∂L/∂y): one autograd pass through the module per view."""
         for view_name, rows_of_view in masks.items():
-            selected = torch.where(_row_mask(rows_of_view, grad_out), grad_out, torch.zeros_like(grad_out))
+            selected = torch.where(_row_mask(rows_of_view, grad_out), grad_out, 0.0)
             with self._quietly():
                 parts = torch.autograd.grad(output, shared, selected, retain_graph=True, allow_unused=True)
             for position, part in zip(positions, parts):
