@@ -67,15 +67,14 @@ def _layer_of(param_name: str) -> str:
     return param_name.rpartition(".")[0]
 
 
-def _distinct_parameters(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter, tuple[str, ...]]], dict[int, str]]:
-    """(first name, tensor, other names) per distinct tensor in model order, and id(tensor) → first name."""
+def _distinct_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, tuple[str, ...]]]:
+    """(first name, tensor, other names) per distinct tensor, in model order."""
     names_by_id: dict[int, list[str]] = {}
     tensor_by_id: dict[int, nn.Parameter] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names_by_id.setdefault(id(p), []).append(name)
         tensor_by_id[id(p)] = p
-    distinct = [(names[0], tensor_by_id[i], tuple(names[1:])) for i, names in names_by_id.items()]
-    return distinct, {i: names[0] for i, names in names_by_id.items()}
+    return [(names[0], tensor_by_id[i], tuple(names[1:])) for i, names in names_by_id.items()]
 
 
 def _as_list(target: ViewTarget) -> list:
@@ -87,7 +86,7 @@ def _as_list(target: ViewTarget) -> list:
                     f"got {type(target).__name__}")
 
 
-def _matching_names(view: str, target, model: nn.Module, all_names: Sequence[str],
+def _matching_names(view: str, target, all_names: Iterable[str],
                     module_names: Mapping[int, str]) -> set[str]:
     """Every parameter name (aliases included) that one target of a view claims."""
     if isinstance(target, nn.Module):
@@ -120,12 +119,9 @@ def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = "shar
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    distinct, first_name = _distinct_parameters(model)
-    all_names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
-    alias_to_first = {}
-    for name, p, aliases in distinct:
-        for n in (name, *aliases):
-            alias_to_first[n] = name
+    distinct = _distinct_parameters(model)
+    alias_to_first = {n: name for name, _, aliases in distinct for n in (name, *aliases)}
+    all_names = list(alias_to_first)
     trainable = {name for name, p, _ in distinct if p.requires_grad}
 
     claimed: dict[str, str] = {}
@@ -152,7 +148,7 @@ def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = "shar
             if not isinstance(view, str) or not view:
                 raise ValueError(f"view names must be non-empty strings, got {view!r}")
             for item in _as_list(target):
-                hits = {alias_to_first[n] for n in _matching_names(view, item, model, all_names, module_names)}
+                hits = {alias_to_first[n] for n in _matching_names(view, item, all_names, module_names)}
                 live = hits & trainable
                 if not live:
                     detail = " (all of its parameters are frozen)" if hits else ""
@@ -180,6 +176,7 @@ def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = "shar
     params: list[ParamInfo] = []
     tensors: list[nn.Parameter] = []
     depth_of_layer: dict[tuple[str, str], int] = {}
+    layers_in_view: dict[str, int] = {}
     for name, p, aliases in distinct:
         if name not in trainable:
             continue
@@ -187,7 +184,8 @@ def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = "shar
         layer = _layer_of(name)
         key = (view, layer)
         if key not in depth_of_layer:
-            depth_of_layer[key] = sum(1 for v, _ in depth_of_layer if v == view)
+            depth_of_layer[key] = layers_in_view.get(view, 0)
+            layers_in_view[view] = depth_of_layer[key] + 1
         params.append(ParamInfo(index=len(params), name=name, view=view, layer=layer, depth=depth_of_layer[key],
                                 numel=p.numel(), shape=tuple(p.shape), dtype=str(p.dtype).removeprefix("torch."),
                                 aliases=aliases))
