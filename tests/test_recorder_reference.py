@@ -138,16 +138,24 @@ def test_nan_gradient_is_flagged_and_never_raises(tmp_path, where):
     assert per_param["step"].max() == 3
 
 
+# every="log" (README: 32 per decade): step t > 0 is recorded when a multiple of 1/32 lies in
+# (log10 t, log10(t+1)], i.e. t = ceil(10^(k/32)) - 1 for some k. By hand: 10^(k/32) for k = 1..48 is 1.07 ...
+# 1.95 (t = 1), 2.05 ... 2.94 (2), 3.16 ... 3.92 (3), 4.22 4.53 4.87 (4), 5.23 5.62 (5), 6.04 6.49 6.98 (6), 7.50,
+# 8.06 8.66, 9.31 10 (9), 10.7, 11.5, 12.4, 13.3, 14.3, 15.4, 16.5, 17.8, 19.1, 20.5, 22.1, 23.7, 25.5, 27.4, 29.4,
+# 31.6: every step up to 17, then 19, 20, 22, 23, 25, 27, 29 (18, 21, 24, 26, 28 are not recorded).
+LOG_STEPS_OF_30 = list(range(18)) + [19, 20, 22, 23, 25, 27, 29]
+
+
 @pytest.mark.parametrize("every, expected", [
-    (3, [0, 3, 6, 9]),
+    (3, list(range(0, 30, 3))),
     (lambda step: step in (1, 4), [1, 4]),
-    ("log", list(range(11))),
+    ("log", LOG_STEPS_OF_30),
 ])
 def test_schedules_record_chosen_steps_with_true_indices(tmp_path, every, expected):
     setup = SETUPS[1]
     model = fresh_model()
-    reference = train(clone(model), setup, make_batches(11))
-    train(model, setup, make_batches(11), recorder_factory=lambda m, o, s: dynamics.attach(
+    reference = train(clone(model), setup, make_batches(30))
+    train(model, setup, make_batches(30), recorder_factory=lambda m, o, s: dynamics.attach(
         m, o, views={"cc": m.cc, "mlo": m.mlo}, out=tmp_path / "run", every=every))
     per_param, per_step = dynamics.load(tmp_path / "run")
     assert per_step["step"].tolist() == expected
