@@ -87,7 +87,20 @@ def test_dropout_model_counts_present_views_and_rescales():
 
 
 def test_input_noise_only_in_training():
+    torch.manual_seed(0)
     m = nyu_model("separate", width=0.25, input_noise=0.5)
+    seen = {}
+    for v in ("cc", "mlo"):
+        getattr(m, f"{v}_column").register_forward_pre_hook(lambda mod, args, v=v: seen.update({v: args[0]}))
     x = _inputs(2)
+    m.train()  # BatchNorm uses batch statistics: without noise two forwards would be equal
+    first = m(x)
+    noise = {v: seen[v] - x[v] for v in ("cc", "mlo")}
+    assert not torch.equal(first, m(x))
+    for v in ("cc", "mlo"):  # each view's column sees its image plus N(0, 0.5²) noise (8192 pixels per view)
+        assert noise[v].mean().item() == pytest.approx(0.0, abs=0.03)
+        assert noise[v].std().item() == pytest.approx(0.5, abs=0.03)
+    assert not torch.equal(noise["cc"], noise["mlo"])
     m.eval()
     assert torch.equal(m(x), m(x))
+    assert torch.equal(seen["cc"], x["cc"]) and torch.equal(seen["mlo"], x["mlo"])
