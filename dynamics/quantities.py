@@ -14,19 +14,21 @@ def reduce_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def sq_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """‖t‖² for every tensor, as one vector (one vectorised foreach reduction)."""
-    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=reduce_dtype(tensors))).square_()
+def sq_norms(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """‖t‖² for every tensor, as one vector (one vectorised foreach reduction), in ``dtype`` (by default the
+    :func:`reduce_dtype` of the tensors; a caller that knows it saves a pass over the list)."""
+    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=dtype or reduce_dtype(tensors))).square_()
 
 
-def dots(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor]) -> torch.Tensor:
+def dots(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+         ) -> torch.Tensor:
     """a_i · b_i (all elements) for every pair, as one vector; a ``None`` in ``a`` (no gradient) gives 0.
 
     There is no foreach sum, so this is one fused multiply-reduce per pair (``torch.vdot`` on flat views):
     the fastest way on a CPU. On a GPU, where each launch costs more than the work, use :class:`BatchedDots`.
     """
     _check_pairs(a, b)
-    dtype = reduce_dtype([*(x for x in a if x is not None), *b])
+    dtype = dtype or reduce_dtype([*(x for x in a if x is not None), *b])
     return torch.stack([torch.zeros((), dtype=dtype, device=y.device) if x is None else
                         torch.vdot(x.reshape(-1).to(dtype), y.reshape(-1).to(dtype)) for x, y in zip(a, b)])
 

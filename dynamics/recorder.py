@@ -18,6 +18,7 @@ preallocated device buffer, one row per recorded step, copied to the host every 
 from __future__ import annotations
 
 import contextlib
+import functools
 import datetime as _dt
 import math
 import warnings
@@ -336,7 +337,7 @@ class Recorder:
         rescaled or clipped before the step (``_eager``: the loop did so before, or a GradScaler is given)."""
         self._in_backward = False
         if self._eager and self._schedule(self._step):
-            sq = quantities.sq_norms(self._grads())
+            sq = quantities.sq_norms(self._grads(), self._dtype)
             scale = self._loss_scale()
             self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
         self._snapshot = [None if (g := p.grad) is None else (weakref.ref(g), self._local(g)._version)
@@ -354,7 +355,7 @@ class Recorder:
         # gradient counts as changed: the ratio of its two measurements is then exactly 1 where it was not
         changed = self._round_open and (self._layout.sharded or self._changed_since_backward())
         params = self._local_params()
-        squares = quantities.sq_norms([*grads, *params])  # one reduction for both: fewer launches
+        squares = quantities.sq_norms([*grads, *params], self._dtype)  # one reduction for both: fewer launches
         buffer[PRE_SQ].copy_(squares[:self._n])
         buffer[PARAM_SQ].copy_(squares[self._n:])
         if self._round_open and not changed:  # the optimizer sees the backward's gradient untouched
@@ -399,7 +400,7 @@ class Recorder:
             if pending["probe"] is not None:
                 ends = [self._dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
-            buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev))
+            buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev, self._dtype))
             # a tensor without a gradient (None here) has lca 0
             buffer[LCA].copy_(self._dots([None if g is self._zero else g for g in grads], self._prev).neg_())
             distributed.sum_over_shards(buffer, self._layout)  # every sum is whole before it is used
@@ -449,7 +450,7 @@ class Recorder:
         parts = [attribution.buffers[v] for v in attribution.views]
         every_part = [t for part in parts for t in part]
         distributed.average_over_replicas(every_part, self._layout)
-        out[:, 0].copy_(quantities.sq_norms(every_part).view(len(parts), -1))
+        out[:, 0].copy_(quantities.sq_norms(every_part, self._dtype).view(len(parts), -1))
         out[:, 2].zero_()
         minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
         if minus_delta is None:  # a skipped step: no update
@@ -464,7 +465,7 @@ class Recorder:
 
     def _dots_for(self, like: Sequence[torch.Tensor]) -> Callable:
         """Per-tensor dot products: one launch per tensor costs more than the work on a GPU, so batch them there."""
-        return quantities.BatchedDots(like, self._dtype) if self.device.type == "cuda" else quantities.dots
+        return quantities.BatchedDots(like, self._dtype) if self.device.type == "cuda" else functools.partial(quantities.dots, dtype=self._dtype)
 
     def _inverse_loss_scale(self) -> torch.Tensor | None:
         scale = self._loss_scale()
@@ -492,7 +493,7 @@ class Recorder:
             buffer.fill_(math.nan)
             if self._bwd_sq is not None:
                 buffer[GRAD_SQ].copy_(self._bwd_sq)
-            buffer[PARAM_SQ].copy_(quantities.sq_norms(self._local_params()))
+            buffer[PARAM_SQ].copy_(quantities.sq_norms(self._local_params(), self._dtype))
             distributed.sum_over_shards(buffer, self._layout)
             if self._attribution is not None:
                 self._attribute(row, lca_too=False)
