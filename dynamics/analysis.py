@@ -132,10 +132,13 @@ def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_ph
     return df.assign(**fix) if fix else df.copy()
 
 
-def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per run: recorded steps, steps kept, and steps dropped as skipped or non-finite (for the report)."""
+def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+               cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run: recorded steps, steps kept, and steps dropped as skipped or non-finite (for the report).
+
+    ``cleaned``: ``clean(per_param, per_step)`` when the caller has it already (it is not recomputed)."""
     df = _with_run(per_param)
-    kept = clean(per_param, per_step)
+    kept = clean(per_param, per_step) if cleaned is None else cleaned
     recorded = df.groupby("run", observed=True)["step"].nunique()
     used = kept.groupby("run", observed=True)["step"].nunique().reindex(recorded.index, fill_value=0)
     out = pd.DataFrame({"recorded_steps": recorded, "used_steps": used})
@@ -159,7 +162,7 @@ def _run_info(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-                  shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+                  shared: str = SHARED, n_phases: int = 3, cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per run, view and step: norms, learning speed, loss-change allocation and loss-reduction share.
 
     Columns: ``grad_norm`` = sqrt(sum ||g||^2), ``layer_grad_norm`` = mean over the view's layers of
@@ -168,8 +171,10 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     ``loss_reduction`` = -cum_lca, ``share`` = the view's part of the cumulative loss reduction of
     all views (``shared`` included), NaN while the total has not decreased, ``step_share`` the same
     for the step alone.
+
+    ``cleaned``: ``clean(per_param, per_step, n_phases=n_phases)`` when the caller has it already.
     """
-    df = clean(per_param, per_step, n_phases=n_phases)
+    df = clean(per_param, per_step, n_phases=n_phases) if cleaned is None else cleaned
     keys = ["run", "view", "step"]
     sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layer = df.groupby(["run", "view", "layer", "step"], observed=True)["grad_sq"].sum()
@@ -196,9 +201,10 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
 
 
 def layer_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-                   n_phases: int = 3) -> pd.DataFrame:
-    """Per run, view, depth and step: the layer's gradient/update/parameter norms, speed and lca."""
-    df = clean(per_param, per_step, n_phases=n_phases)
+                   n_phases: int = 3, cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run, view, depth and step: the layer's gradient/update/parameter norms, speed and lca
+    (``cleaned``: as in :func:`view_dynamics`)."""
+    df = clean(per_param, per_step, n_phases=n_phases) if cleaned is None else cleaned
     keys = ["run", "view", "depth", "step"]
     sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layers = df.groupby(["run", "view", "depth"], observed=True)["layer"].first()
@@ -238,17 +244,18 @@ _MATCH_QUANTITIES = ("grad_norm", "update_norm", "learning_speed")
 
 def matched_depth(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
                   views: Sequence[str] | None = None, quantity: str = "grad_norm",
-                  shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+                  shared: str = SHARED, n_phases: int = 3, cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
     """Layer ``depth`` of view A against the same depth of view B, at every step.
 
     Returns per run, depth and step: ``a``, ``b`` (the quantity for each view), ``ratio`` = a/b and
     ``log2_ratio``; ``attrs`` holds ``view_a``, ``view_b``, ``quantity`` and the depths that exist in
     only one of the views (``unmatched``). Views default to the first two besides ``shared``.
+    ``cleaned``: as in :func:`view_dynamics`.
     """
     if quantity not in _MATCH_QUANTITIES:
         raise ValueError(f"quantity must be one of {_MATCH_QUANTITIES}, got {quantity!r}")
     a, b = _pair(per_param, views, shared)
-    ld = layer_dynamics(per_param, per_step, n_phases=n_phases)
+    ld = layer_dynamics(per_param, per_step, n_phases=n_phases, cleaned=cleaned)
     ld = ld[ld["view"].astype(str).isin([a, b])]
     cols = ["run", "depth", "step"]
     left = ld[ld["view"].astype(str) == a][cols + ["phase", "condition", "seed", quantity]].rename(columns={quantity: "a"})
@@ -314,7 +321,8 @@ def paired_test(matched: pd.DataFrame) -> dict:
 
 def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
                                views: Sequence[str] | None = None, window: int | None = None,
-                               shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+                               shared: str = SHARED, n_phases: int = 3,
+                               vd: pd.DataFrame | None = None) -> pd.DataFrame:
     """Conditional learning speed of view A relative to view B over training (Wu et al., ICML 2022).
 
     A branch's learning speed at a step is mu = sum ||g||^2 / sum ||theta||^2 over the branch's tensors
@@ -323,12 +331,14 @@ def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame |
     uses log10), positive when A's branch learns faster. In the paper each branch's speed is taken relative
     to the fusion parameters it feeds; with one fusion head shared by both branches (late fusion) that
     reference cancels from the difference of the two conditional speeds, which is this column.
-    Per run and step: ``s_a``, ``s_b``, ``speed``.
+    Per run and step: ``s_a``, ``s_b``, ``speed``. ``vd``: :func:`view_dynamics` of the same tables when the
+    caller has it already (it is not recomputed).
     """
     a, b = _pair(per_param, views, shared)
     if window is not None and window < 1:
         raise ValueError(f"window must be a positive number of recorded steps, got {window}")
-    vd = view_dynamics(per_param, per_step, shared=shared, n_phases=n_phases)
+    if vd is None:
+        vd = view_dynamics(per_param, per_step, n_phases=n_phases)
     vd = vd[vd["view"].astype(str).isin([a, b])]
     mu = vd.pivot_table(index=["run", "step"], columns="view", values="learning_speed", observed=True)
     mu = mu.reindex(columns=[a, b]).astype(float)
@@ -349,11 +359,13 @@ def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame |
 # --------------------------------------------------------------------------- summaries
 
 def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-                shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
+                shared: str = SHARED, n_phases: int = 3, vd: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per run, phase (``early``/``middle``/``late`` and ``all``) and view: mean gradient norm, mean
     update norm, mean learning speed, loss reduction -sum(lca) and its share of all views' reduction
-    (NaN when the total did not decrease)."""
-    vd = view_dynamics(per_param, per_step, shared=shared, n_phases=n_phases)
+    (NaN when the total did not decrease). ``vd``: :func:`view_dynamics` of the same tables when the caller
+    has it already (it is not recomputed)."""
+    if vd is None:
+        vd = view_dynamics(per_param, per_step, n_phases=n_phases)
     parts = [vd, vd.assign(phase="all")]
     both = pd.concat([p.assign(phase=p["phase"].astype(str)) for p in parts], ignore_index=True)
     g = both.groupby(["run", "phase", "view"], observed=True)
@@ -393,7 +405,8 @@ def _group_column(df: pd.DataFrame, by: str | None) -> pd.Series:
 def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
                       by: str | None = "condition", views: Sequence[str] | None = None,
                       shared: str = SHARED, n_phases: int = 3, n_boot: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> pd.DataFrame:
+                      seed: int = 0, vd: pd.DataFrame | None = None,
+                      md: pd.DataFrame | None = None) -> pd.DataFrame:
     """The key table: one row per group (``by``; ``None`` = per run) and phase.
 
     Columns: ``group``, ``phase``, ``n_runs``, ``view_a``, ``view_b``, ``dominant`` (view, ``shared``
@@ -403,6 +416,9 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
     intervals, and the matched-depth test pooled over layers and runs: ``n_pairs``,
     ``n_a_greater``, ``p``, ``effect_size``. Intervals are percentile bootstraps over runs (seeds)
     at ``level``; with a single run they are NaN because no interval can be given.
+
+    ``vd`` (:func:`view_dynamics`) and ``md`` (:func:`matched_depth` of the compared views) of the same tables
+    and ``n_phases``, when the caller has them already, are used instead of being recomputed.
     """
     a, b = _pair(per_param, views, shared)
     df = _with_run(per_param)
@@ -410,9 +426,13 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
     if groups["run"].duplicated().any():
         bad = groups.loc[groups["run"].duplicated(), "run"].iloc[0]
         raise ValueError(f"run {bad!r} has more than one value of {by!r}")
-    rs = run_summary(per_param, per_step, shared=shared, n_phases=n_phases)
+    rs = run_summary(per_param, per_step, n_phases=n_phases, vd=vd)
     rs = rs.assign(run=rs["run"].astype(str)).merge(groups, on="run")
-    md = matched_depth(per_param, per_step, views=(a, b), shared=shared, n_phases=n_phases)
+    if md is None:
+        md = matched_depth(per_param, per_step, views=(a, b), shared=shared, n_phases=n_phases)
+    elif (md.attrs.get("view_a"), md.attrs.get("view_b")) != (a, b):
+        raise ValueError(f"md compares {md.attrs.get('view_a')!r} with {md.attrs.get('view_b')!r}, "
+                         f"not the views {a!r} and {b!r} of this summary")
     md = md.assign(run=md["run"].astype(str)).merge(groups, on="run")
     nonshared = [v for v in view_order(per_param) if v != shared]
     rows = []
