@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 import dynamics
 from harness import ConvColumn, SharedModel, _inputs
@@ -227,6 +228,7 @@ def test_attribute_errors_name_the_problem(tmp_path):
 def test_calls_past_the_listed_order_are_noted_not_lost(tmp_path):
     torch.manual_seed(0)
     model = SharedModel("custom")
+    reference = copy.deepcopy(model).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(4, 3)
     with dynamics.attach(model, opt, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
@@ -236,11 +238,47 @@ def test_calls_past_the_listed_order_are_noted_not_lost(tmp_path):
         opt.step()
     notes = dynamics.read_meta(tmp_path / "r")["notes"]
     assert any(text.startswith("1 calls of an attributed module matched no view") for text in notes)
+
+    # reference in float64: each call's gradient with the other two calls made on detached parameters
+    x = x.double()
+    column = reference.column
+    names = [n for n, _ in column.named_parameters()]
+    live, frozen = dict(column.named_parameters()), {n: q.detach() for n, q in column.named_parameters()}
+
+    def call(k: int, which: int):
+        return functional_call(column, live if k == which else frozen, (x,))
+
+    g = {}
+    for which, view in enumerate(("cc", "mlo", "third")):
+        out = reference.head(torch.cat([call(0, which), call(1, which)], 1)).squeeze(1).sum() + call(2, which).sum()
+        g[view] = dict(zip(names, torch.autograd.grad(out, [live[n] for n in names])))
+    before = {n: live[n].detach().clone() for n in names}
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    (reference(x, x).sum() + column(x).sum()).backward()
+    total = {n: live[n].grad for n in names}
+    for n in names:  # the three calls' gradients are the whole gradient
+        torch.testing.assert_close(g["cc"][n] + g["mlo"][n] + g["third"][n], total[n], rtol=1e-12, atol=1e-12)
+    ref_opt.step()
+    delta = {n: live[n].detach() - before[n] for n in names}
+
     split, _ = dynamics.load(tmp_path / "r")
     whole, _ = dynamics.load(tmp_path / "r", split_shared=False)
-    parts = split[split["attributed"]].groupby("param", observed=True)["lca"].sum()
-    totals = whole.set_index("param")["lca"]
-    assert not np.allclose(parts.to_numpy(), totals.loc[parts.index].to_numpy())  # the third call is in no part
+    parts = split[split["attributed"]].astype({"param": str, "view": str}).set_index(["param", "view"])
+    whole = whole.astype({"param": str}).set_index("param")
+    assert sorted(parts.index) == sorted((f"column.{n}", v) for n in names for v in ("cc", "mlo"))
+    for n in names:
+        key = f"column.{n}"
+        for view in ("cc", "mlo"):
+            row = parts.loc[(key, view)]
+            assert row["grad_sq"] == pytest.approx(float((g[view][n] ** 2).sum()), rel=1e-5)
+            assert row["lca"] == pytest.approx(float((g[view][n] * delta[n]).sum()), rel=5e-5)
+            assert row["cross"] == pytest.approx(float((g["cc"][n] * g["mlo"][n]).sum()), rel=1e-5)
+        assert whole.loc[key, "lca"] == pytest.approx(float((total[n] * delta[n]).sum()), rel=1e-5)
+        # the third call is in no part: exactly its share is missing from the parts' sum
+        missing = whole.loc[key, "lca"] - parts.loc[key, "lca"].sum()
+        third = float((g["third"][n] * delta[n]).sum())
+        assert abs(third) > 1e-3 * abs(whole.loc[key, "lca"])
+        assert missing == pytest.approx(third, rel=1e-4, abs=1e-6 * abs(whole.loc[key, "lca"]))
 
 
 class SharedAlsoUsedByHead(nn.Module):
