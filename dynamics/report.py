@@ -11,7 +11,7 @@ import base64
 import html
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,11 +32,33 @@ __all__ = ["ReportData", "load_report_data", "summary_table", "format_summary", 
 
 @dataclass
 class ReportData:
-    """Everything a report is made from: the tables plus, per run label, meta.json and utilization."""
+    """Everything a report is made from: the tables plus, per run label, meta.json and utilization, and the
+    name of the shared group (default: ``shared_name`` of the metas, which must agree; None: not recorded)."""
     per_param: pd.DataFrame
     per_step: pd.DataFrame
     metas: dict[str, dict] = field(default_factory=dict)
     utilization: dict[str, pd.DataFrame] = field(default_factory=dict)
+    shared: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared is None:
+            self.shared = _shared_name(self.metas)
+
+
+def _shared_name(metas: dict[str, dict]) -> str | None:
+    """The shared group's name the runs recorded (``shared_name``; a run without one uses the default);
+    None when no run records one. Runs that disagree cannot be compared view by view: an error."""
+    if not any("shared_name" in m for m in metas.values()):
+        return None
+    names = {run: str(m.get("shared_name", analysis.SHARED)) for run, m in metas.items()}
+    if len(set(names.values())) > 1:
+        raise ValueError(f"the runs name their shared group differently ({names}); report them separately")
+    return next(iter(names.values()))
+
+
+def _shared(data: ReportData, shared: str | None) -> str:
+    """``shared`` when given, else the name the runs recorded, else the default ``"shared"``."""
+    return shared if shared is not None else data.shared if data.shared is not None else analysis.SHARED
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -70,7 +92,7 @@ def add_group_column(data: ReportData, by: str) -> ReportData:
     ps = data.per_step
     if "run" in ps.columns:
         ps = ps.assign(**{by: ps["run"].astype(str).map(values)})
-    return ReportData(pp, ps, data.metas, data.utilization)
+    return replace(data, per_param=pp, per_step=ps)
 
 
 def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True) -> ReportData:
@@ -100,12 +122,13 @@ def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True
 # --------------------------------------------------------------------------- numbers -> text
 
 def summary_table(data: ReportData, *, by: str | None = "condition", views: Sequence[str] | None = None,
-                  shared: str = "shared", n_boot: int = 2000) -> pd.DataFrame:
-    """The key table (``analysis.imbalance_summary``) for the report's grouping."""
+                  shared: str | None = None, n_boot: int = 2000) -> pd.DataFrame:
+    """The key table (``analysis.imbalance_summary``) for the report's grouping. ``shared``: the shared
+    group's name (default: the one the runs recorded, see :class:`ReportData`)."""
     if by is not None:
         data = add_group_column(data, by)
-    return analysis.imbalance_summary(data.per_param, data.per_step, by=by, views=views, shared=shared,
-                                      n_boot=n_boot)
+    return analysis.imbalance_summary(data.per_param, data.per_step, by=by, views=views,
+                                      shared=_shared(data, shared), n_boot=n_boot)
 
 
 def _num(x: float, digits: int = 3) -> str:
@@ -417,17 +440,17 @@ def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFra
 
 
 def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "condition",
-                 views: Sequence[str] | None = None, shared: str = "shared", title: str = "dynamics imbalance report",
-                 progress: bool = True, n_boot: int = 2000) -> dict[str, Path]:
-    """Compute every statistic and write report.html, report.md, figures/ and summary.csv under ``out``."""
+                 views: Sequence[str] | None = None, shared: str | None = None,
+                 title: str = "dynamics imbalance report", progress: bool = True, n_boot: int = 2000) -> dict[str, Path]:
+    """Compute every statistic and write report.html, report.md, figures/ and summary.csv under ``out``.
+    ``shared``: the shared group's name (default: the one the runs recorded, see :class:`ReportData`)."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=6, desc="report", disable=not progress, unit="stage")
     if by is not None:
         data = add_group_column(data, by)
     pp, ps = data.per_param, data.per_step
-    if "shared_name" in next(iter(data.metas.values()), {}):
-        shared = next(iter(data.metas.values()))["shared_name"]
+    shared = _shared(data, shared)
     runs = analysis._with_run(pp)
     group_of = dict(zip(runs["run"].astype(str), (runs[by] if by else runs["run"]).astype(str)))
     groups = sorted(set(group_of.values()))
