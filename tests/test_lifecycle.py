@@ -3,12 +3,24 @@ import pytest
 import torch
 
 import dynamics
-from harness import SETUPS_FOR_LIFECYCLE, assert_bit_identical, fresh_model, make_batches, state, train
+from harness import (SETUPS_FOR_LIFECYCLE, SharedColumn, assert_bit_identical, fresh_model, make_batches, state,
+                     train)
 
 
 def _hook_counts(model, optimizer):
+    """Every hook dynamics could leave behind: on parameter tensors, the optimizer, and any module's forward."""
     tensor_hooks = sum(len(p._backward_hooks or {}) for p in model.parameters())
     return tensor_hooks, len(optimizer._optimizer_step_pre_hooks), len(optimizer._optimizer_step_post_hooks)
+
+
+def _module_hooks(model):
+    """{module name: (forward-pre hooks, forward hooks)} for the modules that have any."""
+    counts = {name: (len(m._forward_pre_hooks), len(m._forward_hooks)) for name, m in model.named_modules()}
+    return {name: c for name, c in counts.items() if c != (0, 0)}
+
+
+def _trainable_tensors(model) -> int:
+    return len({id(p) for p in model.parameters() if p.requires_grad})
 
 
 def test_close_removes_every_hook_and_later_training_is_identical(tmp_path):
@@ -16,13 +28,47 @@ def test_close_removes_every_hook_and_later_training_is_identical(tmp_path):
     model, plain = fresh_model(), fresh_model()
     optimizer = setup.make_optimizer(model)
     rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r")
-    assert _hook_counts(model, optimizer) != (0, 0, 0)
+    # one gradient hook per trainable tensor, one optimizer pre-step and one post-step hook, no module hooks
+    assert _hook_counts(model, optimizer) == (_trainable_tensors(model), 1, 1)
+    assert _module_hooks(model) == {}
     rec.close()
     rec.close()  # idempotent
-    assert _hook_counts(model, optimizer) == (0, 0, 0)
+    assert _hook_counts(model, optimizer) == (0, 0, 0) and _module_hooks(model) == {}
     batches = make_batches(4)
     train(model, setup, batches)
     train(plain, setup, batches)
+    assert_bit_identical(state(model), state(plain))
+
+
+def test_close_removes_the_attribution_hooks(tmp_path):
+    torch.manual_seed(0)
+    model = SharedColumn()
+    plain = SharedColumn()
+    plain.load_state_dict(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
+                          out=tmp_path / "r")
+    assert _hook_counts(model, optimizer) == (_trainable_tensors(model), 1, 1)
+    # the model's forward-pre hook (a new pass), the attributed module's forward-pre and forward hooks
+    assert _module_hooks(model) == {"": (1, 0), "column": (1, 1)}
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, generator=g))
+            for _ in range(3)]
+
+    def step(net, opt, batch):
+        a, b, y = batch
+        ((net(a, b) - y) ** 2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    step(model, optimizer, data[0])
+    rec.close()
+    assert _hook_counts(model, optimizer) == (0, 0, 0) and _module_hooks(model) == {}
+    assert all(type(p) is torch.nn.Parameter for p in model.column.parameters())  # no alias left in place
+    for batch in data[1:]:  # training on after close is as if never attached
+        step(model, optimizer, batch)
+    plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
+    for batch in data:
+        step(plain, plain_optimizer, batch)
     assert_bit_identical(state(model), state(plain))
 
 
