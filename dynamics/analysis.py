@@ -28,7 +28,7 @@ from dynamics.metrics import average_ranks, bootstrap_ci
 __all__ = [
     "PHASES", "clean", "exclusions", "view_order", "view_dynamics", "layer_dynamics", "matched_depth",
     "matched_layers", "paired_test", "conditional_learning_speed", "run_summary", "imbalance_summary",
-    "user_metrics", "probe_residuals",
+    "user_metrics", "probe_residuals", "mean_ci",
 ]
 
 QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
@@ -381,16 +381,15 @@ def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *
     return out.drop(columns="lca").sort_values(["run", "phase", "view"]).reset_index(drop=True)
 
 
-def _mean_ci(values: np.ndarray, *, n_boot: int, level: float, seed: int, log: bool = False) -> tuple[float, float, float]:
-    """Mean (geometric when ``log``) over runs with a percentile bootstrap interval; NaN interval
-    below two runs."""
+def mean_ci(values: np.ndarray, *, n_boot: int, level: float, seed: int, log: bool = False) -> tuple[float, float, float]:
+    """Mean (geometric when ``log``) of the finite (and, with ``log``, positive) values over runs with a
+    percentile bootstrap interval; NaN interval below two runs (as ``bootstrap_ci`` gives), all NaN with none."""
     v = np.asarray(values, float)
     v = v[np.isfinite(v) & ((v > 0) if log else True)]
     if v.size == 0:
         return float("nan"), float("nan"), float("nan")
     x = np.log(v) if log else v
-    est, lo, hi = bootstrap_ci(np.mean, x, n_boot=n_boot, level=level, seed=seed) if x.size >= 2 else (
-        float(x.mean()), float("nan"), float("nan"))
+    est, lo, hi = bootstrap_ci(np.mean, x, n_boot=n_boot, level=level, seed=seed)
     return (float(np.exp(est)), float(np.exp(lo)), float(np.exp(hi))) if log else (est, lo, hi)
 
 
@@ -441,9 +440,9 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
                                dropna=False)
         ga = wide["grad_norm"].get(a, pd.Series(dtype=float))
         gb = wide["grad_norm"].get(b, pd.Series(dtype=float))
-        ratio = _mean_ci((ga / gb).to_numpy(), n_boot=n_boot, level=level, seed=seed, log=True)
-        sa = _mean_ci(wide["share"].get(a, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
-        sb = _mean_ci(wide["share"].get(b, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
+        ratio = mean_ci((ga / gb).to_numpy(), n_boot=n_boot, level=level, seed=seed, log=True)
+        sa = mean_ci(wide["share"].get(a, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
+        sb = mean_ci(wide["share"].get(b, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
         mean_share = sub[sub["view"].astype(str).isin(nonshared)].groupby("view", observed=True)["share"].mean()
         if mean_share.notna().any():
             dominant = str(mean_share.idxmax())

@@ -253,7 +253,7 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
     return [s[0].upper() + s[1:] if s.startswith("in ") else s for s in out]
 
 
-def metric_table(data: ReportData, group_of: dict[str, str], *, level: float = 0.95) -> pd.DataFrame:
+def metric_table(data: ReportData, group_of: dict[str, str], *, level: float = 0.95, n_boot: int = 2000) -> pd.DataFrame:
     """Per group and user metric (last logged value per run): mean over runs and bootstrap interval."""
     um = analysis.user_metrics(data.per_step) if "run" in data.per_step.columns else pd.DataFrame()
     rows = []
@@ -265,7 +265,7 @@ def metric_table(data: ReportData, group_of: dict[str, str], *, level: float = 0
             v = sub[metric].dropna().to_numpy(float)
             if v.size == 0:
                 continue
-            est, lo, hi = analysis._mean_ci(v, n_boot=2000, level=level, seed=0)
+            est, lo, hi = analysis.mean_ci(v, n_boot=n_boot, level=level, seed=0)
             rows.append({"group": g, "metric": metric, "mean": est, "lo": lo, "hi": hi, "n_runs": int(v.size)})
     return pd.DataFrame(rows)
 
@@ -281,7 +281,7 @@ def probe_table(data: ReportData, group_of: dict[str, str]) -> pd.DataFrame:
         **{f"relative_residual_{r}": (f"relative_residual_{r}", "median") for r in analysis.PROBE_RULES}).reset_index()
 
 
-def utilization_table(data: ReportData, group_of: dict[str, str]) -> pd.DataFrame:
+def utilization_table(data: ReportData, group_of: dict[str, str], *, n_boot: int = 2000) -> pd.DataFrame:
     """Per group, view and metric: mean with/without-view metric and utilization rate over runs, with a
     bootstrap interval over runs (or the run's own interval when there is one run)."""
     if not data.utilization:
@@ -293,7 +293,7 @@ def utilization_table(data: ReportData, group_of: dict[str, str]) -> pd.DataFram
     u["ablate"] = u["ablate"].fillna("zero").astype(str)
     rows = []
     for (g, v, m, abl), sub in u.groupby(["group", "view", "metric", "ablate"], sort=True):
-        est, lo, hi = analysis._mean_ci(sub["utilization"].to_numpy(float), n_boot=2000, level=0.95, seed=0)
+        est, lo, hi = analysis.mean_ci(sub["utilization"].to_numpy(float), n_boot=n_boot, level=0.95, seed=0)
         if len(sub) == 1:
             lo, hi = float(sub["utilization_lo"].iloc[0]), float(sub["utilization_hi"].iloc[0])
         rows.append({"group": g, "view": v, "metric": m, "ablate": abl, "with_view": sub["with_view"].mean(),
@@ -464,8 +464,8 @@ def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "
     cls = analysis.conditional_learning_speed(pp, ps, views=(a, b), shared=shared, vd=vd)
     vd, md, cls = (t.assign(_group=t["run"].astype(str).map(group_of)) for t in (vd, md, cls))
     ex = analysis.exclusions(pp, ps, cleaned=kept)
-    metrics = metric_table(data, group_of)
-    util = utilization_table(data, group_of)
+    metrics = metric_table(data, group_of, n_boot=n_boot)
+    util = utilization_table(data, group_of, n_boot=n_boot)
     steps.update()
     steps.set_postfix_str("figures")
     palette = plots.view_palette(analysis.view_order(pp), shared=shared)
