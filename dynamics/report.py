@@ -77,7 +77,7 @@ def _meta_value(meta: dict, key: str) -> Any:
 
 
 def add_group_column(data: ReportData, by: str) -> ReportData:
-    """Make ``by`` a column of both tables, from meta.json (top level, then ``config``) when absent."""
+    """Make ``by`` a column of ``per_param``, from meta.json (top level, then ``config``) when absent."""
     if by in data.per_param.columns:
         return data
     values = {}
@@ -89,10 +89,7 @@ def add_group_column(data: ReportData, by: str) -> ReportData:
     if not values:
         raise ValueError(f"cannot group by {by!r}: not a column and no run metadata was given")
     pp = data.per_param.assign(**{by: data.per_param["run"].astype(str).map(values).astype("category")})
-    ps = data.per_step
-    if "run" in ps.columns:
-        ps = ps.assign(**{by: ps["run"].astype(str).map(values)})
-    return replace(data, per_param=pp, per_step=ps)
+    return replace(data, per_param=pp)
 
 
 def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True) -> ReportData:
