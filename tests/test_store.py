@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +12,10 @@ import torch
 import dynamics
 from dynamics.store import RunStoreError
 from harness import fresh_model, make_batches
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent  # the checkout whose dynamics the subprocess must import
+N_TENSORS = len(list(fresh_model().parameters()))
 
 
 def _train(model, optimizer, rec, steps, seed=1):
@@ -31,9 +36,10 @@ def _attach(model, out, **kwargs):
 def test_sigkill_loses_at_most_the_steps_since_the_last_flush(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
-        sys.path.insert(0, {str(tmp_path.parent.parent)!r})
-        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(TESTS)!r})
         import dynamics
+        assert dynamics.__file__.startswith({str(REPO / "dynamics")!r}), dynamics.__file__  # this checkout
         from harness import fresh_model, make_batches
         model = fresh_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -49,7 +55,7 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_flush(tmp_path):
     assert result.returncode == -9, result.stderr
     per_param, per_step = dynamics.load(tmp_path / "run")
     assert per_step["step"].tolist() == list(range(20))  # steps 20-24 were buffered, 0-19 flushed
-    assert len(per_param) == 20 * 12 and per_param["grad_sq"].notna().all()
+    assert len(per_param) == 20 * N_TENSORS and per_param["grad_sq"].notna().all()
     assert dynamics.read_meta(tmp_path / "run")["status"] == "running"
 
 
@@ -124,7 +130,7 @@ def test_load_runs_adds_run_condition_and_seed(tmp_path):
     per_param, per_step = dynamics.load_runs(str(tmp_path / "*"))
     assert per_step.groupby(["run", "condition", "seed"], observed=True).size().to_dict() == {
         ("a-0", "a", 0): 2, ("a-1", "a", 1): 2, ("b-0", "b", 0): 2}
-    assert len(per_param) == 3 * 2 * 12 and isinstance(per_param["run"].dtype, pd.CategoricalDtype)
+    assert len(per_param) == 3 * 2 * N_TENSORS and isinstance(per_param["run"].dtype, pd.CategoricalDtype)
     with pytest.raises(RunStoreError, match="matches no run"):
         dynamics.load_runs(str(tmp_path / "nothing-*"))
 
