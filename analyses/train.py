@@ -134,6 +134,17 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def _improved(val_auc: float, best_auc: float | None) -> bool:
+    """Whether this epoch's model replaces the best checkpoint: always on the first evaluation (so a checkpoint
+    exists even if the validation AUC is NaN, e.g. one class in the validation set), then when the AUC is larger;
+    NaN counts as worse than any number."""
+    if best_auc is None:
+        return True
+    if math.isnan(val_auc):
+        return False
+    return math.isnan(best_auc) or val_auc > best_auc
+
+
 def launched_by_torchrun() -> bool:
     """Whether this process was started by torchrun (or another launcher that sets the same variables)."""
     return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
@@ -226,7 +237,7 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
         config.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
     writer = ddp.rank == 0
     gen = torch.Generator().manual_seed(cfg.seed)
-    best_auc, step, history = -1.0, 0, []
+    best_auc, step, history = None, 0, []
     ckpt = run_dir / "best.pt"
     if cfg.probe_every > 0:
         inputs, y = next(splits.train.batches(cfg.batch_size, device=cfg.device))
@@ -269,7 +280,7 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
                 val_auc, val_acc = evaluate(net, splits.val, cfg.device)
                 rec.log(val_auc=val_auc, val_acc=val_acc)  # attaches to the epoch's last optimizer step
                 history.append({"epoch": epoch, "step": step, "val_auc": val_auc, "val_acc": val_acc})
-                if val_auc > best_auc or math.isnan(best_auc):
+                if _improved(val_auc, best_auc):
                     best_auc = val_auc
                     torch.save(net.state_dict(), ckpt)
                 bar.set_postfix(val_auc=f"{val_auc:.3f}")
