@@ -181,13 +181,6 @@ def init_distributed(device: str) -> Distributed:
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
 
 
-def _index_batches(data: TwoViewData, order: torch.Tensor, batch_size: int, device: str):
-    """Batches of ``data`` in the order ``order`` (a DistributedSampler's shard); the last may be smaller."""
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        yield {k: v[idx].to(device) for k, v in data.views.items()}, data.y[idx].to(device)
-
-
 def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool = True) -> dict:
     """Train, record and evaluate one run; returns the results that are also written to ``results.json``.
 
@@ -198,9 +191,7 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
         raise ValueError(f"unknown condition {cfg.condition!r}; choose from {CONDITIONS}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-    ddp = init_distributed(cfg.device)
-    if not ddp.on:
-        return _train(cfg, splits, progress, ddp)
+    ddp = init_distributed(cfg.device)  # without torchrun: rank 0 of 1 on cfg.device, no group to destroy
     try:
         return _train(replace(cfg, device=ddp.device), splits, progress and ddp.rank == 0, ddp)
     finally:
@@ -249,12 +240,12 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
                    leave=False)
         for epoch in range(cfg.epochs):
             model.train()
-            if sampler is None:
-                batches = splits.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=cfg.device)
-            else:
+            order = None
+            if sampler is not None:
                 sampler.set_epoch(epoch)
-                batches = _index_batches(splits.train, torch.tensor(list(sampler)), cfg.batch_size, cfg.device)
-            for inputs, y in batches:
+                order = torch.tensor(list(sampler))
+            for inputs, y in splits.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=cfg.device,
+                                                  order=order):
                 with torch.autocast(device_type=cfg.device.split(":")[0], dtype=amp_dtype, enabled=cfg.amp):
                     loss = _loss(model(inputs), y)
                 opt.zero_grad(set_to_none=True)

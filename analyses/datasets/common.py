@@ -29,11 +29,15 @@ class TwoViewData:
         return int(self.y.shape[0])
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                device: str | torch.device = "cpu") -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        """Yield ``(inputs, y)`` with ``inputs = {view: tensor}``; the last batch may be smaller."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
+                device: str | torch.device = "cpu", order: torch.Tensor | None = None,
+                ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Yield ``(inputs, y)`` with ``inputs = {view: tensor}``; the last batch may be smaller. ``order``: the
+        sample indices to take, in that order (e.g. a DistributedSampler's shard), instead of all samples in
+        their order (or shuffled with ``generator``)."""
+        if order is None:
+            n = len(self)
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             yield ({k: v[idx].to(device) for k, v in self.views.items()}, self.y[idx].to(device))
 
