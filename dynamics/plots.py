@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dynamics.analysis import check_columns
+
 __all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
            "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
            "condition_plot", "dynamics_facets", "save_figure"]
@@ -75,9 +77,8 @@ def view_palette(views: Sequence[str] | pd.Series, shared: str = "shared") -> di
 
 
 def _check(data: pd.DataFrame, *columns: str | None) -> None:
-    missing = [c for c in columns if c is not None and c not in data.columns]
-    if missing:
-        raise ValueError(f"data is missing column(s) {missing}; it has {list(data.columns)}")
+    """``check_columns`` for the named columns (``None``: an optional column not asked for)."""
+    check_columns(data, [c for c in columns if c is not None], "data")
 
 
 def _levels(data: pd.DataFrame, hue: str) -> list[str]:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dynamics.analysis import check_columns
 from dynamics.metrics import accuracy, roc_auc
 
 __all__ = ["utilization", "save_utilization", "load_utilization", "UTILIZATION_FILE", "COLUMNS"]
@@ -41,6 +42,7 @@ __all__ = ["utilization", "save_utilization", "load_utilization", "UTILIZATION_F
 UTILIZATION_FILE = "utilization.json"
 COLUMNS = ("view", "metric", "with_view", "without_view", "utilization", "utilization_lo", "utilization_hi",
            "n_examples", "ablate")
+_REQUIRED = ("view", "metric", "with_view", "without_view")  # what a saved or loaded table must have
 
 
 def _default_split(batch: Any) -> tuple[Any, torch.Tensor]:
@@ -235,9 +237,7 @@ def save_utilization(table: pd.DataFrame, run_dir: str | os.PathLike, *, split: 
     """Write ``utilization.json`` into ``run_dir``: ``{"format": 1, "split": ..., **extra,
     "rows": [one object per row of ``table``]}``; NaN is written as null. ``utilization`` is
     computed from ``with_view``/``without_view`` when the table lacks it."""
-    missing = [c for c in ("view", "metric", "with_view", "without_view") if c not in table.columns]
-    if missing:
-        raise ValueError(f"utilization table is missing column(s) {missing}")
+    check_columns(table, _REQUIRED, "utilization table")
     if "utilization" not in table.columns:
         table = table.assign(utilization=[_rate(f, w) for f, w in zip(table["with_view"], table["without_view"])])
     rows = [{k: _clean_json(v) for k, v in r.items()} for r in table.to_dict(orient="records")]
@@ -266,9 +266,7 @@ def load_utilization(run_dir: str | os.PathLike) -> pd.DataFrame | None:
         table = pd.read_csv(csv)
     else:
         return None
-    missing = [c for c in ("view", "metric", "with_view", "without_view") if c not in table.columns]
-    if missing:
-        raise ValueError(f"{run_dir}: utilization file lacks column(s) {missing}")
+    check_columns(table, _REQUIRED, f"{run_dir}: the utilization file")
     if "utilization" not in table.columns:
         table["utilization"] = [(f - w) / f if f else np.nan for f, w in zip(table["with_view"], table["without_view"])]
     for c in ("utilization_lo", "utilization_hi"):

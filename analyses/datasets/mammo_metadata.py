@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dynamics.analysis import check_columns
+
 from analyses.datasets.common import TwoViewData, TwoViewSplits, stratified_split
 from analyses.datasets.dicom import ImageReadError, dicom_laterality, load_image
 
@@ -99,10 +101,8 @@ def parse_cbis_ddsm(csv_files: Iterable[str | Path], root: str | Path, *, skip_b
     skipped: dict[str, str] = {}
     for csv in csv_files:
         df = _norm_columns(pd.read_csv(csv))
-        need = ["patient id", "left or right breast", "image view", "pathology", "image file path"]
-        lacking = [c for c in need if c not in df.columns]
-        if lacking:
-            raise ValueError(f"{csv}: not a CBIS-DDSM case description CSV (lacks columns {lacking})")
+        check_columns(df, ["patient id", "left or right breast", "image view", "pathology", "image file path"],
+                      f"{csv} (a CBIS-DDSM case description CSV)")
         for row in df.itertuples(index=False):
             r = dict(zip(df.columns, row))
             exam_id = f"{r['patient id']}_{str(r['left or right breast']).strip().upper()}"
@@ -149,10 +149,8 @@ def parse_vindr(csv_file: str | Path, root: str | Path, *, skip_bad: bool = Fals
     """VinDr-Mammo ``breast-level_annotations.csv`` → one :class:`Exam` per study and breast."""
     root = Path(root)
     df = _norm_columns(pd.read_csv(csv_file))
-    need = ["study id", "image id", "laterality", "view position", "breast birads"]
-    lacking = [c for c in need if c not in df.columns]
-    if lacking:
-        raise ValueError(f"{csv_file}: not a VinDr-Mammo breast-level CSV (lacks columns {lacking})")
+    check_columns(df, ["study id", "image id", "laterality", "view position", "breast birads"],
+                  f"{csv_file} (a VinDr-Mammo breast-level CSV)")
     exams: dict[str, Exam] = {}
     skipped: dict[str, str] = {}
     for row in df.itertuples(index=False):
