@@ -76,11 +76,12 @@ def test_oblique_projection_of_uniform_box_matches_chord_lengths():
     # θ = 0: projection along z through the full box thickness ½
     img0 = phantom._project_oblique(vol, torch.tensor([0.0]), s)
     centre = img0[0, 4:-4, 4:-4]
-    assert torch.allclose(centre, torch.full_like(centre, 0.5), atol=0.03)
+    assert torch.allclose(centre, torch.full_like(centre, 0.5), atol=1e-6)  # measured: exact
     # θ = 45°: the central ray crosses z ∈ [-¼, ¼] over a chord of length ½ / cos 45° = 0.707
     img = phantom._project_oblique(vol, torch.tensor([math.pi / 4]), s)
     mid = img[0, s // 2 - 1:s // 2 + 1, 4:-4]
-    assert torch.allclose(mid, torch.full_like(mid, 0.5 / math.cos(math.pi / 4)), atol=0.04)
+    # measured error 0.0053 (bilinear sampling at the box faces; deterministic)
+    assert torch.allclose(mid, torch.full_like(mid, 0.5 / math.cos(math.pi / 4)), atol=0.01)
 
 
 def test_oblique_projection_puts_a_point_where_geometry_says():

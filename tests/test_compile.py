@@ -4,7 +4,8 @@ attaching dynamics adds no graph break and no graph.
 The recorder's hooks sit on the parameters and the optimizer, outside the compiled graph. References: a
 brute-force computation made in the same loop (compiled model), the harness's float64 brute force of the
 eager loop, and a dynamics recording of that eager loop (same seed and data). Compiled kernels round
-differently from eager ones, so compiled runs are compared with rtol 1e-4.
+differently from eager ones, so compiled runs are compared with rtol 5e-5 (largest difference measured:
+8e-6, compiled optimizer step).
 
 Graph breaks are counted with ``torch._dynamo.utils.counters`` for each way of compiling, once with dynamics
 attached and once without.
@@ -163,8 +164,8 @@ def test_compiled_records_the_eager_numbers(recorded, how):
     run, eager = recorded(how), recorded("eager")
     assert not run["meta"].get("errors"), run["meta"]["errors"]
     assert not run["per_step"]["skipped"].any()
-    _assert_close(_table(run["per_param"]), _table(eager["per_param"]), rtol=1e-4)
-    _assert_close(_table(run["per_param"]), _table(train(fresh_model(), SGD, make_batches(STEPS))), rtol=1e-4)
+    _assert_close(_table(run["per_param"]), _table(eager["per_param"]), rtol=5e-5)
+    _assert_close(_table(run["per_param"]), _table(train(fresh_model(), SGD, make_batches(STEPS))), rtol=5e-5)
     notes = run["meta"].get("notes", {})
     if how == "traced_backward":
         # torch 2.13 runs no tensor hook in a backward pass dynamo traced into the graph: the recorder sees no

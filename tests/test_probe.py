@@ -136,9 +136,9 @@ def test_residuals_simpson_below_one_percent_and_sums_exact(tmp_path):
     for step in probed.index:
         row = probed.loc[step]
         change, first = expected[step]
-        assert row["probe_change"] == pytest.approx(change, rel=1e-3)
+        assert row["probe_change"] == pytest.approx(change, rel=5e-4)  # measured 5.7e-5 (float32 losses)
         sums = table[table["step"] == step][["lca_first", "lca_trapezoid", "lca_simpson"]].sum()
-        assert sums["lca_first"] == pytest.approx(first, rel=1e-4)   # Σ over tensors = total first-order
+        assert sums["lca_first"] == pytest.approx(first, rel=1e-5)   # Σ over tensors = total first-order
         for rule in ("first", "trapezoid", "simpson"):                # residual = change − Σ lca, exactly
             assert row[f"probe_residual_{rule}"] == pytest.approx(row["probe_change"] - sums[f"lca_{rule}"],
                                                                  rel=1e-12, abs=1e-15)

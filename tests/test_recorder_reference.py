@@ -90,7 +90,7 @@ def test_clip_factor_is_recorded(tmp_path):
     _, _, reference, _, per_step = _recorded(tmp_path, setup)
     total = np.sqrt(reference.groupby("step")["grad_sq"].sum())
     expected = np.minimum(1.0, setup.clip / (total + 1e-6))
-    np.testing.assert_allclose(per_step.set_index("step")["clip_factor"], expected, rtol=1e-4)
+    np.testing.assert_allclose(per_step.set_index("step")["clip_factor"], expected, rtol=1e-6)  # measured 1.1e-7
     assert (expected < 1).all()
 
 
