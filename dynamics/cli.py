@@ -6,22 +6,10 @@ unknown grouping field) end with a one-line message and exit status 2, not a tra
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from typing import Sequence
 
 __all__ = ["main"]
-
-
-def _expand(patterns: Sequence[str]) -> list[str]:
-    """Expand globs the shell left alone (e.g. quoted ``'runs/*'``); keep order, drop duplicates."""
-    out: list[str] = []
-    for p in patterns:
-        matches = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
-        if not matches:
-            raise ValueError(f"{p}: matches no run directory")
-        out += [m for m in matches if m not in out]
-    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,11 +34,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from dynamics import report as rep  # heavy imports only after argument parsing
-    from dynamics.store import RunStoreError
+    from dynamics.store import RunStoreError, expand_runs
 
     by = None if args.by == "run" else args.by
     try:
-        runs = _expand(args.runs)
+        runs = expand_runs(args.runs)
         if args.command == "report":
             paths = rep.report(runs, args.out, by=by, views=args.views, progress=not args.no_progress,
                                title=args.title)

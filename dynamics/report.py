@@ -61,12 +61,6 @@ def _shared(data: ReportData, shared: str | None) -> str:
     return shared if shared is not None else data.shared if data.shared is not None else analysis.SHARED
 
 
-def _labels(paths: Sequence[Path]) -> list[str]:
-    """The run labels ``dynamics.load_runs`` gives: directory names, full paths when names collide."""
-    names = [p.name for p in paths]
-    return names if len(set(names)) == len(names) else [str(p) for p in paths]
-
-
 def _meta_value(meta: dict, key: str) -> Any:
     if key in meta:
         return meta[key]
@@ -93,26 +87,19 @@ def add_group_column(data: ReportData, by: str) -> ReportData:
 
 
 def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True) -> ReportData:
-    """Load run directories (each a dynamics run) with their metadata and utilization files."""
+    """Load run directories (each a dynamics run; paths or globs) with their metadata and utilization files,
+    under the run labels ``dynamics.load_runs`` gives (``store.run_labels``)."""
     from dynamics import store  # imported here: the report module must not need the recorder to import
 
-    paths = [Path(r) for r in runs]
-    if not paths:
-        raise ValueError("no run directories given")
-    for p in paths:
-        if not (p / store.META_FILE).exists():
-            raise ValueError(f"{p}: not a dynamics run directory (no {store.META_FILE})")
-    labels = _labels(paths)
+    paths = store.expand_runs(runs)
     metas, util = {}, {}
-    for path, label in tqdm(list(zip(paths, labels)), desc="reading runs", disable=not progress, unit="run"):
-        metas[label] = store.read_meta(path)
+    for path, label in tqdm(list(zip(paths, store.run_labels(paths))), desc="reading runs", disable=not progress,
+                            unit="run"):
+        metas[label] = store.read_meta(path)  # a directory without meta.json is refused here, by name
         u = load_utilization(path)
         if u is not None:
             util[label] = u
     per_param, per_step = store.load_runs(paths)
-    got = set(per_param["run"].astype(str)) | set(per_step["run"].astype(str))
-    if not got <= set(labels):
-        raise ValueError(f"run labels {sorted(got - set(labels))} do not match the run directories")
     return ReportData(per_param, per_step, metas, util)
 
 

@@ -215,7 +215,10 @@ def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:
     return merged.reset_index()
 
 
-def _expand(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+def expand_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Run directories from paths and globs (a glob the shell left alone, e.g. a quoted ``'runs/*'``, is
+    expanded here, its matches sorted); in the order given, each directory once. A glob matching nothing,
+    or no input at all, is an error."""
     items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
     runs: list[Path] = []
     for item in items:
@@ -226,19 +229,22 @@ def _expand(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> l
         runs += [Path(m) for m in matches]
     if not runs:
         raise RunStoreError("no run directories given")
-    return runs
+    return list(dict.fromkeys(runs))
+
+
+def run_labels(runs: Sequence[Path]) -> list[str]:
+    """The ``run`` label of each directory: its name, or the full path when two directories share a name."""
+    labels = [r.name for r in runs]
+    return labels if len(set(labels)) == len(labels) else [str(r) for r in runs]
 
 
 def load_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike], *,
               split_shared: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Concatenate several runs (each as :func:`load` reads it); adds ``run`` (directory name), ``condition``
-    and ``seed`` from metadata."""
+    """Concatenate several runs (each as :func:`load` reads it; paths and globs as :func:`expand_runs` takes
+    them); adds ``run`` (:func:`run_labels`), ``condition`` and ``seed`` from metadata."""
     per_params, per_steps = [], []
-    runs = _expand(paths_or_glob)
-    labels = [r.name for r in runs]
-    if len(set(labels)) != len(labels):  # same leaf name in different folders: use the full path
-        labels = [str(r) for r in runs]
-    for run_dir, label in zip(runs, labels):
+    runs = expand_runs(paths_or_glob)
+    for run_dir, label in zip(runs, run_labels(runs)):
         meta = read_meta(run_dir)
         per_param, per_step = load(run_dir, split_shared=split_shared)
         seed = meta.get("seed")
