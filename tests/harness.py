@@ -180,6 +180,23 @@ def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_
     return pd.DataFrame(rows)
 
 
+QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
+
+
+def assert_matches_reference(per_param: pd.DataFrame, reference: pd.DataFrame, columns=QUANTITIES, *,
+                             rtol: float, atol: float = 0.0, atol_of_max: float = 0.0) -> pd.DataFrame:
+    """Every recorded (step, param) row matches one reference row and every reference row is recorded; per
+    column |recorded − reference| ≤ atol + atol_of_max·max|reference| + rtol·|reference| (NaN only where the
+    reference has NaN). Returns the merged table (reference columns suffixed ``_ref``)."""
+    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
+    assert len(merged) == len(reference) == len(per_param)
+    for column in columns:
+        ref = merged[f"{column}_ref"]
+        scale = atol_of_max * np.abs(ref).max() if atol_of_max else 0.0
+        np.testing.assert_allclose(merged[column], ref, rtol=rtol, atol=atol + scale, equal_nan=True,
+                                   err_msg=column)
+    return merged
+
 def fresh_model(seed: int = 0) -> TwoView:
     torch.manual_seed(seed)
     return TwoView()

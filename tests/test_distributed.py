@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import dynamics
-from harness import Setup, SharedModel, _inputs, make_batches, train
+from harness import Setup, SharedModel, _inputs, assert_matches_reference, make_batches, train
 
 STEPS, CLIP, WORLD, TIMEOUT_S = 3, 0.05, 4, 240
 QUANTITIES = ["grad_sq", "param_sq", "update_sq", "lca"]
@@ -220,13 +220,9 @@ def test_record_equals_the_single_process_reference(distributed_runs, name):
     per_param, per_step = dynamics.load(distributed_runs / name)
     reference = _reference(scenario)
     got = per_param.astype({"param": str}).assign(param=lambda d: d["param"].str.removeprefix("module."))
-    merged = reference.merge(got, on=["step", "param"], suffixes=("_ref", ""))
-    assert len(merged) == len(reference) == len(per_param)
     assert per_step["step"].tolist() == scenario.recorded_steps()
     assert not dynamics.read_meta(distributed_runs / name).get("errors")
-    for column in QUANTITIES:
-        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=1e-5,
-                                   atol=1e-9 * np.abs(merged[f"{column}_ref"]).max(), err_msg=column)
+    assert_matches_reference(got, reference, QUANTITIES, rtol=1e-5, atol_of_max=1e-9)
     if scenario.setup.clip is not None:
         assert (per_step["clip_factor"] < 1).all()
 
@@ -273,11 +269,7 @@ def test_fsdp_on_cuda_without_host_synchronisation(tmp_path):
     assert not dynamics.read_meta(tmp_path / "run").get("errors")
     per_param, _ = dynamics.load(tmp_path / "run")
     reference = train(_model().cuda(), SCENARIOS["fsdp_clip"].setup, make_batches(STEPS))
-    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
-    assert len(merged) == len(reference) == len(per_param)
-    for column in QUANTITIES:
-        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=1e-4,
-                                   atol=1e-7 * np.abs(merged[f"{column}_ref"]).max(), err_msg=column)
+    assert_matches_reference(per_param, reference, QUANTITIES, rtol=1e-4, atol_of_max=1e-7)
 
 
 def test_refusals_reached_every_rank(distributed_runs):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import dynamics
-from harness import DEVICES, Setup, assert_bit_identical, clone, device_or_skip, fresh_model, make_batches, state, train
+from harness import (DEVICES, Setup, assert_bit_identical, assert_matches_reference, clone, device_or_skip, fresh_model,
+                     make_batches, state, train)
 
 
 def _groups(model):
@@ -64,11 +65,7 @@ def test_quantities_match_brute_force(tmp_path, setup, device):
         assert_bit_identical(state(model), state(reference_model))
     else:
         torch.testing.assert_close(state(model), state(reference_model), rtol=1e-5, atol=1e-7)
-    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
-    assert len(merged) == len(reference) == len(per_param)
-    for column in ("grad_sq", "param_sq", "update_sq", "lca"):
-        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=2e-5, atol=1e-12,
-                                   equal_nan=True, err_msg=column)
+    assert_matches_reference(per_param, reference, rtol=2e-5, atol=1e-12)
     skipped_ref = reference.groupby("step")["skipped"].first()
     assert per_step.set_index("step")["skipped"].to_dict() == skipped_ref.to_dict()
     # a skipped step has no update and no lca, never garbage
@@ -195,10 +192,7 @@ def test_tied_and_frozen_parameters_match_brute_force(tmp_path):
     per_param, _ = dynamics.load(tmp_path / "run")
     assert "cc.0.weight" not in set(per_param["param"].astype(str))          # frozen: skipped
     assert "fuse_again.weight" not in set(per_param["param"].astype(str))    # tied: once, under its first name
-    merged = reference.merge(per_param.astype({"param": str}), on=["step", "param"], suffixes=("_ref", ""))
-    assert len(merged) == len(reference) == len(per_param)
-    for column in ("grad_sq", "param_sq", "update_sq", "lca"):
-        np.testing.assert_allclose(merged[column], merged[f"{column}_ref"], rtol=2e-5, err_msg=column)
+    assert_matches_reference(per_param, reference, rtol=2e-5)
     meta = dynamics.read_meta(tmp_path / "run")
     assert meta["frozen"] == ["cc.0.weight"]
     assert next(p for p in meta["parameters"] if p["name"] == "fuse.weight")["aliases"] == ["fuse_again.weight"]
