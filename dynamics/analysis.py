@@ -58,12 +58,14 @@ def _with_run(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def view_order(per_param: pd.DataFrame) -> list[str]:
-    """Views in their declared order (category order when categorical), limited to views present."""
-    col = per_param["view"]
-    present = set(col.astype(str).unique())
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return [str(v) for v in col.cat.categories if str(v) in present]
+def view_order(per_param: pd.DataFrame, column: str = "view") -> list[str]:
+    """Values of ``column`` (default: the views) present in the table, as strings, in their declared order:
+    category order when categorical, else order of first appearance."""
+    col = per_param[column]
+    if isinstance(col.dtype, pd.CategoricalDtype):  # from the codes: no string per row
+        codes = col.cat.codes.to_numpy()
+        used = np.bincount(codes[codes >= 0], minlength=len(col.cat.categories)) > 0
+        return list(dict.fromkeys(str(c) for c, u in zip(col.cat.categories, used) if u))
     return list(dict.fromkeys(col.astype(str)))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dynamics.analysis import check_columns
+from dynamics.analysis import check_columns, view_order
 
 __all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
            "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
@@ -81,12 +81,9 @@ def _check(data: pd.DataFrame, *columns: str | None) -> None:
     check_columns(data, [c for c in columns if c is not None], "data")
 
 
-def _levels(data: pd.DataFrame, hue: str) -> list[str]:
-    col = data[hue]
-    present = set(col.astype(str))
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return [str(c) for c in col.cat.categories if str(c) in present]
-    return list(dict.fromkeys(col.astype(str)))
+def _palette(palette: Mapping[str, str] | None, levels: Sequence[str]) -> dict[str, str]:
+    """The palette given (copied), else :func:`view_palette` of ``levels``."""
+    return dict(palette) if palette is not None else view_palette(levels)
 
 
 def _mean_band(data: pd.DataFrame, x: str, y: str, units: str | None, level: float) -> pd.DataFrame:
@@ -113,8 +110,8 @@ def view_lines(data: pd.DataFrame, *, x: str = "step", y: str, hue: str = "view"
     taken on log(y) (a geometric mean), so the band stays positive and symmetric on the log axis."""
     _check(data, x, y, hue)
     ax = ax if ax is not None else plt.gca()
-    levels = _levels(data, hue)
-    palette = dict(palette) if palette is not None else view_palette(levels)
+    levels = view_order(data, hue)
+    palette = _palette(palette, levels)
     for lev in levels:
         sub = data[data[hue].astype(str) == lev]
         if logy:
@@ -157,8 +154,8 @@ def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hu
     """Each view's share of the cumulative loss reduction as a stacked area (mean over runs)."""
     _check(data, x, y, hue)
     ax = ax if ax is not None else plt.gca()
-    levels = _levels(data, hue)
-    palette = dict(palette) if palette is not None else view_palette(levels)
+    levels = view_order(data, hue)
+    palette = _palette(palette, levels)
     wide = data.assign(**{hue: data[hue].astype(str)}).pivot_table(index=x, columns=hue, values=y,
                                                                     aggfunc="mean", observed=True)
     wide = wide.reindex(columns=levels).dropna(how="all")
@@ -210,11 +207,11 @@ def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | No
     ratio). For test AUC, the imbalance ratio or utilization per condition."""
     _check(data, x, y, lo, hi, hue)
     ax = ax if ax is not None else plt.gca()
-    xs = _levels(data, x)
+    xs = view_order(data, x)
     pos = {v: i for i, v in enumerate(xs)}
     groups = [(None, data)] if hue is None else [(lev, data[data[hue].astype(str) == lev]) for lev in
-                                                _levels(data, hue)]
-    palette = dict(palette) if palette is not None else view_palette([g for g, _ in groups if g is not None])
+                                                view_order(data, hue)]
+    palette = _palette(palette, [g for g, _ in groups if g is not None])
     width = 0.6 / max(1, len(groups))
     for k, (lev, sub) in enumerate(groups):
         offset = (k - (len(groups) - 1) / 2) * width
@@ -247,8 +244,8 @@ def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
     """Figure-level: one row per quantity in ``ys``, one column per level of ``col`` (e.g.
     ``condition``), lines per ``hue`` with bands over ``units``; shared y axis within a row."""
     _check(data, x, hue, col, *ys)
-    cols = [None] if col is None else _levels(data, col)
-    palette = dict(palette) if palette is not None else view_palette(_levels(data, hue))
+    cols = [None] if col is None else view_order(data, col)
+    palette = _palette(palette, view_order(data, hue))
     w, _ = figsize(width)
     fig, axes = plt.subplots(len(ys), len(cols), figsize=(w, 1.6 * len(ys)), sharex=True, sharey="row",
                              squeeze=False)
