@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dynamics.frames import RULES as PROBE_RULES
 from dynamics.metrics import average_ranks, bootstrap_ci
 
 __all__ = [
@@ -159,6 +160,13 @@ def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
 
 # --------------------------------------------------------------------------- per view / per layer
 
+def _derived(sums: pd.DataFrame) -> dict[str, pd.Series]:
+    """Norms, learning speed and lca from summed ``QUANTITIES`` (derived after summing, so exact per group)."""
+    return {"grad_norm": np.sqrt(sums["grad_sq"]), "update_norm": np.sqrt(sums["update_sq"]),
+            "param_norm": np.sqrt(sums["param_sq"]), "learning_speed": sums["grad_sq"] / sums["param_sq"],
+            "lca": sums["lca"]}
+
+
 def _run_info(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("run", observed=True)[["condition", "seed"]].first().reset_index()
 
@@ -181,14 +189,9 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layer = df.groupby(["run", "view", "layer", "step"], observed=True)["grad_sq"].sum()
     layer_mean = np.sqrt(layer).groupby(level=["run", "view", "step"], observed=True).mean()
-    out = pd.DataFrame({
-        "grad_norm": np.sqrt(sums["grad_sq"]),
-        "layer_grad_norm": layer_mean.reindex(sums.index),
-        "update_norm": np.sqrt(sums["update_sq"]),
-        "param_norm": np.sqrt(sums["param_sq"]),
-        "learning_speed": sums["grad_sq"] / sums["param_sq"],
-        "lca": sums["lca"],
-    })
+    derived = _derived(sums)
+    out = pd.DataFrame({"grad_norm": derived.pop("grad_norm"), "layer_grad_norm": layer_mean.reindex(sums.index),
+                        **derived})
     out["cum_lca"] = out["lca"].fillna(0.0).groupby(level=["run", "view"], observed=True).cumsum()
     out["loss_reduction"] = -out["cum_lca"]
     out = out.reset_index()
@@ -210,13 +213,7 @@ def layer_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None
     keys = ["run", "view", "depth", "step"]
     sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layers = df.groupby(["run", "view", "depth"], observed=True)["layer"].first()
-    out = pd.DataFrame({
-        "grad_norm": np.sqrt(sums["grad_sq"]),
-        "update_norm": np.sqrt(sums["update_sq"]),
-        "param_norm": np.sqrt(sums["param_sq"]),
-        "learning_speed": sums["grad_sq"] / sums["param_sq"],
-        "lca": sums["lca"],
-    }).reset_index()
+    out = pd.DataFrame(_derived(sums)).reset_index()
     out = out.merge(layers.astype(str).reset_index(), on=["run", "view", "depth"], how="left")
     phase = df.drop_duplicates(["run", "step"])[["run", "step", "phase"]]
     return out.merge(phase, on=["run", "step"], how="left").merge(_run_info(df), on="run", how="left")
@@ -483,9 +480,6 @@ def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ()) -> pd.D
     last = ps.groupby("run", observed=True)[cols].last() if cols else pd.DataFrame(index=ps["run"].unique())
     last = last[[c for c in last.columns if c not in exclude]]
     return last.dropna(axis=1, how="all").reset_index()
-
-
-PROBE_RULES = ("first", "trapezoid", "simpson")
 
 
 def probe_residuals(per_step: pd.DataFrame) -> pd.DataFrame:

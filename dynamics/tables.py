@@ -11,9 +11,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import check_columns, clean
+from .analysis import QUANTITIES, check_columns, clean
 
-_SUMS = ["grad_sq", "param_sq", "update_sq", "lca"]
+_SUMS = list(QUANTITIES)
 
 
 def norms(per_param: pd.DataFrame) -> pd.DataFrame:
