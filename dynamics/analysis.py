@@ -146,11 +146,10 @@ def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
     used = kept.groupby("run", observed=True)["step"].nunique().reindex(recorded.index, fill_value=0)
     out = pd.DataFrame({"recorded_steps": recorded, "used_steps": used})
     skipped = pd.Series(0, index=recorded.index)
-    if per_step is not None and "skipped" in per_step.columns:
-        ps = per_step if "run" in per_step.columns else per_step.assign(run=str(recorded.index[0]))
-        steps_in = df[["run", "step"]].drop_duplicates()
-        sk = ps[ps["skipped"].fillna(False).astype(bool)][["run", "step"]]
-        sk = sk.astype({"run": str}).merge(steps_in.astype({"run": str}), on=["run", "step"])
+    sk = _skipped_steps(per_step, [str(r) for r in recorded.index])
+    if len(sk):  # count only skipped steps that were recorded
+        steps_in = df[["run", "step"]].drop_duplicates().astype({"run": str})
+        sk = sk.merge(steps_in, on=["run", "step"])
         skipped = sk.groupby("run")["step"].nunique().reindex(recorded.index.astype(str), fill_value=0)
         skipped.index = recorded.index
     out["skipped_steps"] = skipped
@@ -269,17 +268,22 @@ def matched_depth(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     return out.sort_values(cols).reset_index(drop=True)
 
 
+def _per_layer(md: pd.DataFrame, phase: str | None) -> "pd.core.groupby.DataFrameGroupBy":
+    """Rows of a matched-depth table in ``phase`` (None or ``"all"``: every row), grouped by run and depth."""
+    if phase is not None and phase != "all":
+        md = md[md["phase"].astype(str) == phase]
+    return md.groupby(["run", "depth"], observed=True)
+
+
 def matched_layers(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
                    views: Sequence[str] | None = None, quantity: str = "grad_norm", phase: str | None = None,
                    shared: str = SHARED, n_phases: int = 3) -> pd.DataFrame:
     """Per run and matched depth: mean of the quantity over steps for A and B, their ratio, and the
     fraction of steps in which A exceeded B; optionally within one training ``phase``."""
     md = matched_depth(per_param, per_step, views=views, quantity=quantity, shared=shared, n_phases=n_phases)
-    if phase is not None and phase != "all":
-        if phase not in set(md["phase"].astype(str)):
-            raise ValueError(f"phase {phase!r} not found; phases are {sorted(set(md['phase'].astype(str)))}")
-        md = md[md["phase"].astype(str) == phase]
-    g = md.assign(a_gt_b=md["a"] > md["b"]).groupby(["run", "depth"], observed=True)
+    if phase is not None and phase != "all" and phase not in set(md["phase"].astype(str)):
+        raise ValueError(f"phase {phase!r} not found; phases are {sorted(set(md['phase'].astype(str)))}")
+    g = _per_layer(md.assign(a_gt_b=md["a"] > md["b"]), phase)
     out = g.agg(condition=("condition", "first"), seed=("seed", "first"), a=("a", "mean"), b=("b", "mean"),
                 frac_steps_a_gt_b=("a_gt_b", "mean"), n_steps=("step", "size")).reset_index()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -448,11 +452,7 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
         else:
             dominant = str(sub[sub["view"].astype(str).isin(nonshared)].groupby("view", observed=True)[
                 "grad_norm"].mean().idxmax())
-        mg = md[md["group"] == group]
-        if phase != "all":
-            mg = mg[mg["phase"].astype(str) == phase]
-        per_layer = mg.groupby(["run", "depth"], observed=True)[["a", "b"]].mean()
-        test = paired_test(per_layer)
+        test = paired_test(_per_layer(md[md["group"] == group], phase)[["a", "b"]].mean())
         rows.append({"group": group, "phase": phase, "n_runs": int(sub["run"].nunique()), "view_a": a, "view_b": b,
                      "dominant": dominant,
                      "grad_ratio": ratio[0], "grad_ratio_lo": ratio[1], "grad_ratio_hi": ratio[2],
