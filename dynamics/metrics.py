@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["average_ranks", "roc_auc", "accuracy", "bootstrap_ci"]
+__all__ = ["average_ranks", "roc_auc", "accuracy", "bootstrap_ci", "percentile_interval"]
 
 
 def _as_1d(x, name: str) -> np.ndarray:
@@ -125,9 +125,16 @@ def bootstrap_ci(
     for b in range(n_boot):
         idx = rng.integers(0, n, size=n)
         stats[b] = statistic(*(a[idx] for a in arrays))
-    stats = stats[~np.isnan(stats)]
-    if stats.size == 0:
-        return estimate, float("nan"), float("nan")
+    return (estimate, *percentile_interval(stats, level))
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``values``, NaN values dropped; (NaN, NaN) when
+    none is left."""
+    v = np.asarray(values, float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return estimate, float(lo), float(hi)
+    lo, hi = np.quantile(v, [alpha, 1 - alpha])
+    return float(lo), float(hi)

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from dynamics.analysis import check_columns
-from dynamics.metrics import accuracy, roc_auc
+from dynamics.metrics import accuracy, percentile_interval, roc_auc
 
 __all__ = ["utilization", "save_utilization", "load_utilization", "UTILIZATION_FILE", "COLUMNS"]
 
@@ -199,26 +199,20 @@ def utilization(model: torch.nn.Module, loader: Iterable, *, views: Sequence[str
         model.train(was_training)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(n_boot, len(y))) if n_boot > 0 and len(y) > 1 else np.empty((0, len(y)), int)
-    alpha = (1 - level) / 2
+    # the full model's metric and its bootstrap, once per metric (the same resamples serve every view)
+    full = {m: _metric(m, y, full_out, threshold) for m in metrics}
+    full_boot = {m: np.array([_metric(m, y[i], full_out[i], threshold) for i in idx], float) for m in metrics}
+    wlo_whi = {m: percentile_interval(full_boot[m], level) for m in metrics}
     rows = []
     for name, out in ablated.items():
         for m in metrics:
-            full = _metric(m, y, full_out, threshold)
             without = _metric(m, y, out, threshold)
-            boots = np.array([(_metric(m, y[i], full_out[i], threshold), _metric(m, y[i], out[i], threshold))
-                              for i in idx]).reshape(-1, 2)
-            rates = np.array([_rate(f, w) for f, w in boots])
-
-            def interval(v: np.ndarray) -> tuple[float, float]:
-                v = v[np.isfinite(v)]
-                if v.size == 0:
-                    return float("nan"), float("nan")
-                lo, hi = np.quantile(v, [alpha, 1 - alpha])
-                return float(lo), float(hi)
-
-            (ulo, uhi), (wlo, whi), (olo, ohi) = interval(rates), interval(boots[:, 0]), interval(boots[:, 1])
-            rows.append({"view": name, "metric": m, "with_view": full, "without_view": without,
-                         "utilization": _rate(full, without), "utilization_lo": ulo, "utilization_hi": uhi,
+            without_boot = np.array([_metric(m, y[i], out[i], threshold) for i in idx], float)
+            rates = np.array([_rate(f, w) for f, w in zip(full_boot[m], without_boot)], float)
+            (ulo, uhi), (wlo, whi) = percentile_interval(rates, level), wlo_whi[m]
+            olo, ohi = percentile_interval(without_boot, level)
+            rows.append({"view": name, "metric": m, "with_view": full[m], "without_view": without,
+                         "utilization": _rate(full[m], without), "utilization_lo": ulo, "utilization_hi": uhi,
                          "n_examples": int(len(y)), "ablate": ablate, "with_lo": wlo, "with_hi": whi,
                          "without_lo": olo, "without_hi": ohi})
     return pd.DataFrame(rows)
@@ -268,7 +262,7 @@ def load_utilization(run_dir: str | os.PathLike) -> pd.DataFrame | None:
         return None
     check_columns(table, _REQUIRED, f"{run_dir}: the utilization file")
     if "utilization" not in table.columns:
-        table["utilization"] = [(f - w) / f if f else np.nan for f, w in zip(table["with_view"], table["without_view"])]
+        table["utilization"] = [_rate(f, w) for f, w in zip(table["with_view"], table["without_view"])]
     for c in ("utilization_lo", "utilization_hi"):
         if c not in table.columns:
             table[c] = np.nan
