@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from dynamics.metrics import t_half_width
 
 from analyses.models import CONDITIONS
 from analyses.train import DATASETS, TrainConfig, build_data, train
@@ -52,7 +53,7 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, f
     m = float(v.mean())
     if v.size < 2:
         return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    half = float(t_half_width(v.std(ddof=1), v.size, level))
     return m, m - half, m + half
 
 

@@ -18,9 +18,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from dynamics.analysis import check_columns, view_order
+from dynamics.metrics import t_half_width
 
 __all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
            "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
@@ -94,10 +94,7 @@ def _mean_band(data: pd.DataFrame, x: str, y: str, units: str | None, level: flo
         per_unit = data[[x, y]]
     g = per_unit.groupby(x, observed=True)[y]
     out = g.agg(["mean", "std", "count"])
-    n = out["count"].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * out["std"].to_numpy() / np.sqrt(n)
-    half = np.where(n >= 2, half, np.nan)
+    half = t_half_width(out["std"].to_numpy(), out["count"].to_numpy(float), level)
     out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
     return out.reset_index()
 
