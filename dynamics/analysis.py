@@ -181,7 +181,8 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     all views (``shared`` included), NaN while the total has not decreased, ``step_share`` the same
     for the step alone.
 
-    ``cleaned``: ``clean(per_param, per_step, n_phases=n_phases)`` when the caller has it already.
+    ``cleaned``: ``clean(per_param, per_step, n_phases=n_phases)`` when the caller has it already. ``shared``
+    is accepted for compatibility and not used: every group, the shared one included, is treated alike.
     """
     df = clean(per_param, per_step, n_phases=n_phases) if cleaned is None else cleaned
     keys = ["run", "view", "step"]
@@ -366,7 +367,7 @@ def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *
     """Per run, phase (``early``/``middle``/``late`` and ``all``) and view: mean gradient norm, mean
     update norm, mean learning speed, loss reduction -sum(lca) and its share of all views' reduction
     (NaN when the total did not decrease). ``vd``: :func:`view_dynamics` of the same tables when the caller
-    has it already (it is not recomputed)."""
+    has it already (it is not recomputed). ``shared`` is accepted for compatibility and not used."""
     if vd is None:
         vd = view_dynamics(per_param, per_step, n_phases=n_phases)
     parts = [vd, vd.assign(phase="all")]

@@ -342,7 +342,7 @@ def _outcome_metrics(names: Sequence[str], most: int = 2) -> list[str]:
     return (outcomes or ranked)[:most]
 
 
-def _figures(data: ReportData, by: str | None, groups: list[str], vd: pd.DataFrame, md: pd.DataFrame,
+def _figures(by: str | None, groups: list[str], vd: pd.DataFrame, md: pd.DataFrame,
              cls: pd.DataFrame, summary: pd.DataFrame, metrics: pd.DataFrame, util: pd.DataFrame,
              palette: dict[str, str]) -> list[tuple[str, str, plt.Figure]]:
     """(name, caption, figure) for every figure of the report."""
@@ -455,7 +455,7 @@ def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "
     palette = plots.view_palette(analysis.view_order(pp), shared=shared)
     figure_files = []
     with plots.publication_style():
-        for name, caption, fig in _figures(data, by, groups, vd, md, cls, summary, metrics, util, palette):
+        for name, caption, fig in _figures(by, groups, vd, md, cls, summary, metrics, util, palette):
             paths = plots.save_figure(fig, out / "figures" / name)
             plt.close(fig)
             figure_files.append((name, caption, paths[-1]))

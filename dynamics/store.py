@@ -26,8 +26,6 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 META_FILE = "meta.json"
 TABLES = ("params", "steps", "attribution", "probe")
-PARAM_COLUMNS = ["step", "param", "view", "layer", "depth", "grad_sq", "param_sq", "update_sq", "lca", "finite",
-                 "has_grad", "attributed", "cross"]
 STEP_COLUMNS = ["step", "recorded", "skipped", "clip_factor"]  # then lr_<group>..., then user scalars
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 
