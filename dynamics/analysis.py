@@ -171,7 +171,7 @@ def _run_info(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-                  shared: str = SHARED, n_phases: int = 3, cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
+                  n_phases: int = 3, cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per run, view and step: norms, learning speed, loss-change allocation and loss-reduction share.
 
     Columns: ``grad_norm`` = sqrt(sum ||g||^2), ``layer_grad_norm`` = mean over the view's layers of
@@ -181,8 +181,8 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     all views (``shared`` included), NaN while the total has not decreased, ``step_share`` the same
     for the step alone.
 
-    ``cleaned``: ``clean(per_param, per_step, n_phases=n_phases)`` when the caller has it already. ``shared``
-    is accepted for compatibility and not used: every group, the shared one included, is treated alike.
+    ``cleaned``: ``clean(per_param, per_step, n_phases=n_phases)`` when the caller has it already.
+    Every group, the shared one included, is treated alike.
     """
     df = clean(per_param, per_step, n_phases=n_phases) if cleaned is None else cleaned
     keys = ["run", "view", "step"]
@@ -363,11 +363,11 @@ def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame |
 # --------------------------------------------------------------------------- summaries
 
 def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-                shared: str = SHARED, n_phases: int = 3, vd: pd.DataFrame | None = None) -> pd.DataFrame:
+                n_phases: int = 3, vd: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per run, phase (``early``/``middle``/``late`` and ``all``) and view: mean gradient norm, mean
     update norm, mean learning speed, loss reduction -sum(lca) and its share of all views' reduction
     (NaN when the total did not decrease). ``vd``: :func:`view_dynamics` of the same tables when the caller
-    has it already (it is not recomputed). ``shared`` is accepted for compatibility and not used."""
+    has it already (it is not recomputed)."""
     if vd is None:
         vd = view_dynamics(per_param, per_step, n_phases=n_phases)
     parts = [vd, vd.assign(phase="all")]
