@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dynamics.metrics import t_half_width
+from dynamics.analysis.metrics import t_half_width
 
 from analyses.models import CONDITIONS
 from analyses.train import DATASETS, TrainConfig, build_data, train

@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a file (torchrun analyses/train.py): mak
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dynamics
-from dynamics.metrics import accuracy, roc_auc
+from dynamics.analysis.metrics import accuracy, roc_auc
 
 from analyses.datasets.common import TwoViewData, TwoViewSplits
 from analyses.models import CONDITIONS, TwoViewModel, mlp_model, nyu_model
@@ -303,8 +303,8 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
 def write_utilization(model: TwoViewModel, splits: TwoViewSplits, run_dir: Path, device: str,
                       n_boot: int = 500) -> dict:
     """Test-set conditional utilization of each view (zeroed, and replaced by its training mean), written
-    to ``run_dir/utilization.json`` by :func:`dynamics.utilization.save_utilization`; returns a summary."""
-    from dynamics.utilization import save_utilization, utilization
+    to ``run_dir/utilization.json`` by :func:`dynamics.analysis.utilization.save_utilization`; returns a summary."""
+    from dynamics.analysis.utilization import save_utilization, utilization
 
     tables = [utilization(model, splits.test.loader(256), views=list(model.views), ablate=ablate,
                           train_loader=splits.train.loader(512), n_boot=n_boot, device=device)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dynamics import store
+from dynamics.schema import SCHEMA_VERSION, TABLES
 
 
 def make_run(run_dir: Path, steps: int, layers_per_view: int = 24, seed: int = 0) -> int:
@@ -37,11 +38,11 @@ def make_run(run_dir: Path, steps: int, layers_per_view: int = 24, seed: int = 0
     scales = np.array([p.pop("_scale") for p in params])
     n = len(params)
     run_dir.mkdir(parents=True)
-    store.write_meta(run_dir, {"schema_version": store.SCHEMA_VERSION, "status": "finished", "views": ["cc", "mlo", "shared"],
+    store.write_meta(run_dir, {"schema_version": SCHEMA_VERSION, "status": "finished", "views": ["cc", "mlo", "shared"],
                                "shared_name": "shared", "parameters": params, "condition": "baseline", "seed": seed,
                                "config": {"lr": 0.1}, "model": "synthetic", "optimizer": {"class": "SGD"},
                                "created": "2026-01-01T00:00:00+00:00", "versions": {}})
-    for table in store.TABLES:
+    for table in TABLES:
         (run_dir / table).mkdir(exist_ok=True)
     chunk = 100
     for part, start in enumerate(range(0, steps, chunk)):

@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from dynamics.recorder import Recorder
+from dynamics.record.recorder import Recorder
 
 
 def _in_error_mode(function):

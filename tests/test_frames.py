@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 import dynamics
-from dynamics.frames import clip_factor
+from dynamics.store.frames import clip_factor
 from harness import fresh_model, make_batches
 
 
@@ -39,7 +39,8 @@ def test_clip_grad_value_is_noted_with_its_steps(tmp_path):
 
 
 def test_unattributed_rows_by_hand():
-    from dynamics.frames import GRAD_SQ, QUANTITIES, unattributed_rows
+    from dynamics.schema import BUFFER_ROWS as QUANTITIES, GRAD_SQ
+    from dynamics.store.frames import unattributed_rows
     values = np.full((2, len(QUANTITIES), 3), np.nan)
     values[:, GRAD_SQ] = [[5.0, 1e-16, 2.0], [5.0, 1e-16, 2.0]]   # tensor 0 is not attributed
     parts = np.zeros((2, 2, 3, 2))                                  # [row, view, (grad_sq, lca, cross), shared]

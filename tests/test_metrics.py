@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dynamics.metrics import accuracy, average_ranks, bootstrap_ci, roc_auc
+from dynamics.analysis.metrics import accuracy, average_ranks, bootstrap_ci, roc_auc
 
 
 def pair_count_auc(y, s):

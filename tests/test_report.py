@@ -12,7 +12,7 @@ import torch
 
 import dynamics
 from dynamics import analysis, cli, report
-from dynamics.utilization import save_utilization
+from dynamics.analysis.utilization import save_utilization
 
 
 class TwoView(torch.nn.Module):
@@ -149,6 +149,6 @@ def test_python_m_dynamics_report(runs, tmp_path):
 
 
 def test_outcome_metrics_prefer_test_auc_then_other_outcomes():
-    assert report._outcome_metrics(["loss", "val_auc", "test_acc", "test_auc", "present_cc"]) == ["test_auc", "test_acc"]
-    assert report._outcome_metrics(["loss", "val_acc"]) == ["val_acc"]
-    assert report._outcome_metrics(["loss", "present_cc"]) == ["loss", "present_cc"]
+    assert report.build._outcome_metrics(["loss", "val_auc", "test_acc", "test_auc", "present_cc"]) == ["test_auc", "test_acc"]
+    assert report.build._outcome_metrics(["loss", "val_acc"]) == ["val_acc"]
+    assert report.build._outcome_metrics(["loss", "present_cc"]) == ["loss", "present_cc"]

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dynamics.tables import learning_speed, norms, shares
+from dynamics.analysis.derived import learning_speed, norms, shares
 
 TABLE = pd.DataFrame({
     "step":      [0, 0, 0, 1, 1, 1, 2, 2, 2],

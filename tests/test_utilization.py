@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dynamics.utilization import load_utilization, save_utilization, utilization
+from dynamics.analysis.utilization import load_utilization, save_utilization, utilization
 
 
 class OnlyA(torch.nn.Module):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from dynamics.views import resolve_views
+from dynamics.record.views import resolve_views
 from harness import TwoView
 
 

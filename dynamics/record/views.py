@@ -15,6 +15,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..schema import SHARED
+
 ViewTarget = Union[nn.Module, str, "re.Pattern[str]", Sequence[Union[nn.Module, str, "re.Pattern[str]"]]]
 ViewSpec = Union[Mapping[str, ViewTarget], Sequence[str], Callable[[str], "str | None"]]
 
@@ -109,7 +111,7 @@ def _describe(target) -> str:
     return f"pattern {target!r}"
 
 
-def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = "shared",
+def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = SHARED,
                   extra_views: Sequence[str] = ()) -> ViewAssignment:
     """Assign every trainable parameter of ``model`` to one view; parameters in none go to ``shared_name``.
 

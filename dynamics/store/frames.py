@@ -1,7 +1,7 @@
 """Host-side arrays of one flush → the tidy frames written as Parquet parts. Pure functions, no torch.
 
 Layouts (``n`` buffered rows, ``k`` recorded tensors): quantities ``[n, 5, k]`` in the order of
-:data:`QUANTITIES`; attribution ``[n, views, 3, shared]`` (grad_sq, lca, cross); probe lca ``[n, 3, k]``
+:data:`dynamics.schema.BUFFER_ROWS`; attribution ``[n, views, 3, shared]`` (grad_sq, lca, cross); probe lca ``[n, 3, k]``
 (first, trapezoid, Simpson) and probe losses ``[n, 2]`` (before, after).
 """
 from __future__ import annotations
@@ -12,9 +12,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca", "pre_sq")  # pre_sq: the optimizer's ‖g‖²
-GRAD_SQ, PARAM_SQ, UPDATE_SQ, LCA, PRE_SQ = range(len(QUANTITIES))
-RULES = ("first", "trapezoid", "simpson")
+from ..schema import GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, PROBE_CHANGE, PROBE_LOSSES, RULES, UPDATE_SQ, probe_lca, probe_residual
+
 CLIP_TOLERANCE = 1e-3  # relative spread of per-tensor ratios still called "one uniform factor"
 
 
@@ -67,12 +66,12 @@ def probe_frame(steps: np.ndarray, lca: np.ndarray, losses: np.ndarray) -> tuple
     k = lca.shape[2]
     frame = pd.DataFrame({
         "step": np.repeat(steps[probed], k), "param_id": np.tile(np.arange(k, dtype=np.int32), len(probed)),
-        **{f"lca_{rule}": lca[probed, r].ravel() for r, rule in enumerate(RULES)}})
+        **{probe_lca(rule): lca[probed, r].ravel() for r, rule in enumerate(RULES)}})
     rows = {}
     for i in probed:
         change = losses[i, 1] - losses[i, 0]
-        row = {"probe_loss_before": losses[i, 0], "probe_loss_after": losses[i, 1], "probe_change": change}
-        row.update({f"probe_residual_{rule}": change - lca[i, r].sum() for r, rule in enumerate(RULES)})
+        row = {PROBE_LOSSES[0]: losses[i, 0], PROBE_LOSSES[1]: losses[i, 1], PROBE_CHANGE: change}
+        row.update({probe_residual(rule): change - lca[i, r].sum() for r, rule in enumerate(RULES)})
         rows[int(steps[i])] = row
     return frame, rows
 

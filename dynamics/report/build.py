@@ -23,8 +23,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from dynamics import analysis, plots  # noqa: E402
-from dynamics.utilization import load_utilization  # noqa: E402
+from .. import analysis  # noqa: E402
+from ..store import loading as store, read_meta  # noqa: E402
+from ..analysis.utilization import load_utilization  # noqa: E402
+from ..schema import DEFAULT_CONDITION  # noqa: E402
+from . import figures as plots  # noqa: E402
 
 __all__ = ["ReportData", "load_report_data", "summary_table", "format_summary", "findings", "build_report",
            "report"]
@@ -89,13 +92,11 @@ def add_group_column(data: ReportData, by: str) -> ReportData:
 def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True) -> ReportData:
     """Load run directories (each a dynamics run; paths or globs) with their metadata and utilization files,
     under the run labels ``dynamics.load_runs`` gives (``store.run_labels``)."""
-    from dynamics import store  # imported here: the report module must not need the recorder to import
-
     paths = store.expand_runs(runs)
     metas, util = {}, {}
     for path, label in tqdm(list(zip(paths, store.run_labels(paths))), desc="reading runs", disable=not progress,
                             unit="run"):
-        metas[label] = store.read_meta(path)  # a directory without meta.json is refused here, by name
+        metas[label] = read_meta(path)  # a directory without meta.json is refused here, by name
         u = load_utilization(path)
         if u is not None:
             util[label] = u
@@ -171,7 +172,7 @@ def findings(summary: pd.DataFrame, *, metrics: pd.DataFrame | None = None,
     out: list[str] = []
     overall = summary[summary["phase"].astype(str) == "all"]
     for r in overall.itertuples(index=False):
-        g = f"in {r.group}, " if overall["group"].nunique() > 1 or r.group != "default" else ""
+        g = f"in {r.group}, " if overall["group"].nunique() > 1 or r.group != DEFAULT_CONDITION else ""
         a, b = r.view_a, r.view_b
         share = r.share_a if r.dominant == a else r.share_b if r.dominant == b else np.nan
         if np.isfinite(share):
@@ -295,7 +296,7 @@ def run_table(data: ReportData, exclusions: pd.DataFrame) -> pd.DataFrame:
         def short(v: Any) -> str:
             s = v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True) if v is not None else ""
             return s if len(s) <= 80 else s[:77] + "..."
-        row = {"run": run, "condition": short(meta.get("condition") or "default"), "seed": short(meta.get("seed")),
+        row = {"run": run, "condition": short(meta.get("condition") or DEFAULT_CONDITION), "seed": short(meta.get("seed")),
                "views": ", ".join(map(str, meta.get("views", []))), "model": short(meta.get("model")),
                "optimizer": short(meta.get("optimizer")), "created": short(meta.get("created"))}
         if run in ex.index:
@@ -435,7 +436,7 @@ def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "
         data = add_group_column(data, by)
     pp, ps = data.per_param, data.per_step
     shared = _shared(data, shared)
-    runs = analysis._with_run(pp)
+    runs = analysis.with_run(pp)
     group_of = dict(zip(runs["run"].astype(str), (runs[by] if by else runs["run"]).astype(str)))
     groups = sorted(set(group_of.values()))
     steps.set_postfix_str("summary")

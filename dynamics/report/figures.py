@@ -19,8 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from dynamics.analysis import check_columns, view_order
-from dynamics.metrics import t_half_width
+from ..analysis.cleaning import check_columns, view_order
+from ..analysis.metrics import t_half_width
+from ..schema import SHARED
 
 __all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
            "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
@@ -55,7 +56,7 @@ def figsize(width: str = "single", aspect: float | None = None) -> tuple[float, 
     return (w, w * aspect) if aspect else (w, h)
 
 
-def view_palette(views: Sequence[str] | pd.Series, shared: str = "shared") -> dict[str, str]:
+def view_palette(views: Sequence[str] | pd.Series, shared: str = SHARED) -> dict[str, str]:
     """Fixed colour per view: views take Okabe-Ito colours in their order, ``shared`` is grey.
 
     Pass the views in their declared order (``dynamics.analysis.view_order``) so that a view has the

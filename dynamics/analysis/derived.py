@@ -1,7 +1,7 @@
 """Quantities derived when reading, never stored: norms, learning speeds and shares of the loss change.
 
 The stored statistics are additive (sums of squares and dot products), so every grouping here is an exact sum
-first and a derived value second. Rows are excluded by the one rule of :func:`dynamics.analysis.clean`
+first and a derived value second. Rows are excluded by the one rule of :func:`dynamics.analysis.cleaning.clean`
 (skipped and non-finite steps, tensors without a gradient) wherever sums are taken.
 """
 from __future__ import annotations
@@ -11,9 +11,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .analysis import QUANTITIES, check_columns, clean
+from ..schema import QUANTITIES
+from .cleaning import check_columns, clean
 
 _SUMS = list(QUANTITIES)
+
+
+def from_sums(sums: pd.DataFrame) -> dict[str, pd.Series]:
+    """Norms, learning speed and lca from summed quantities (derived after summing, so exact per group)."""
+    return {"grad_norm": np.sqrt(sums["grad_sq"]), "update_norm": np.sqrt(sums["update_sq"]),
+            "param_norm": np.sqrt(sums["param_sq"]), "learning_speed": sums["grad_sq"] / sums["param_sq"],
+            "lca": sums["lca"]}
 
 
 def norms(per_param: pd.DataFrame) -> pd.DataFrame:
@@ -37,7 +45,7 @@ def learning_speed(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view")
                    per_step: pd.DataFrame | None = None) -> pd.DataFrame:
     """Σ‖g‖² / Σ‖θ‖² per group (the quantity behind the conditional learning speed of Wu et al., ICML 2022)."""
     totals = sums(per_param, by, per_step)
-    totals["learning_speed"] = totals["grad_sq"] / totals["param_sq"]
+    totals["learning_speed"] = from_sums(totals)["learning_speed"]
     return totals[list(by) + ["learning_speed"]]
 
 

@@ -1,4 +1,4 @@
-"""``attach()``: hooks on a model and its optimizer that record per-tensor training quantities.
+"""``attach()``: hooks on a model and its optimizer that record per-tensor training kernels.
 
 How the gradient "the loss actually has" is found (design.md section 3): a tensor hook on every recorded
 parameter notices the first gradient of each backward pass and queues a callback that runs when that backward
@@ -31,16 +31,17 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .. import store
+from ..schema import BUFFER_ROWS, GRAD_SQ, LCA, LR_PREFIX, PARAM_SQ, PRE_SQ, RESERVED_SCALARS, RULES, SHARED, UPDATE_SQ, lr_column
+from ..store import frames
+from . import description, distributed, kernels, schedules
 from . import probe as probing
-from . import distributed, frames, quantities, runmeta, schedules, store
 from .attribution import SharedAttribution, group_label, resolve_attribution, rows, views_of
-from .frames import GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, UPDATE_SQ
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
 
 __all__ = ["attach", "Recorder", "InactiveRecorder"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-_RESERVED = {"step", "recorded", "skipped", "clip_factor", "run", "condition", "seed"}
 _MAX_PENDING_LOGS = 10_000
 
 
@@ -129,9 +130,9 @@ class Recorder:
         self._local: Callable[[torch.Tensor], torch.Tensor] = distributed.local if layout.sharded else _identity
         self._n = len(self._params)
         self.device = device_of(self._params)
-        self._dtype = quantities.reduce_dtype(self._params)
+        self._dtype = kernels.reduce_dtype(self._params)
         self._zero = torch.zeros(1, device=self.device, dtype=self._dtype)
-        self._buffer = self._nan_buffer(flush_every, len(frames.QUANTITIES), self._n)
+        self._buffer = self._nan_buffer(flush_every, len(BUFFER_ROWS), self._n)
         self._prev: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
         local = self._local_params()  # the per-tensor dot products, made here: never in the hot path
         self._dots = self._dots_for(local)
@@ -139,7 +140,7 @@ class Recorder:
         self._probe, self._probe_every = probe, probe_every
         self._probe_model = distributed.unwrapped(model)  # run locally, outside DistributedDataParallel
         if probe is not None:  # rows: lca by first-order, trapezoid, Simpson; losses before and after
-            self._probe_lca = self._nan_buffer(flush_every, len(frames.RULES), self._n)
+            self._probe_lca = self._nan_buffer(flush_every, len(RULES), self._n)
             self._probe_loss = self._nan_buffer(flush_every, 2)
         # per-step host-side bookkeeping (no device data is read for these)
         self._step = start_step
@@ -249,7 +250,7 @@ class Recorder:
         step = self._step if (self._round_open or self._step == 0) else self._step - 1
         checked = {}
         for name, value in scalars.items():
-            if name in _RESERVED or name.startswith("lr_"):
+            if name in RESERVED_SCALARS or name.startswith(LR_PREFIX):
                 raise ValueError(f"log(): scalar name {name!r} is reserved; choose another name")
             if isinstance(value, torch.Tensor):
                 if value.numel() != 1:
@@ -337,7 +338,7 @@ class Recorder:
         rescaled or clipped before the step (``_eager``: the loop did so before, or a GradScaler is given)."""
         self._in_backward = False
         if self._eager and self._schedule(self._step):
-            sq = quantities.sq_norms(self._grads(), self._dtype)
+            sq = kernels.sq_norms(self._grads(), self._dtype)
             scale = self._loss_scale()
             self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
         self._snapshot = [None if (g := p.grad) is None else (weakref.ref(g), self._local(g)._version)
@@ -355,7 +356,7 @@ class Recorder:
         # gradient counts as changed: the ratio of its two measurements is then exactly 1 where it was not
         changed = self._round_open and (self._layout.sharded or self._changed_since_backward())
         params = self._local_params()
-        squares = quantities.sq_norms([*grads, *params], self._dtype)  # one reduction for both: fewer launches
+        squares = kernels.sq_norms([*grads, *params], self._dtype)  # one reduction for both: fewer launches
         buffer[PRE_SQ].copy_(squares[:self._n])
         buffer[PARAM_SQ].copy_(squares[self._n:])
         if self._round_open and not changed:  # the optimizer sees the backward's gradient untouched
@@ -400,7 +401,7 @@ class Recorder:
             if pending["probe"] is not None:
                 ends = [self._dots(g, self._prev).neg_() for g in (pending["probe"], g_half, g1)]
                 self._probe_lca[row].copy_(probing.path_lca(*ends))
-            buffer[UPDATE_SQ].copy_(quantities.sq_norms(self._prev, self._dtype))
+            buffer[UPDATE_SQ].copy_(kernels.sq_norms(self._prev, self._dtype))
             # a tensor without a gradient (None here) has lca 0
             buffer[LCA].copy_(self._dots([None if g is self._zero else g for g in grads], self._prev).neg_())
             distributed.sum_over_shards(buffer, self._layout)  # every sum is whole before it is used
@@ -450,7 +451,7 @@ class Recorder:
         parts = [attribution.buffers[v] for v in attribution.views]
         every_part = [t for part in parts for t in part]
         distributed.average_over_replicas(every_part, self._layout)
-        out[:, 0].copy_(quantities.sq_norms(every_part, self._dtype).view(len(parts), -1))
+        out[:, 0].copy_(kernels.sq_norms(every_part, self._dtype).view(len(parts), -1))
         out[:, 2].zero_()
         minus_delta = [self._prev[i] for i in attribution.indices] if lca_too else None
         if minus_delta is None:  # a skipped step: no update
@@ -465,7 +466,7 @@ class Recorder:
 
     def _dots_for(self, like: Sequence[torch.Tensor]) -> Callable:
         """Per-tensor dot products: one launch per tensor costs more than the work on a GPU, so batch them there."""
-        return quantities.BatchedDots(like, self._dtype) if self.device.type == "cuda" else functools.partial(quantities.dots, dtype=self._dtype)
+        return kernels.BatchedDots(like, self._dtype) if self.device.type == "cuda" else functools.partial(kernels.dots, dtype=self._dtype)
 
     def _inverse_loss_scale(self) -> torch.Tensor | None:
         scale = self._loss_scale()
@@ -493,7 +494,7 @@ class Recorder:
             buffer.fill_(math.nan)
             if self._bwd_sq is not None:
                 buffer[GRAD_SQ].copy_(self._bwd_sq)
-            buffer[PARAM_SQ].copy_(quantities.sq_norms(self._local_params(), self._dtype))
+            buffer[PARAM_SQ].copy_(kernels.sq_norms(self._local_params(), self._dtype))
             distributed.sum_over_shards(buffer, self._layout)
             if self._attribution is not None:
                 self._attribute(row, lca_too=False)
@@ -549,7 +550,7 @@ class Recorder:
             for i, r in enumerate(self._rows):
                 row = {"step": r["step"], "recorded": True, "skipped": r["skipped"],
                        "clip_factor": self._clip_factor(values[i], has_grad[i], r["step"]) if r["changed"] else math.nan,
-                       **{f"lr_{g}": float(lr) for g, lr in enumerate(r["lrs"])}, **probe_rows.get(r["step"], {})}
+                       **{lr_column(g): float(lr) for g, lr in enumerate(r["lrs"])}, **probe_rows.get(r["step"], {})}
                 step_rows[r["step"]] = row
         if self._logs:
             tensors = [v for names in self._logs.values() for vs in names.values() for v in vs
@@ -591,7 +592,7 @@ class Recorder:
 
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, *, out: str | Path,
-           shared_name: str = "shared", every: schedules.Every = 1, flush_every: int = 100,
+           shared_name: str = SHARED, every: schedules.Every = 1, flush_every: int = 100,
            scaler: Any = None, config: Mapping | None = None, seed: int | None = None,
            condition: str | None = None, resume: bool = False,
            attribute: Mapping[nn.Module | str, Sequence[str] | rows] | None = None,
@@ -665,7 +666,7 @@ def _open_run(out: str | Path, resume: bool, parameters: list[dict], model: nn.M
     run_dir, old_meta, next_part = store.prepare_run_dir(out, resume=resume)
     if old_meta is not None and [p["name"] for p in old_meta["parameters"]] != [p["name"] for p in parameters]:
         raise store.RunStoreError(f"{run_dir}: cannot resume: the model's recorded parameters differ from the run's")
-    meta = runmeta.describe_run(model, optimizer, assignment, parameters, **described,
+    meta = description.describe_run(model, optimizer, assignment, parameters, **described,
                                 created=(old_meta or {}).get("created"))
     start_step = 0
     if old_meta is not None:
@@ -677,5 +678,5 @@ def _open_run(out: str | Path, resume: bool, parameters: list[dict], model: nn.M
 
 def _next_step_on_disk(run_dir: Path) -> int:
     """After a crash meta.json has no next_step: continue after the last step on disk."""
-    _, per_step = store.load(run_dir)
-    return int(per_step["step"].max()) + 1 if len(per_step) else 0
+    last = store.last_step(run_dir)
+    return 0 if last is None else last + 1

@@ -1,107 +1,24 @@
-"""The run directory: ``meta.json`` plus append-only Parquet parts, and the loaders that read it back.
-
-Layout::
-
-    RUN/meta.json                     schema version, views, parameter table, model/optimizer, config, ...
-    RUN/params/part-000000.parquet    one row per recorded step × parameter tensor (ids, not names)
-    RUN/steps/part-000000.parquet     one row per recorded (or logged) step
-
-Every file is written to a temporary name and renamed, so a killed process leaves only complete parts (and at
-worst a stray ``*.tmp`` file, which loading ignores). Loading never unpickles: JSON and Parquet only.
-"""
+"""Read a run directory back as tidy pandas tables: ``load``, ``load_probe``, ``load_runs``."""
 from __future__ import annotations
 
 import glob as globlib
-import json
 import os
-import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
-META_FILE = "meta.json"
-TABLES = ("params", "steps", "attribution", "probe")
-STEP_COLUMNS = ["step", "recorded", "skipped", "clip_factor"]  # then lr_<group>..., then user scalars
-_PART = re.compile(r"^part-(\d{6})\.parquet$")
-
-
-class RunStoreError(ValueError):
-    """A run directory or one of its files cannot be used; the message names the path."""
-
-
-def _write_atomically(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_meta(run_dir: Path, meta: dict) -> None:
-    """Write ``meta.json`` atomically."""
-    text = json.dumps(meta, indent=1, sort_keys=False, default=str)
-    _write_atomically(run_dir / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def read_meta(run_dir: str | os.PathLike) -> dict:
-    """The run's metadata; a missing or unreadable ``meta.json`` raises an error naming it."""
-    path = Path(run_dir) / META_FILE
-    if not path.is_file():
-        raise RunStoreError(f"{path}: not a dynamics run (no {META_FILE})")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunStoreError(f"{path}: unreadable metadata ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-        raise RunStoreError(f"{path}: unsupported schema version {meta.get('schema_version') if isinstance(meta, dict) else meta!r}")
-    return meta
-
-
-def _parts(run_dir: Path, table: str) -> list[Path]:
-    folder = run_dir / table
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _PART.match(p.name))
-
-
-def prepare_run_dir(out: str | os.PathLike, *, resume: bool) -> tuple[Path, dict | None, dict[str, int]]:
-    """Create (or, with ``resume``, reopen) a run directory; never overwrite an existing run silently.
-
-    Returns the path, the existing metadata when resuming, and the next part number per table.
-    """
-    run_dir = Path(out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunStoreError(f"{run_dir}: exists and is not a directory")
-    old_meta = None
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not resume:
-            raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True "
-                                f"to append to it, or choose another out=")
-        old_meta = read_meta(run_dir)
-    for table in TABLES:
-        (run_dir / table).mkdir(parents=True, exist_ok=True)
-    next_part = {t: (int(_PART.match(p[-1].name).group(1)) + 1 if (p := _parts(run_dir, t)) else 0) for t in TABLES}
-    return run_dir, old_meta, next_part
-
-
-def write_part(run_dir: Path, table: str, number: int, frame: pd.DataFrame) -> Path:
-    """Write one Parquet part atomically and return its path."""
-    path = run_dir / table / f"part-{number:06d}.parquet"
-    arrow = pa.Table.from_pandas(frame, preserve_index=False)
-    _write_atomically(path, lambda tmp: pq.write_table(arrow, tmp))
-    return path
+from ..schema import DEFAULT_CONDITION, META_FILE, RULES, STEP_COLUMNS, LR_PREFIX, QUANTITIES, is_lr_column, probe_lca
+from .rundir import RunStoreError, parts, read_meta
 
 
 def _read_parts(run_dir: Path, table: str, n_params: int) -> pd.DataFrame | None:
     """All parts of a table, concatenated; a damaged part, or one naming a tensor the run does not have,
     raises an error naming the file."""
     frames = []
-    for path in _parts(run_dir, table):
+    for path in parts(run_dir, table):
         try:
             frames.append(pq.read_table(path).to_pandas())
         except Exception as exc:  # pyarrow raises several types for damaged files
@@ -169,7 +86,7 @@ def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.D
     present = set(raw["view"])
     view_order = [v for v in meta["views"] if attribution is None or v in present]
     per_param = _labelled(raw, info, raw["view"].to_numpy(), view_order)
-    for column in ("grad_sq", "param_sq", "update_sq", "lca"):
+    for column in QUANTITIES:
         per_param[column] = raw[column].astype("float64").to_numpy()
     for column in ("finite", "has_grad", "attributed"):
         per_param[column] = raw[column].astype("bool").to_numpy()
@@ -182,7 +99,7 @@ def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.D
                                  "skipped": pd.Series(dtype="bool"), "clip_factor": pd.Series(dtype="float64")})
     per_step = _merge_step_rows(per_step)
     fixed = [c for c in STEP_COLUMNS if c in per_step]
-    lrs = sorted((c for c in per_step if c.startswith("lr_")), key=lambda c: int(c[3:]))
+    lrs = sorted((c for c in per_step if is_lr_column(c)), key=lambda c: int(c[len(LR_PREFIX):]))
     scalars = [c for c in per_step if c not in fixed and c not in lrs]
     per_step = per_step[fixed + lrs + scalars].sort_values("step", kind="stable", ignore_index=True)
     return per_param, per_step
@@ -197,7 +114,7 @@ def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
     if raw is None:
         raise RunStoreError(f"{run_dir}: no probe was recorded (attach(..., probe=ProbeBatch(...)))")
     out = _labelled(raw, info, info["view"].to_numpy()[raw["param_id"].to_numpy()], info["view"])
-    for column in ("lca_first", "lca_trapezoid", "lca_simpson"):
+    for column in map(probe_lca, RULES):
         out[column] = raw[column].astype("float64").to_numpy()
     return out.sort_values(["step", "param"], kind="stable", ignore_index=True)
 
@@ -248,7 +165,7 @@ def load_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike], *,
         seed = meta.get("seed")
         for frame in (per_param, per_step):
             frame.insert(0, "seed", pd.array([seed] * len(frame), dtype="Int64"))
-            frame.insert(0, "condition", meta.get("condition") or "default")
+            frame.insert(0, "condition", meta.get("condition") or DEFAULT_CONDITION)
             frame.insert(0, "run", label)
         per_params.append(per_param)
         per_steps.append(per_step)

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dynamics.analysis import check_columns
-from dynamics.metrics import accuracy, percentile_interval, roc_auc
+from .cleaning import check_columns
+from .metrics import accuracy, percentile_interval, roc_auc
 
 __all__ = ["utilization", "save_utilization", "load_utilization", "UTILIZATION_FILE", "COLUMNS"]
 

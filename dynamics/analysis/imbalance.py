@@ -17,154 +17,16 @@ Exclusions (:func:`clean`), applied by every function:
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from dynamics.frames import RULES as PROBE_RULES
-from dynamics.metrics import average_ranks, bootstrap_ci
-
-__all__ = [
-    "PHASES", "clean", "exclusions", "view_order", "view_dynamics", "layer_dynamics", "matched_depth",
-    "matched_layers", "paired_test", "conditional_learning_speed", "run_summary", "imbalance_summary",
-    "user_metrics", "probe_residuals", "mean_ci",
-]
-
-QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
-REQUIRED = ("step", "view", "layer", "depth") + QUANTITIES
-PHASES = ("early", "middle", "late")
-SHARED = "shared"
-
-
-# --------------------------------------------------------------------------- cleaning
-
-def check_columns(df: pd.DataFrame, columns: Iterable[str], table: str) -> None:
-    """A clear error naming the missing columns of ``table``."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{table} is missing column(s) {missing}; it has {list(df.columns)}")
-
-
-def _with_run(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``run``/``condition``/``seed`` (one unnamed run) when a single run's table lacks them."""
-    out = df
-    if "run" not in df.columns:
-        out = df.assign(run=pd.Categorical(["run"] * len(df)))
-    if "condition" not in out.columns:
-        out = out.assign(condition=pd.Categorical(["default"] * len(out)))
-    if "seed" not in out.columns:
-        out = out.assign(seed=pd.array([pd.NA] * len(out), dtype="Int64"))
-    return out
-
-
-def view_order(per_param: pd.DataFrame, column: str = "view") -> list[str]:
-    """Values of ``column`` (default: the views) present in the table, as strings, in their declared order:
-    category order when categorical, else order of first appearance."""
-    col = per_param[column]
-    if isinstance(col.dtype, pd.CategoricalDtype):  # from the codes: no string per row
-        codes = col.cat.codes.to_numpy()
-        used = np.bincount(codes[codes >= 0], minlength=len(col.cat.categories)) > 0
-        return list(dict.fromkeys(str(c) for c, u in zip(col.cat.categories, used) if u))
-    return list(dict.fromkeys(col.astype(str)))
-
-
-def _phase_labels(n_phases: int) -> list[str]:
-    return list(PHASES) if n_phases == 3 else [f"phase {i + 1}" for i in range(n_phases)]
-
-
-def _assign_phase(step: pd.Series, run: pd.Series, n_phases: int) -> pd.Categorical:
-    """Phase of each step: the run's step range [first, last] cut into ``n_phases`` equal parts."""
-    first = step.groupby(run, observed=True).transform("min")
-    last = step.groupby(run, observed=True).transform("max")
-    idx = np.floor(n_phases * (step - first) / (last - first + 1)).astype(int).clip(0, n_phases - 1)
-    return pd.Categorical.from_codes(idx.to_numpy(), categories=_phase_labels(n_phases))
-
-
-def _step_keys(run: pd.Series, step: pd.Series, categories: pd.Index, base: int) -> np.ndarray:
-    """Integer key per (run, step); runs not among ``categories`` get -1."""
-    codes = pd.Categorical(run.astype(str), categories=categories).codes.astype(np.int64)
-    keys = codes * base + step.to_numpy(np.int64)
-    return np.where(codes < 0, -1, keys)
-
-
-def _skipped_steps(per_step: pd.DataFrame | None, runs: list[str]) -> pd.DataFrame:
-    """(run, step) pairs the optimizer skipped, from ``per_step.skipped``."""
-    if per_step is None or "skipped" not in per_step.columns:
-        return pd.DataFrame({"run": [], "step": []})
-    check_columns(per_step, ["step"], "per_step")
-    ps = per_step[per_step["skipped"].fillna(False).astype(bool)]
-    if "run" in ps.columns:
-        return pd.DataFrame({"run": ps["run"].astype(str), "step": ps["step"]})
-    if len(runs) > 1:
-        raise ValueError("per_step has no 'run' column but per_param holds several runs")
-    return pd.DataFrame({"run": [runs[0]] * len(ps), "step": ps["step"]})
-
-
-def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_phases: int = 3) -> pd.DataFrame:
-    """Rows usable for analysis (see the module docstring), with ``run``/``condition``/``seed`` and ``phase``."""
-    check_columns(per_param, REQUIRED, "per_param")
-    if n_phases < 1:
-        raise ValueError(f"n_phases must be >= 1, got {n_phases}")
-    df = _with_run(per_param)
-    df = df.assign(phase=_assign_phase(df["step"], df["run"], n_phases))  # on the full recorded range
-    bad = ~np.isfinite(df["grad_sq"].to_numpy(float)) | ~np.isfinite(df["param_sq"].to_numpy(float))
-    if "finite" in df.columns:
-        bad |= ~df["finite"].fillna(False).to_numpy(bool)
-    keep = np.ones(len(df), bool)
-    runs = pd.Index([str(r) for r in pd.unique(df["run"].astype(str))])
-    skipped = _skipped_steps(per_step, list(runs))
-    if bad.any() or len(skipped):
-        base = int(max(df["step"].max(), skipped["step"].max() if len(skipped) else 0)) + 1
-        keys = _step_keys(df["run"], df["step"], runs, base)
-        drop = np.union1d(keys[bad], _step_keys(skipped["run"], skipped["step"].astype(np.int64), runs, base))
-        keep &= ~np.isin(keys, drop[drop >= 0])
-    if "has_grad" in df.columns:
-        keep &= df["has_grad"].fillna(False).to_numpy(bool)
-    if len(df) == 0:
-        raise ValueError("per_param has no rows: nothing was recorded")
-    if not keep.any():
-        raise ValueError("no usable rows: every recorded step was skipped, non-finite or without gradients")
-    df = df[keep]
-    fix = {}
-    for q in ("update_sq", "lca"):
-        v = df[q].to_numpy(float)
-        if not np.isfinite(v).all():
-            fix[q] = np.where(np.isfinite(v), v, np.nan)
-    return df.assign(**fix) if fix else df.copy()
-
-
-def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-               cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per run: recorded steps, steps kept, and steps dropped as skipped or non-finite (for the report).
-
-    ``cleaned``: ``clean(per_param, per_step)`` when the caller has it already (it is not recomputed)."""
-    df = _with_run(per_param)
-    kept = clean(per_param, per_step) if cleaned is None else cleaned
-    recorded = df.groupby("run", observed=True)["step"].nunique()
-    used = kept.groupby("run", observed=True)["step"].nunique().reindex(recorded.index, fill_value=0)
-    out = pd.DataFrame({"recorded_steps": recorded, "used_steps": used})
-    skipped = pd.Series(0, index=recorded.index)
-    sk = _skipped_steps(per_step, [str(r) for r in recorded.index])
-    if len(sk):  # count only skipped steps that were recorded
-        steps_in = df[["run", "step"]].drop_duplicates().astype({"run": str})
-        sk = sk.merge(steps_in, on=["run", "step"])
-        skipped = sk.groupby("run")["step"].nunique().reindex(recorded.index.astype(str), fill_value=0)
-        skipped.index = recorded.index
-    out["skipped_steps"] = skipped
-    out["nonfinite_steps"] = out["recorded_steps"] - out["used_steps"] - out["skipped_steps"]
-    return out.reset_index()
-
-
-# --------------------------------------------------------------------------- per view / per layer
-
-def _derived(sums: pd.DataFrame) -> dict[str, pd.Series]:
-    """Norms, learning speed and lca from summed ``QUANTITIES`` (derived after summing, so exact per group)."""
-    return {"grad_norm": np.sqrt(sums["grad_sq"]), "update_norm": np.sqrt(sums["update_sq"]),
-            "param_norm": np.sqrt(sums["param_sq"]), "learning_speed": sums["grad_sq"] / sums["param_sq"],
-            "lca": sums["lca"]}
-
+from ..schema import QUANTITIES, SHARED
+from .cleaning import check_columns, clean, phase_labels, view_order, with_run
+from .derived import from_sums
+from .metrics import average_ranks, bootstrap_ci
 
 def _run_info(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("run", observed=True)[["condition", "seed"]].first().reset_index()
@@ -189,7 +51,7 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layer = df.groupby(["run", "view", "layer", "step"], observed=True)["grad_sq"].sum()
     layer_mean = np.sqrt(layer).groupby(level=["run", "view", "step"], observed=True).mean()
-    derived = _derived(sums)
+    derived = from_sums(sums)
     out = pd.DataFrame({"grad_norm": derived.pop("grad_norm"), "layer_grad_norm": layer_mean.reindex(sums.index),
                         **derived})
     out["cum_lca"] = out["lca"].fillna(0.0).groupby(level=["run", "view"], observed=True).cumsum()
@@ -213,7 +75,7 @@ def layer_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None
     keys = ["run", "view", "depth", "step"]
     sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layers = df.groupby(["run", "view", "depth"], observed=True)["layer"].first()
-    out = pd.DataFrame(_derived(sums)).reset_index()
+    out = pd.DataFrame(from_sums(sums)).reset_index()
     out = out.merge(layers.astype(str).reset_index(), on=["run", "view", "depth"], how="left")
     phase = df.drop_duplicates(["run", "step"])[["run", "step", "phase"]]
     return out.merge(phase, on=["run", "step"], how="left").merge(_run_info(df), on="run", how="left")
@@ -379,7 +241,7 @@ def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *
     out["loss_reduction"] = -out["lca"]
     total = out.groupby(["run", "phase"], observed=True)["loss_reduction"].transform("sum")
     out["share"] = np.where(total > 0, out["loss_reduction"] / total.where(total > 0), np.nan)
-    order = _phase_labels(n_phases) + ["all"]
+    order = phase_labels(n_phases) + ["all"]
     out["phase"] = pd.Categorical(out["phase"], categories=order)
     out["view"] = pd.Categorical(out["view"].astype(str), categories=view_order(per_param))
     return out.drop(columns="lca").sort_values(["run", "phase", "view"]).reset_index(drop=True)
@@ -424,7 +286,7 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
     and ``n_phases``, when the caller has them already, are used instead of being recomputed.
     """
     a, b = _pair(per_param, views, shared)
-    df = _with_run(per_param)
+    df = with_run(per_param)
     groups = pd.DataFrame({"run": df["run"].astype(str), "group": _group_column(df, by)}).drop_duplicates()
     if groups["run"].duplicated().any():
         bad = groups.loc[groups["run"].duplicated(), "run"].iloc[0]
@@ -462,40 +324,9 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
                      "n_pairs": test["n_pairs"], "n_a_greater": test["n_a_greater"],
                      "p": test["p"], "effect_size": test["effect_size"]})
     out = pd.DataFrame(rows)
-    out["phase"] = pd.Categorical(out["phase"].astype(str), categories=_phase_labels(n_phases) + ["all"])
+    out["phase"] = pd.Categorical(out["phase"].astype(str), categories=phase_labels(n_phases) + ["all"])
     out = out.sort_values(["group", "phase"]).reset_index(drop=True)
     out.attrs.update(by=by, level=level, unmatched=md.attrs.get("unmatched", []))
     return out
 
 
-def user_metrics(per_step: pd.DataFrame, *, exclude: Sequence[str] = ()) -> pd.DataFrame:
-    """Per run: the last logged value of every user scalar in ``per_step`` (e.g. ``val_auc``),
-    skipping bookkeeping columns (``recorded``, ``skipped``, ``clip_factor``, ``lr_*``, ``probe_*``) and
-    ``exclude``."""
-    check_columns(per_step, ["step"], "per_step")
-    ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
-    skip = {"step", "run", "condition", "seed", "recorded", "skipped", "clip_factor"}
-    cols = [c for c in ps.columns if c not in skip and not str(c).startswith(("lr_", "probe_"))
-            and pd.api.types.is_numeric_dtype(ps[c]) and not pd.api.types.is_bool_dtype(ps[c])]
-    ps = ps.sort_values("step")
-    last = ps.groupby("run", observed=True)[cols].last() if cols else pd.DataFrame(index=ps["run"].unique())
-    last = last[[c for c in last.columns if c not in exclude]]
-    return last.dropna(axis=1, how="all").reset_index()
-
-
-def probe_residuals(per_step: pd.DataFrame) -> pd.DataFrame:
-    """Per run: probed steps and, per rule, Σ|actual − Σlca| / Σ|actual| over them (0 = exact).
-
-    The ratio of sums, not a median of ratios, so steps whose loss barely changed do not dominate."""
-    columns = ["probe_change"] + [f"probe_residual_{r}" for r in PROBE_RULES]
-    ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
-    if not set(columns) <= set(ps.columns):
-        return pd.DataFrame(columns=["run", "probed_steps", *[f"relative_residual_{r}" for r in PROBE_RULES]])
-    ps = ps.dropna(subset=columns)
-    rows = []
-    for run, sub in ps.groupby("run", observed=True):
-        change = np.abs(sub["probe_change"]).sum()
-        rows.append({"run": run, "probed_steps": len(sub), **{
-            f"relative_residual_{r}": np.abs(sub[f"probe_residual_{r}"]).sum() / change if change > 0 else np.nan
-            for r in PROBE_RULES}})
-    return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""What a run's ``meta.json`` says about it: set-up, parameter table, library versions. JSON only."""
+"""What a run's ``meta.json`` says about its recording: set-up, parameter table, library versions. JSON only."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import schedules, store
-from .frames import RULES
+from ..schema import RULES, SCHEMA_VERSION
+from . import schedules
 from .views import ViewAssignment
 
 
@@ -35,7 +35,7 @@ def json_safe(value: Any) -> Any:
 def library_versions() -> dict[str, str]:
     """Versions of everything that shapes the numbers, for the reader of a run years later."""
     import pyarrow
-    from . import __version__
+    from .. import __version__
     return {"dynamics": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "numpy": np.__version__, "pandas": pd.__version__, "pyarrow": pyarrow.__version__}
 
@@ -46,7 +46,7 @@ def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment:
                  created: str | None) -> dict:
     """The metadata written at attach (the recorder adds status, notes and errors at close)."""
     return {
-        "schema_version": store.SCHEMA_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "status": "running",
         "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "views": assignment.views,

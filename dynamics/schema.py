@@ -1,0 +1,59 @@
+"""Every name the stages share: tables, columns, buffer rows, rules, defaults and the schema version.
+
+The recorder writes these names, the store keeps them, the analysis and the report read them. They are spelled
+here once; every other module imports them. Pure constants: no torch, no pandas.
+"""
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+META_FILE = "meta.json"
+TABLES = ("params", "steps", "attribution", "probe")
+
+# the per-tensor quantities a run stores (additive over tensors, views, micro-batches and processes)
+QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
+# rows of the recorder's device buffer: the stored quantities, then the optimizer's ‖g‖² (for the clip factor)
+BUFFER_ROWS = (*QUANTITIES, "pre_sq")
+GRAD_SQ, PARAM_SQ, UPDATE_SQ, LCA, PRE_SQ = range(len(BUFFER_ROWS))
+# rows of the attribution buffer, per view and shared tensor: ‖g_v‖², g_v·Δθ, g_v·(g − g_v)
+ATTRIBUTION_ROWS = ("grad_sq", "lca", "cross")
+
+# the probe's integration rules of the gradient along θ_t → θ_{t+1} (first order, trapezoid, Simpson)
+RULES = ("first", "trapezoid", "simpson")
+PROBE_PREFIX = "probe_"
+PROBE_CHANGE = "probe_change"
+PROBE_LOSSES = ("probe_loss_before", "probe_loss_after")
+
+
+def probe_residual(rule: str) -> str:
+    """The per-step column of a rule's residual: measured probe loss change minus Σ lca_<rule>."""
+    return f"{PROBE_PREFIX}residual_{rule}"
+
+
+def probe_lca(rule: str) -> str:
+    """The per-tensor column of the probe's lca by one rule."""
+    return f"lca_{rule}"
+
+
+# the per-step table: these first, then one learning rate per parameter group, then the user's scalars
+STEP_COLUMNS = ("step", "recorded", "skipped", "clip_factor")
+LR_PREFIX = "lr_"
+RUN_COLUMNS = ("run", "condition", "seed")  # added by load_runs
+RESERVED_SCALARS = frozenset(STEP_COLUMNS) | frozenset(RUN_COLUMNS)
+
+
+def lr_column(group: int) -> str:
+    """The per-step column of parameter group ``group``'s learning rate."""
+    return f"{LR_PREFIX}{group}"
+
+
+def is_lr_column(name: str) -> bool:
+    return str(name).startswith(LR_PREFIX)
+
+
+# the per-param table a loaded run has (per tensor and recorded step; per view for attributed tensors)
+PARAM_KEYS = ("step", "param", "view", "layer", "depth")
+PARAM_FLAGS = ("finite", "has_grad", "attributed")
+
+# defaults
+SHARED = "shared"                # the group of parameters in no view (fusion, head)
+DEFAULT_CONDITION = "default"    # the condition of a run that names none
