@@ -14,8 +14,8 @@ PY=${PY:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 status=0
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
-$PY -m pytest -q -rs -p no:cacheprovider tests/test_recorder_reference.py -k cuda || status=1
-$PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_host_sync.py tests/test_distributed.py tests/test_compile.py tests/test_quantities.py || status=1
+$PY -m pytest -q -rs -p no:cacheprovider tests/record/test_recorder_reference.py -k cuda || status=1
+$PY -m pytest -q -rs -p no:cacheprovider tests/record/test_cuda.py tests/record/test_host_sync.py tests/record/test_distributed.py tests/record/test_compile.py tests/record/test_kernels.py || status=1
 $PY benchmarks/overhead.py --device cuda --size 256 --batch 16 --reps 5 --steps 20 || status=1
 # the reproduction script under torchrun on the GPU: NCCL, DDP, shared weights with attribution, AMP, probe
 rm -rf /tmp/gpu_check_run

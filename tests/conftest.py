@@ -1,1 +1,1 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
+"""Shared fixtures live in tests/harness.py (the brute-force reference), imported as tests.harness."""

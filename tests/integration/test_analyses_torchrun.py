@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 import dynamics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_TRAIN, BATCH, PROCS, PROBE_EVERY = 1200, 128, 2, 2  # mfeat's training split; --batch-size is per process
 STEPS = math.ceil(math.ceil(N_TRAIN / PROCS) / BATCH)  # one epoch over each process's half: 5 (one process: 10)
 

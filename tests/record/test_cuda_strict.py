@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 import dynamics
-from cuda_strict import make_hooks_strict
-from harness import SharedColumn
+from tests.cuda_strict import make_hooks_strict
+from tests.harness import SharedColumn
 
 PACKAGE = str(Path(dynamics.__file__).parent)
 # the per-parameter gradient hook only checks two host flags and calls a guarded function

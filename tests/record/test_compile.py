@@ -24,7 +24,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 import dynamics
-from harness import Setup, fresh_model, make_batches, train
+from tests.harness import Setup, fresh_model, make_batches, train
 
 STEPS = 4
 COLUMNS = ["grad_sq", "param_sq", "update_sq", "lca"]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dynamics.record.views import resolve_views
-from harness import TwoView
+from tests.harness import TwoView
 
 
 def _views(assignment):

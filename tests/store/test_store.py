@@ -11,10 +11,9 @@ import torch
 
 import dynamics
 from dynamics.store import RunStoreError
-from harness import fresh_model, make_batches
+from tests.harness import fresh_model, make_batches
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent  # the checkout whose dynamics the subprocess must import
+REPO = Path(__file__).resolve().parents[2]  # the checkout whose dynamics the subprocess must import
 N_TENSORS = len(list(fresh_model().parameters()))
 
 
@@ -37,10 +36,9 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_flush(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
         sys.path.insert(0, {str(REPO)!r})
-        sys.path.insert(0, {str(TESTS)!r})
         import dynamics
         assert dynamics.__file__.startswith({str(REPO / "dynamics")!r}), dynamics.__file__  # this checkout
-        from harness import fresh_model, make_batches
+        from tests.harness import fresh_model, make_batches
         model = fresh_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         rec = dynamics.attach(model, opt, views={{"cc": model.cc}}, out={str(tmp_path / "run")!r}, flush_every=10)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dynamics
-from harness import (DEVICES, Setup, assert_bit_identical, assert_matches_reference, clone, device_or_skip, fresh_model,
+from tests.harness import (DEVICES, Setup, assert_bit_identical, assert_matches_reference, clone, device_or_skip, fresh_model,
                      make_batches, state, train)
 
 

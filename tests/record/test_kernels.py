@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dynamics.record import kernels as quantities
-from harness import DEVICES, device_or_skip
+from tests.harness import DEVICES, device_or_skip
 
 SHAPES = [(3, 4), (7,), (0, 5), (2, 3, 2), (1,)]
 

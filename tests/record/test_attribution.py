@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 import dynamics
-from harness import ConvColumn, SharedModel, _inputs
+from tests.harness import ConvColumn, SharedModel, _inputs
 
 
 def _buffers(model):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dynamics
-from harness import Setup, SharedColumn, fresh_model, make_batches
+from tests.harness import Setup, SharedColumn, fresh_model, make_batches
 
 # every way a tensor's value reaches the host: explicit copies, and the Python conversions (float(t), int(t),
 # bool(t) / `if t:`, t.__index__ as in range(t) or list[t]) and nonzero(), whose output size needs the values

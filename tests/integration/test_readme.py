@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 class TwoColumns(nn.Module):

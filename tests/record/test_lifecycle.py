@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dynamics
-from harness import (SETUPS_FOR_LIFECYCLE, SharedColumn, assert_bit_identical, fresh_model, make_batches, state,
+from tests.harness import (SETUPS_FOR_LIFECYCLE, SharedColumn, assert_bit_identical, fresh_model, make_batches, state,
                      train)
 
 

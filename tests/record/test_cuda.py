@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import dynamics
-from cuda_strict import make_hooks_strict
-from harness import SharedColumn, fresh_model, make_batches
+from tests.cuda_strict import make_hooks_strict
+from tests.harness import SharedColumn, fresh_model, make_batches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,7 +6,7 @@ import torch
 
 import dynamics
 from dynamics.store.frames import clip_factor
-from harness import fresh_model, make_batches
+from tests.harness import fresh_model, make_batches
 
 
 def test_clip_factor_verdicts():

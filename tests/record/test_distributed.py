@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import dynamics
-from harness import Setup, SharedModel, _inputs, assert_matches_reference, make_batches, train
+from tests.harness import Setup, SharedModel, _inputs, assert_matches_reference, make_batches, train
 
 STEPS, CLIP, WORLD, TIMEOUT_S = 3, 0.05, 4, 240
 QUANTITIES = ["grad_sq", "param_sq", "update_sq", "lca"]
@@ -29,7 +29,7 @@ QUANTITIES = ["grad_sq", "param_sq", "update_sq", "lca"]
 
 def _model(seed: int = 0) -> nn.Module:
     """The harness's two-view model without its BatchNorm (a half batch's statistics differ from the whole's)."""
-    from harness import TwoView
+    from tests.harness import TwoView
     torch.manual_seed(seed)
     model = TwoView()
     model.cc[1] = nn.Identity()
@@ -178,7 +178,6 @@ def _refusals(rank: int, out: str) -> None:
 
 
 def _worker(rank: int, store: str, root: str) -> None:
-    sys.path.insert(0, os.path.dirname(__file__))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
@@ -251,8 +250,7 @@ def test_ddp_attribution_equals_the_single_process_attribution(distributed_runs,
 
 def _cuda_fsdp_worker(rank: int, store: str, out: str) -> None:
     """One process, NCCL, fully_shard on the GPU, every recorder hook in sync-debug "error" mode."""
-    sys.path.insert(0, os.path.dirname(__file__))
-    from cuda_strict import make_hooks_strict
+    from tests.cuda_strict import make_hooks_strict
     make_hooks_strict()
     torch.cuda.set_device(0)
     dist.init_process_group("nccl", init_method=f"file://{store}", rank=0, world_size=1)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import dynamics
-from harness import TwoView
+from tests.harness import TwoView
 
 
 def test_sparse_gradients_are_refused_loudly(tmp_path):
