@@ -34,7 +34,7 @@ from torch import nn
 from .. import store
 from ..schema import BUFFER_ROWS, GRAD_SQ, LCA, LR_PREFIX, PARAM_SQ, PRE_SQ, RESERVED_SCALARS, RULES, SHARED, UPDATE_SQ, lr_column
 from ..store import frames
-from . import description, distributed, kernels, schedules
+from . import description, distributed, kernels, registry, schedules
 from . import probe as probing
 from .attribution import SharedAttribution, group_label, resolve_attribution, rows, views_of
 from .views import ViewAssignment, ViewSpec, device_of, resolve_views
@@ -183,6 +183,7 @@ class Recorder:
         except BaseException:
             self._remove_hooks()
             raise
+        registry.register(self)
 
     def _nan_buffer(self, *shape: int) -> torch.Tensor:
         """A preallocated device buffer; NaN marks what a step did not fill."""
@@ -212,6 +213,7 @@ class Recorder:
                            f"is in the tensor's total but in no view's part")
         finally:
             self._remove_hooks()
+            registry.unregister(self)
             self._prev = None
             self.meta["status"] = "closed"
             self.meta["next_step"] = self._step

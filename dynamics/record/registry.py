@@ -1,0 +1,29 @@
+"""Which recorders are attached now: so that a part of the user's model (an intervention, a second ``attach``)
+can find the recorder of the model it sits in. Weak references only: a dropped recorder leaves no trace."""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from torch import nn
+
+_ACTIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def register(recorder: Any) -> None:
+    """Called by a recorder once its hooks are in place."""
+    _ACTIVE.add(recorder)
+
+
+def unregister(recorder: Any) -> None:
+    """Called by a recorder when it closes; idempotent."""
+    _ACTIVE.discard(recorder)
+
+
+def active_for(module: nn.Module) -> Any | None:
+    """The open recorder whose model is ``module`` or contains it, else None."""
+    for recorder in list(_ACTIVE):
+        model = recorder.model
+        if model is module or any(m is module for m in model.modules()):
+            return recorder
+    return None
