@@ -1,7 +1,7 @@
 """One harness for every recorder test: a small two-view model, training set-ups, and a brute-force reference.
 
 The reference trains an identical copy of the model with the plain loop (no recorder) and computes every
-quantity of design.md section 3 directly in float64 from cloned tensors: the gradient right after the last
+quantity defined in the README ("What is recorded") directly in float64 from cloned tensors: the gradient right after the last
 backward pass (divided by the loss scale when one is used), θ_t before the optimizer step, θ_{t+1} after it.
 """
 from __future__ import annotations
