@@ -24,6 +24,19 @@ def from_sums(sums: pd.DataFrame) -> dict[str, pd.Series]:
             "lca": sums["lca"]}
 
 
+def mean_layer_norm(layer_sq: pd.Series, level: Sequence[str]) -> pd.Series:
+    """Mean over layers of each layer's norm √Σ‖·‖² (``layer_sq``: per-layer sums of squares, indexed with the
+    ``level`` names kept and a layer level averaged away)."""
+    return np.sqrt(layer_sq).groupby(level=list(level), observed=True).mean()
+
+
+def loss_share(lca, total):
+    """A group's share of a loss decrease: ``lca / total`` where the total lca is negative (the loss went down),
+    NaN where it is not (a share of no decrease means nothing). Arrays or aligned Series."""
+    total = pd.Series(total) if not isinstance(total, pd.Series) else total
+    return np.where(total < 0, lca / total.where(total < 0), np.nan)
+
+
 def norms(per_param: pd.DataFrame) -> pd.DataFrame:
     """A copy with ``grad_norm``, ``param_norm`` and ``update_norm`` (√ of the stored squares) added."""
     check_columns(per_param, ["grad_sq", "param_sq", "update_sq"], "per_param")

@@ -25,7 +25,7 @@ from scipy import stats
 
 from ..schema import QUANTITIES, SHARED
 from .cleaning import check_columns, clean, phase_labels, view_order, with_run
-from .derived import from_sums
+from .derived import from_sums, loss_share, mean_layer_norm
 from .metrics import average_ranks, bootstrap_ci
 
 def _run_info(df: pd.DataFrame) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     keys = ["run", "view", "step"]
     sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layer = df.groupby(["run", "view", "layer", "step"], observed=True)["grad_sq"].sum()
-    layer_mean = np.sqrt(layer).groupby(level=["run", "view", "step"], observed=True).mean()
+    layer_mean = mean_layer_norm(layer, ["run", "view", "step"])
     derived = from_sums(sums)
     out = pd.DataFrame({"grad_norm": derived.pop("grad_norm"), "layer_grad_norm": layer_mean.reindex(sums.index),
                         **derived})
@@ -59,8 +59,8 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     out = out.reset_index()
     total_cum = out.groupby(["run", "step"], observed=True)["cum_lca"].transform("sum")
     total_step = out.groupby(["run", "step"], observed=True)["lca"].transform("sum")
-    out["share"] = np.where(total_cum < 0, out["cum_lca"] / total_cum.where(total_cum < 0), np.nan)
-    out["step_share"] = np.where(total_step < 0, out["lca"] / total_step.where(total_step < 0), np.nan)
+    out["share"] = loss_share(out["cum_lca"], total_cum)
+    out["step_share"] = loss_share(out["lca"], total_step)
     phase = df.drop_duplicates(["run", "step"])[["run", "step", "phase"]]
     out = out.merge(phase, on=["run", "step"], how="left").merge(_run_info(df), on="run", how="left")
     out["view"] = pd.Categorical(out["view"].astype(str), categories=view_order(df))
@@ -239,8 +239,7 @@ def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *
                 update_norm=("update_norm", "mean"), learning_speed=("learning_speed", "mean"),
                 lca=("lca", "sum"), n_steps=("step", "size")).reset_index()
     out["loss_reduction"] = -out["lca"]
-    total = out.groupby(["run", "phase"], observed=True)["loss_reduction"].transform("sum")
-    out["share"] = np.where(total > 0, out["loss_reduction"] / total.where(total > 0), np.nan)
+    out["share"] = loss_share(out["lca"], out.groupby(["run", "phase"], observed=True)["lca"].transform("sum"))
     order = phase_labels(n_phases) + ["all"]
     out["phase"] = pd.Categorical(out["phase"], categories=order)
     out["view"] = pd.Categorical(out["view"].astype(str), categories=view_order(per_param))

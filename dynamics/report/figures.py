@@ -1,80 +1,28 @@
 """Publication figures of per-view training dynamics, in the seaborn calling style.
 
 Axes-level functions take ``data=`` first, keyword-only column names and ``ax=``, and return the
-Axes; :func:`dynamics_facets` is the figure-level function that facets. All use one style
-(:func:`publication_style`), figure sizes for single and double column (:data:`SIZES`) and one
-colour per view (:func:`view_palette`: Okabe-Ito colours, colour-blind safe, ``shared`` grey).
+Axes; :func:`dynamics_facets` is the figure-level function that facets. All use the one style of
+:mod:`dynamics.report.style` (re-exported here: :func:`publication_style`, :data:`SIZES`,
+:func:`view_palette`, :func:`save_figure`).
 Inputs are the tables from :mod:`dynamics.analysis` (``view_dynamics``, ``matched_depth``,
 ``imbalance_summary``...).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from ..analysis.cleaning import check_columns, view_order
 from ..analysis.metrics import t_half_width
-from ..schema import SHARED
+from .style import (OKABE_ITO, SHARED_COLOR, SIZES, STYLE, figsize, publication_style, save_figure,  # noqa: F401
+                    view_palette)
 
 __all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
            "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
            "condition_plot", "dynamics_facets", "save_figure"]
-
-#: inches; a single journal column is about 3.5 in, a full page width about 7.2 in.
-SIZES = {"single": (3.5, 2.6), "double": (7.2, 3.0)}
-#: Okabe & Ito (2008) colour-blind-safe colours, in the order views receive them.
-OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
-SHARED_COLOR = "#7F7F7F"
-STYLE = {
-    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-    "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
-    "axes.linewidth": 0.6, "lines.linewidth": 1.2, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
-    "savefig.bbox": "tight", "savefig.dpi": 300, "pdf.fonttype": 42, "ps.fonttype": 42,
-    "axes.prop_cycle": matplotlib.cycler(color=list(OKABE_ITO)),
-}
-
-
-@contextlib.contextmanager
-def publication_style() -> Iterator[None]:
-    """Context in which figures use the package style (fonts embedded as TrueType in PDFs)."""
-    with plt.rc_context(STYLE):
-        yield
-
-
-def figsize(width: str = "single", aspect: float | None = None) -> tuple[float, float]:
-    """(width, height) in inches for ``"single"`` or ``"double"`` column; ``aspect`` = height/width."""
-    if width not in SIZES:
-        raise ValueError(f"width must be one of {list(SIZES)}, got {width!r}")
-    w, h = SIZES[width]
-    return (w, w * aspect) if aspect else (w, h)
-
-
-def view_palette(views: Sequence[str] | pd.Series, shared: str = SHARED) -> dict[str, str]:
-    """Fixed colour per view: views take Okabe-Ito colours in their order, ``shared`` is grey.
-
-    Pass the views in their declared order (``dynamics.analysis.view_order``) so that a view has the
-    same colour in every figure of a report.
-    """
-    if isinstance(views, pd.Series):
-        views = list(views.cat.categories) if isinstance(views.dtype, pd.CategoricalDtype) else list(
-            dict.fromkeys(views))
-    out, i = {}, 0
-    for v in map(str, views):
-        if v in out:
-            continue
-        if v == shared:
-            out[v] = SHARED_COLOR
-        else:
-            out[v] = OKABE_ITO[i % len(OKABE_ITO)]
-            i += 1
-    return out
 
 
 def _check(data: pd.DataFrame, *columns: str | None) -> None:
@@ -262,17 +210,3 @@ def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
                 ax.set_xlabel("")
     fig.tight_layout()
     return fig
-
-
-def save_figure(fig: plt.Figure, path: str | os.PathLike, *, formats: Sequence[str] = ("pdf", "png"),
-                dpi: int = 300) -> list[Path]:
-    """Save ``fig`` as ``path`` with each suffix in ``formats`` (PDF vector, PNG at ``dpi``)."""
-    base = Path(path)
-    base = base.with_suffix("") if base.suffix.lstrip(".") in formats else base
-    base.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for fmt in formats:
-        p = base.with_name(f"{base.name}.{fmt}")
-        fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight")
-        out.append(p)
-    return out

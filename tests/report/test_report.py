@@ -149,6 +149,31 @@ def test_python_m_dynamics_report(runs, tmp_path):
 
 
 def test_outcome_metrics_prefer_test_auc_then_other_outcomes():
-    assert report.build._outcome_metrics(["loss", "val_auc", "test_acc", "test_auc", "present_cc"]) == ["test_auc", "test_acc"]
-    assert report.build._outcome_metrics(["loss", "val_acc"]) == ["val_acc"]
-    assert report.build._outcome_metrics(["loss", "present_cc"]) == ["loss", "present_cc"]
+    assert report.panels.outcome_metrics(["loss", "val_auc", "test_acc", "test_auc", "present_cc"]) == ["test_auc", "test_acc"]
+    assert report.panels.outcome_metrics(["loss", "val_acc"]) == ["val_acc"]
+    assert report.panels.outcome_metrics(["loss", "present_cc"]) == ["loss", "present_cc"]
+
+
+def test_report_numbers_computes_each_analysis_once(runs, tmp_path, monkeypatch):
+    """The cleaned rows, view dynamics and matched layers are computed once per report, whatever reads them."""
+    from dynamics.analysis import imbalance
+
+    calls = {}
+
+    def counting(module, name):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    for name in ("clean", "view_dynamics", "matched_depth"):
+        counting(analysis, name)
+    counting(imbalance, "clean")  # what the analysis functions call when not given the cleaned rows
+    data = report.load_report_data(runs, progress=False)
+    nums = report.ReportNumbers(data, n_boot=50)
+    assert nums.view_dynamics is nums.view_dynamics and calls == {"clean": 1, "view_dynamics": 1}
+    calls.clear()
+    report.build_report(data, tmp_path / "once", progress=False, n_boot=50)
+    assert calls == {"clean": 1, "view_dynamics": 1, "matched_depth": 1}

@@ -1,0 +1,84 @@
+"""The one style of every figure: sizes, fonts, colour palettes and saving.
+
+Sizes for a single and a double journal column (:data:`SIZES`), a style context (:func:`publication_style`:
+fonts embedded as TrueType in PDFs), one colour per view (:func:`view_palette`: Okabe-Ito colours, colour-blind
+safe, ``shared`` grey) and :func:`save_figure` (PDF and 300-dpi PNG).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..schema import SHARED
+
+__all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
+           "save_figure"]
+
+#: inches; a single journal column is about 3.5 in, a full page width about 7.2 in.
+SIZES = {"single": (3.5, 2.6), "double": (7.2, 3.0)}
+#: Okabe & Ito (2008) colour-blind-safe colours, in the order views receive them.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+SHARED_COLOR = "#7F7F7F"
+STYLE = {
+    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.linewidth": 0.6, "lines.linewidth": 1.2, "xtick.major.width": 0.6, "ytick.major.width": 0.6,
+    "savefig.bbox": "tight", "savefig.dpi": 300, "pdf.fonttype": 42, "ps.fonttype": 42,
+    "axes.prop_cycle": matplotlib.cycler(color=list(OKABE_ITO)),
+}
+
+
+@contextlib.contextmanager
+def publication_style() -> Iterator[None]:
+    """Context in which figures use the package style (fonts embedded as TrueType in PDFs)."""
+    with plt.rc_context(STYLE):
+        yield
+
+
+def figsize(width: str = "single", aspect: float | None = None) -> tuple[float, float]:
+    """(width, height) in inches for ``"single"`` or ``"double"`` column; ``aspect`` = height/width."""
+    if width not in SIZES:
+        raise ValueError(f"width must be one of {list(SIZES)}, got {width!r}")
+    w, h = SIZES[width]
+    return (w, w * aspect) if aspect else (w, h)
+
+
+def view_palette(views: Sequence[str] | pd.Series, shared: str = SHARED) -> dict[str, str]:
+    """Fixed colour per view: views take Okabe-Ito colours in their order, ``shared`` is grey.
+
+    Pass the views in their declared order (``dynamics.analysis.view_order``) so that a view has the
+    same colour in every figure of a report.
+    """
+    if isinstance(views, pd.Series):
+        views = list(views.cat.categories) if isinstance(views.dtype, pd.CategoricalDtype) else list(
+            dict.fromkeys(views))
+    out, i = {}, 0
+    for v in map(str, views):
+        if v in out:
+            continue
+        if v == shared:
+            out[v] = SHARED_COLOR
+        else:
+            out[v] = OKABE_ITO[i % len(OKABE_ITO)]
+            i += 1
+    return out
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, *, formats: Sequence[str] = ("pdf", "png"),
+                dpi: int = 300) -> list[Path]:
+    """Save ``fig`` as ``path`` with each suffix in ``formats`` (PDF vector, PNG at ``dpi``)."""
+    base = Path(path)
+    base = base.with_suffix("") if base.suffix.lstrip(".") in formats else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        p = base.with_name(f"{base.name}.{fmt}")
+        fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight")
+        out.append(p)
+    return out
