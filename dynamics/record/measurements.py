@@ -1,0 +1,162 @@
+"""The per-tensor quantities of one optimizer step, measured on the device into one buffer row.
+
+Before the step: ‖θ_t‖², a copy of θ_t (for Δθ), and the gradient the optimizer will use, ‖g‖². The gradient
+"the loss has" (after accumulation, unscaled, before clipping) is the backward's: where it may be rescaled or
+clipped before the step (the loop did so before, or a GradScaler is given) it is measured at the end of each
+backward pass too; a change between the two measurements (unscaling, ``clip_grad_norm_``) is undone in lca by
+the per-tensor ratio of the two norms, and that ratio is the clip factor. After the step: ‖Δθ‖² and
+lca = g·Δθ. A skipped step keeps ‖θ‖² and, where it was measured, the backward's ‖g‖²; nothing else.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..schema import BUFFER_ROWS, GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, UPDATE_SQ, lr_column
+from ..store import frames
+from . import distributed, kernels
+from .guard import Notes
+from .parts import LossScale, RecordedStep, RecordedTensors, StepRow
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_AT_STEP = "gradient taken at the optimizer step (no backward pass seen)"
+_AT_STEP_UNEXPECTED = ("gradient taken at the optimizer step: no backward pass seen, or the gradients were "
+                       "changed after it at a step where no change was expected (clipping or scaling began "
+                       "mid-run); grad_sq and lca use the optimizer's gradient")
+
+
+class StepMeasurements:
+    """Owns the quantities buffer (one row per recorded step), θ_t and the backward's ‖g‖² of the open step."""
+
+    def __init__(self, tensors: RecordedTensors, loss_scale: LossScale, rows: int, notes: Notes) -> None:
+        self._t, self._scale, self._notes = tensors, loss_scale, notes
+        self.buffer = tensors.buffer(rows, len(BUFFER_ROWS), tensors.n)
+        self._zero = torch.zeros(1, device=tensors.device, dtype=tensors.dtype)  # "no gradient"
+        self.dots = tensors.dots_for(tensors.local_params())  # made here: never in the hot path
+        self._saved: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
+        self._bwd_sq: torch.Tensor | None = None       # the backward's ‖g‖² of the open step
+        self._eager = True  # measure at backward end: the gradient may change before the step
+
+    # ------------------------------------------------------------------------------------- backward
+    def at_backward_end(self) -> None:
+        if self._eager:
+            sq = kernels.sq_norms(self._grads(), self._t.dtype)
+            scale = self._scale.scale()
+            self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
+
+    def forget_backward(self) -> None:
+        self._bwd_sq = None
+
+    # ------------------------------------------------------------------------------------ the step
+    def before_step(self, index: int, row: int, lrs: list, *, gradient: tuple[bool, bool] | None
+                    ) -> RecordedStep:
+        """‖θ_t‖² and θ_t saved; with ``gradient`` = (opened, changed) the optimizer's gradient too, in one
+        reduction with the parameters (fewer launches)."""
+        params = self._t.local_params()
+        out = self.buffer[row]
+        grads = None
+        if gradient is None:
+            out[PARAM_SQ].copy_(kernels.sq_norms(params, self._t.dtype))
+        else:
+            grads = self._grads()
+            squares = kernels.sq_norms([*grads, *params], self._t.dtype)
+            out[PRE_SQ].copy_(squares[:self._t.n])
+            out[PARAM_SQ].copy_(squares[self._t.n:])
+        step = RecordedStep(index, row, params, self._save(params), lrs)
+        if grads is not None:
+            self._take_gradient(step, grads, *gradient)
+        return step
+
+    def gradient(self, step: RecordedStep, *, opened: bool, changed: bool) -> None:
+        """The optimizer's gradient of ``step``, measured on its own (after a closure has run)."""
+        grads = self._grads()
+        self.buffer[step.row][PRE_SQ].copy_(kernels.sq_norms(grads, self._t.dtype))
+        self._take_gradient(step, grads, opened, changed)
+
+    def _take_gradient(self, step: RecordedStep, grads: list[torch.Tensor], opened: bool, changed: bool) -> None:
+        out = self.buffer[step.row]
+        if opened and not changed:  # the optimizer sees the backward's gradient untouched
+            out[GRAD_SQ].copy_(out[PRE_SQ])
+            self._eager = self._scale.scaler is not None
+        elif changed and self._bwd_sq is not None:
+            out[GRAD_SQ].copy_(self._bwd_sq)
+        else:  # no backward pass seen, or a change the recorder did not expect: use the step's gradient
+            out[GRAD_SQ].copy_(out[PRE_SQ])
+            self._notes.add(_AT_STEP_UNEXPECTED if opened else _AT_STEP, step.index)
+            changed, self._eager = False, True
+        step.grads, step.changed = grads, changed
+        step.versions = [g._version for g in grads]
+        step.has_grad = np.fromiter((g is not self._zero for g in grads), bool, self._t.n)
+
+    def after_step(self, step: RecordedStep) -> None:
+        """Form −Δθ in the saved copy of θ_t; ‖Δθ‖² and lca, the clipping undone, sums completed over shards."""
+        out, grads = self.buffer[step.row], step.grads
+        torch._foreach_sub_(step.saved, step.params)  # θ_t − θ_{t+1} = −Δθ
+        step.formed = True
+        out[UPDATE_SQ].copy_(kernels.sq_norms(step.saved, self._t.dtype))
+        # a tensor without a gradient (None here) has lca 0
+        out[LCA].copy_(self.dots([None if g is self._zero else g for g in grads], step.saved).neg_())
+        distributed.sum_over_shards(out, self._t.layout)  # every sum is whole before it is used
+        if step.changed:  # undo a per-tensor rescaling (clipping) of the gradient
+            ratio = out[GRAD_SQ] / out[PRE_SQ]
+            out[LCA].mul_(torch.where(out[PRE_SQ] > 0, ratio, 0.0).sqrt())
+        if any(g._version != v for g, v in zip(grads, step.versions)):
+            out[LCA].fill_(math.nan)
+            self._notes.add("lca not available: the optimizer changed the gradients in place", step.index)
+
+    def skipped(self, row: int) -> bool:
+        """A step that ended without an optimizer step: ‖θ‖² and the backward's ‖g‖² where it was measured
+        (returned: was it?)."""
+        out = self.buffer[row]
+        out.fill_(math.nan)
+        if self._bwd_sq is not None:
+            out[GRAD_SQ].copy_(self._bwd_sq)
+        out[PARAM_SQ].copy_(kernels.sq_norms(self._t.local_params(), self._t.dtype))
+        distributed.sum_over_shards(out, self._t.layout)
+        return self._bwd_sq is not None
+
+    # ------------------------------------------------------------------------------------- helpers
+    def _grads(self) -> list[torch.Tensor]:
+        """This process's part of each gradient (a zero placeholder where there is none)."""
+        return [self._zero if p.grad is None else self._t.local(p.grad) for p in self._t.params]
+
+    def _save(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if self._saved is None:
+            # low-precision tensors keep θ_t in float32, where θ_t − θ_{t+1} of two of them is exact
+            self._saved = [torch.empty_like(p, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype)
+                           for p in params]
+        if self._t.device.type == "cpu":  # a plain loop: foreach copy is slower than it on CPU
+            for saved, p in zip(self._saved, params):
+                saved.copy_(p)
+        else:
+            torch._foreach_copy_(self._saved, params)
+        return self._saved
+
+    def release(self) -> None:
+        """Free the copy of θ_t (at close)."""
+        self._saved = None
+
+    # --------------------------------------------------------------------------------------- flush
+    def step_columns(self, rows: Sequence[StepRow], values: np.ndarray) -> dict[int, dict]:
+        """Per step: the fixed per-step columns (clip factor where the gradient changed) and learning rates."""
+        out = {}
+        for r, v in zip(rows, values):
+            factor = self._clip_factor(v, r.has_grad, r.index) if r.changed else math.nan
+            out[r.index] = {"step": r.index, "recorded": True, "skipped": r.skipped, "clip_factor": factor,
+                            **{lr_column(g): float(lr) for g, lr in enumerate(r.lrs)}}
+        return out
+
+    def _clip_factor(self, values: np.ndarray, has_grad: np.ndarray, step: int) -> float:
+        """The step's clip factor; a change that is not one uniform factor, or looks like a missed
+        GradScaler, is noted in the metadata with its step."""
+        factor, verdict = frames.clip_factor(values[GRAD_SQ], values[PRE_SQ], has_grad)
+        if verdict == "non-uniform":
+            self._notes.add("gradient changed non-uniformly between backward and step (e.g. clip_grad_value_): "
+                            "lca rescaled per tensor, clip_factor NaN", step)
+        elif verdict == "power-of-two" and self._scale.scaler is None:
+            self._notes.add("gradients were divided by a power of two between backward and step, as an AMP "
+                            "GradScaler does: pass it as attach(scaler=...) or grad_sq is scaled", step)
+        return factor
