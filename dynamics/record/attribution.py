@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
@@ -27,7 +28,14 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..schema import ATTRIBUTION_ROWS
+from ..store import frames
+from . import distributed, kernels
+from .parts import Frames, StepPart
+
 if TYPE_CHECKING:
+    from .guard import HookGuard, Notes
+    from .parts import Flushed, LossScale, RecordedStep, RecordedTensors
     from .views import ViewSpec
 
 _context = threading.local()
@@ -80,28 +88,26 @@ class _Target:
 
 
 class SharedAttribution:
-    """Installs the hooks for every attributed module and owns the per-view gradient buffers."""
+    """Installs the hooks for every attributed module and owns the per-view gradient buffers. Active (aliases
+    swapped in, parts collected) while ``recording`` is set and the recorder is not running autograd itself."""
 
-    def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows],
-                 params: Sequence[nn.Parameter], indices: Sequence[int], views: Sequence[str],
-                 is_active: Callable[[], bool], inv_scale: Callable[[], torch.Tensor | None],
-                 quietly: Callable[[], contextlib.AbstractContextManager],
-                 guard: Callable[..., Callable]) -> None:
+    def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows], params: Sequence[nn.Parameter],
+                 views: Sequence[str], guard: "HookGuard", loss_scale: "LossScale") -> None:
         self.params = list(params)               # the shared parameters (recorded tensors), in record order
-        self.indices = list(indices)             # their positions in the recorder's parameter list
         self.views = list(views)
-        self._is_active, self._inv_scale, self._quietly, self._guard = is_active, inv_scale, quietly, guard
+        self.recording = False                   # the current step is recorded (set at each forward pass)
+        self._guard, self._loss_scale = guard, loss_scale
         self._position = {id(p): i for i, p in enumerate(self.params)}
         self.buffers: dict[str, list[torch.Tensor]] | None = None
         self._inv: torch.Tensor | bool | None = None  # cached 1/loss scale of this step (False: no scaler)
         self.unattributed_calls = 0              # calls that matched no view (reported in the metadata)
         self._handles: list = []
-        self._guarded_add = guard(self._add)  # wrapped once: every alias's gradient hook calls it
+        self._guarded_add = guard.wrap(self._add)  # wrapped once: every alias's gradient hook calls it
         self._targets = [self._target(module, how) for module, how in spec.items()]
         for t in self._targets:
-            self._handles.append(t.module.register_forward_pre_hook(guard(self._make_pre(t), no_grad=False),
+            self._handles.append(t.module.register_forward_pre_hook(guard.wrap(self._make_pre(t), no_grad=False),
                                                                     with_kwargs=True))
-            self._handles.append(t.module.register_forward_hook(guard(self._make_post(t), no_grad=False),
+            self._handles.append(t.module.register_forward_hook(guard.wrap(self._make_post(t), no_grad=False),
                                                                 with_kwargs=True, always_call=True))
 
     def _target(self, module: nn.Module, how) -> _Target:
@@ -134,7 +140,7 @@ class SharedAttribution:
         if self.buffers is None:
             self.reset()
         if self._inv is None:  # 1/loss scale, once per step (the GradScaler changes it only after the step)
-            inv = self._inv_scale()
+            inv = self._loss_scale.inverse()
             self._inv = False if inv is None else inv
         buffer = self.buffers[view_name][position]
         if self._inv is False:
@@ -157,7 +163,7 @@ class SharedAttribution:
 
     def _make_pre(self, t: _Target):
         def pre(module, args, kwargs):
-            if not (torch.is_grad_enabled() and self._is_active()):
+            if not (torch.is_grad_enabled() and self.recording and not self._guard.quiet):
                 return None
             if t.by_rows is not None:
                 t.rows_call = (args, kwargs)
@@ -214,18 +220,85 @@ class SharedAttribution:
             finally:
                 nested.clear()
             return None
-        output.register_hook(self._guard(hook))
+        output.register_hook(self._guard.wrap(hook))
 
     def _pull_back(self, output: torch.Tensor, grad_out: torch.Tensor, masks: Mapping[str, torch.Tensor],
                    shared: Sequence[torch.Tensor], positions: Sequence[int]) -> None:
         """g_v = Jᵀ(m_v ⊙ ∂L/∂y): one autograd pass through the module per view."""
         for view_name, rows_of_view in masks.items():
             selected = torch.where(_row_mask(rows_of_view, grad_out), grad_out, 0.0)
-            with self._quietly():
+            with self._guard.quietly():
                 parts = torch.autograd.grad(output, shared, selected, retain_graph=True, allow_unused=True)
             for position, part in zip(positions, parts):
                 if part is not None:
                     self._add(view_name, position, part)
+
+
+class AttributionPart(StepPart):
+    """Shared-weight attribution as a part of a recorder: per recorded step, per view and shared tensor,
+    ‖g_v‖², g_v·Δθ and g_v·(g − g_v) into its own buffer ``[views, 3, shared]`` per row (under DDP the
+    per-process parts are first averaged across processes, as DDP averages the gradient)."""
+
+    watches_forward = True
+
+    def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows], indices: Sequence[int],
+                 tensors: "RecordedTensors", guard: "HookGuard", loss_scale: "LossScale", rows: int,
+                 notes: "Notes") -> None:
+        self._indices = list(indices)  # the shared tensors' positions among the recorded tensors
+        self._views = list(dict.fromkeys(v for how in spec.values() for v in views_of(how)))
+        self._shared = SharedAttribution(spec, [tensors.params[i] for i in indices], self._views, guard, loss_scale)
+        self._layout, self._dtype, self._notes = tensors.layout, tensors.dtype, notes
+        self._buffer = tensors.buffer(rows, len(self._views), len(ATTRIBUTION_ROWS), len(self._indices))
+        local = tensors.local_params()
+        self._dots = tensors.dots_for([local[i] for i in self._indices])
+
+    def on_forward(self, *, recording: bool, new_step: bool) -> None:
+        """A new step's first forward pass starts its buffers; call order counts from the first view again."""
+        if new_step and recording:
+            with torch.no_grad():
+                self._shared.reset()
+        self._shared.recording = recording
+        self._shared.new_pass()
+
+    def on_step_end(self, step: "RecordedStep") -> None:
+        self._measure(step.row, [step.minus_delta[i] for i in self._indices])
+
+    def on_skipped(self, index: int, row: int) -> None:
+        self._measure(row, None)
+
+    def _measure(self, row: int, minus_delta: list[torch.Tensor] | None) -> None:
+        out, buffers = self._buffer[row], self._shared.buffers
+        if buffers is None:  # the shared module never ran with gradients this step
+            out.zero_()
+            return
+        parts = [buffers[v] for v in self._views]
+        every_part = [t for part in parts for t in part]
+        distributed.average_over_replicas(every_part, self._layout)
+        out[:, 0].copy_(kernels.sq_norms(every_part, self._dtype).view(len(parts), -1))
+        out[:, 2].zero_()
+        if minus_delta is None:  # a skipped step: no update
+            out[:, 1].fill_(math.nan)
+        for a, part in enumerate(parts):
+            if minus_delta is not None:
+                out[a, 1].copy_(self._dots(part, minus_delta).neg_())
+            for b in range(a + 1, len(parts)):
+                cross = self._dots(part, parts[b])
+                out[a, 2].add_(cross)
+                out[b, 2].add_(cross)
+
+    def take(self, flushed: "Flushed") -> "Frames":
+        parts = self._buffer.take(len(flushed.steps))
+        for step in flushed.steps[frames.unattributed_rows(flushed.values, parts, self._indices)]:
+            self._notes.add("part of a shared tensor's gradient came from outside the attributed calls (the "
+                            "tensor is also used elsewhere): the views' parts do not add up to its total", int(step))
+        return Frames({"attribution": frames.attribution_frame(flushed.steps, parts, self._views, self._indices)})
+
+    def close(self, step: int) -> None:
+        self._shared.remove()
+        if self._shared.unattributed_calls:
+            self._notes.add(f"{self._shared.unattributed_calls} calls of an attributed module matched no view "
+                            f"(past the listed call order, or in dynamics.view of another name): their gradient "
+                            f"is in the tensor's total but in no view's part", step)
 
 
 def views_of(how) -> list[str]:

@@ -5,7 +5,7 @@ import datetime as _dt
 import math
 import platform
 import sys
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,9 @@ from torch import nn
 from ..schema import RULES, SCHEMA_VERSION
 from . import schedules
 from .views import ViewAssignment
+
+if TYPE_CHECKING:
+    from .options import RecordingOptions, RunSpec
 
 
 def json_safe(value: Any) -> Any:
@@ -41,10 +44,9 @@ def library_versions() -> dict[str, str]:
 
 
 def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment: ViewAssignment,
-                 parameters: list[dict], *, every: schedules.Every, flush_every: int, scaler: Any, probe: Any,
-                 probe_every: int, config: Mapping | None, seed: int | None, condition: str | None,
-                 created: str | None) -> dict:
+                 parameters: list[dict], options: "RecordingOptions", run: "RunSpec", created: str | None) -> dict:
     """The metadata written at attach (the recorder adds status, notes and errors at close)."""
+    probe = options.probe
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "running",
@@ -59,14 +61,14 @@ def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment:
                       "defaults": json_safe(optimizer.defaults),
                       "groups": [json_safe({k: v for k, v in g.items() if k != "params"})
                                  for g in optimizer.param_groups]},
-        "amp_scaler": scaler is not None,
-        "schedule": schedules.describe(every),
-        "probe": None if probe is None else {"every": probe_every, "train_mode": probe.train_mode,
+        "amp_scaler": options.scaler is not None,
+        "schedule": schedules.describe(options.every),
+        "probe": None if probe is None else {"every": options.probe_every, "train_mode": probe.train_mode,
                                              "rules": list(RULES)},
-        "flush_every": flush_every,
-        "config": json_safe(dict(config or {})),
-        "seed": seed,
-        "condition": condition,
+        "flush_every": options.flush_every,
+        "config": json_safe(dict(run.config or {})),
+        "seed": run.seed,
+        "condition": run.condition,
         "versions": library_versions(),
         "host": platform.node(),
         "gradient": "after accumulation, unscaled by the GradScaler, before clipping (see notes)",

@@ -16,6 +16,11 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..schema import RULES
+from ..store import frames
+from .guard import HookGuard
+from .parts import Flushed, Frames, RecordedStep, RecordedTensors, StepPart
+
 PROBE_SEED = 20200306  # the same dropout masks at every point of the path, so L(θ) is one function
 
 
@@ -87,3 +92,57 @@ def check(model: nn.Module, probe: ProbeBatch) -> None:
 def path_lca(g0: torch.Tensor, g_half: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
     """Per-tensor lca by each rule from the three gradient·Δθ dot products (rows: first, trapezoid, Simpson)."""
     return torch.stack([g0, (g0 + g1) / 2, (g0 + 4 * g_half + g1) / 6])
+
+
+class ProbePart(StepPart):
+    """The probe as a part of a recorder: on every ``every``-th step, L and g on the probe batch at θ_t (before
+    the step), at θ_{t+1} and at the midpoint (after it), and per tensor each rule's lca against Δθ. Owns its
+    buffers: per row the lca of each rule ``[rules, tensors]`` and the losses before and after ``[2]``."""
+
+    def __init__(self, probe: ProbeBatch, every: int, model: nn.Module, tensors: RecordedTensors,
+                 dots: Callable, guard: HookGuard, rows: int) -> None:
+        self._probe, self._every, self._model = probe, every, model
+        self._params, self._dots, self._guard = tensors.params, dots, guard
+        self._lca = tensors.buffer(rows, len(RULES), tensors.n)
+        self._loss = tensors.buffer(rows, 2)
+        self._grads: list[list[torch.Tensor]] | None = None  # g_0, then g_½ and g_1, of the step being probed
+
+    def on_step_start(self, step: RecordedStep) -> None:
+        self._grads = None
+        if step.index % self._every:
+            return
+        with self._guard.quietly(), preserved(self._model, self._probe.train_mode):
+            loss, g0 = loss_and_grads(self._model, self._probe, self._params)
+        self._loss[step.row][0].copy_(loss)
+        self._grads = [g0]
+
+    def on_update(self, step: RecordedStep) -> None:
+        """Probe gradients at θ_{t+1} and at the midpoint (parameters put back bit for bit afterwards)."""
+        if self._grads is None:
+            return
+        params = self._params
+        with self._guard.quietly(), preserved(self._model, self._probe.train_mode):
+            loss, g1 = loss_and_grads(self._model, self._probe, params)
+            self._loss[step.row][1].copy_(loss)
+            after = [p.detach().clone() for p in params]
+            try:
+                for p, start, end in zip(params, step.theta_t, after):
+                    p.copy_(torch.lerp(start, end.to(start.dtype), 0.5))
+                _, g_half = loss_and_grads(self._model, self._probe, params)
+            finally:
+                for p, end in zip(params, after):
+                    p.copy_(end)
+        self._grads += [g_half, g1]
+
+    def on_step_end(self, step: RecordedStep) -> None:
+        if self._grads is None:
+            return
+        g0, g_half, g1 = self._grads
+        self._grads = None
+        ends = [self._dots(g, step.minus_delta).neg_() for g in (g0, g_half, g1)]
+        self._lca[step.row].copy_(path_lca(*ends))
+
+    def take(self, flushed: Flushed) -> Frames:
+        n = len(flushed.steps)
+        part, step_columns = frames.probe_frame(flushed.steps, self._lca.take(n), self._loss.take(n))
+        return Frames({} if part is None else {"probe": part}, step_columns)

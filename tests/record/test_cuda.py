@@ -18,20 +18,17 @@ def _errors(run) -> list:
 
 
 def test_strict_hooks_catch_a_synchronisation(tmp_path, monkeypatch):
-    """The check can fail: a hook that reads a device value to the host is reported."""
-    original = dynamics.Recorder._post_step
-
-    def syncing(self, *args):
-        torch.ones(1, device="cuda").item()
-        return original(self, *args)
-    monkeypatch.setattr(dynamics.Recorder, "_post_step", syncing)
+    """The check can fail: a schedule that reads a device value to the host (the recorder calls it inside its
+    hooks) is reported."""
     make_hooks_strict(monkeypatch.setattr)
+    flag = torch.ones(1, device="cuda")
     model = fresh_model().cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r"):
+    with dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
+                         every=lambda step: bool(flag.item())):
         (x_cc, x_mlo, y), = make_batches(1)[0]
-        model(x_cc.cuda(), x_mlo.cuda()).sum().backward()
         with pytest.warns(RuntimeWarning, match="recording stopped"):
+            model(x_cc.cuda(), x_mlo.cuda()).sum().backward()
             optimizer.step()
     assert any("synchroniz" in e for e in _errors(tmp_path / "r"))
 

@@ -54,5 +54,5 @@ def test_every_dynamics_function_in_the_loop_runs_in_error_mode(tmp_path, monkey
     assert not dynamics.read_meta(tmp_path / "r").get("errors")
     assert seen["other"] <= DISPATCH_ONLY, f"dynamics code run outside the strict mode: {seen['other']}"
     # the recorder's hooks, its queued autograd callbacks, the attribution's module and tensor hooks, the probe
-    assert {"log", "_pre_step", "_post_step", "_on_first_grad", "_after_other_callbacks", "_on_backward_end",
+    assert {"log", "_pre_step", "_post_step", "_first_grad", "_queue_end", "_backward_ended", "_on_forward",
             "pre", "post", "_add", "loss_and_grads"} <= seen["error"]
