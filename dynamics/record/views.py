@@ -122,51 +122,67 @@ def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = SHARE
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     distinct = _distinct_parameters(model)
-    alias_to_first = {n: name for name, _, aliases in distinct for n in (name, *aliases)}
-    all_names = list(alias_to_first)
     trainable = {name for name, p, _ in distinct if p.requires_grad}
-
-    claimed: dict[str, str] = {}
     if callable(views) and not isinstance(views, (Mapping, nn.Module)):
-        view_names: list[str] = []
-        for name, p, aliases in distinct:
-            if name not in trainable:
-                continue
-            view = views(name)
-            if view is None:
-                continue
-            if not isinstance(view, str) or not view:
-                raise ValueError(f"view function returned {view!r} for parameter {name!r}; expected a view "
-                                 f"name or None")
-            claimed[name] = view
-            if view not in view_names:
-                view_names.append(view)
+        view_names, claimed = _claimed_by_function(views, distinct, trainable)
         if not view_names and not extra_views:
             raise ValueError("the view function assigned no trainable parameter to any view")
     elif isinstance(views, Mapping):
-        view_names = [str(v) for v in views]
-        module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
-        for view, target in views.items():
-            if not isinstance(view, str) or not view:
-                raise ValueError(f"view names must be non-empty strings, got {view!r}")
-            for item in _as_list(target):
-                hits = {alias_to_first[n] for n in _matching_names(view, item, all_names, module_names)}
-                live = hits & trainable
-                if not live:
-                    detail = " (all of its parameters are frozen)" if hits else ""
-                    raise ValueError(f"view {view!r}: {_describe(item)} matches no trainable parameter{detail}")
-                for name in live:
-                    other = claimed.get(name)
-                    if other is not None and other != view:
-                        raise ValueError(f"parameter {name!r} is claimed by two views: {other!r} and {view!r}; "
-                                         f"for one module used by several views, attribute its calls instead")
-                    claimed[name] = view
+        view_names, claimed = [str(v) for v in views], _claimed_by_mapping(model, views, distinct, trainable)
     elif isinstance(views, Sequence) and not isinstance(views, str):
-        view_names = [str(v) for v in views]
+        view_names, claimed = [str(v) for v in views], {}
     else:
         raise TypeError(f"views must be a dict, a list of view names or a callable, got {type(views).__name__}")
-
     view_names += [v for v in extra_views if v not in view_names]
+    _check_view_names(view_names, shared_name)
+    return _assignment(distinct, trainable, claimed, view_names, shared_name)
+
+
+def _claimed_by_function(views: Callable, distinct: list, trainable: set[str]) -> tuple[list[str], dict[str, str]]:
+    """View names in order of first use, and parameter name → view, from a function of the parameter name."""
+    view_names: list[str] = []
+    claimed: dict[str, str] = {}
+    for name, p, aliases in distinct:
+        if name not in trainable:
+            continue
+        view = views(name)
+        if view is None:
+            continue
+        if not isinstance(view, str) or not view:
+            raise ValueError(f"view function returned {view!r} for parameter {name!r}; expected a view "
+                             f"name or None")
+        claimed[name] = view
+        if view not in view_names:
+            view_names.append(view)
+    return view_names, claimed
+
+
+def _claimed_by_mapping(model: nn.Module, views: Mapping, distinct: list, trainable: set[str]) -> dict[str, str]:
+    """Parameter name → view from a dict of modules, globs and regexes; each must match a trainable parameter
+    and no parameter may be claimed by two views."""
+    alias_to_first = {n: name for name, _, aliases in distinct for n in (name, *aliases)}
+    all_names = list(alias_to_first)
+    module_names = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+    claimed: dict[str, str] = {}
+    for view, target in views.items():
+        if not isinstance(view, str) or not view:
+            raise ValueError(f"view names must be non-empty strings, got {view!r}")
+        for item in _as_list(target):
+            hits = {alias_to_first[n] for n in _matching_names(view, item, all_names, module_names)}
+            live = hits & trainable
+            if not live:
+                detail = " (all of its parameters are frozen)" if hits else ""
+                raise ValueError(f"view {view!r}: {_describe(item)} matches no trainable parameter{detail}")
+            for name in live:
+                other = claimed.get(name)
+                if other is not None and other != view:
+                    raise ValueError(f"parameter {name!r} is claimed by two views: {other!r} and {view!r}; "
+                                     f"for one module used by several views, attribute its calls instead")
+                claimed[name] = view
+    return claimed
+
+
+def _check_view_names(view_names: list[str], shared_name: str) -> None:
     if not view_names:
         raise ValueError("at least one view is needed")
     if len(set(view_names)) != len(view_names):
@@ -175,6 +191,10 @@ def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = SHARE
         raise ValueError(f"view name {shared_name!r} is reserved for parameters in no view; pass shared_name= "
                          f"to use another name for that group")
 
+
+def _assignment(distinct: list, trainable: set[str], claimed: dict[str, str], view_names: list[str],
+                shared_name: str) -> ViewAssignment:
+    """The parameter table: each trainable tensor with its view, layer and depth (layer index in its view)."""
     params: list[ParamInfo] = []
     tensors: list[nn.Parameter] = []
     depth_of_layer: dict[tuple[str, str], int] = {}
