@@ -5,7 +5,7 @@ import datetime as _dt
 import math
 import platform
 import sys
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,10 @@ def library_versions() -> dict[str, str]:
 
 
 def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment: ViewAssignment,
-                 parameters: list[dict], options: "RecordingOptions", run: "RunSpec", created: str | None) -> dict:
-    """The metadata written at attach (the recorder adds status, notes and errors at close)."""
+                 parameters: list[dict], options: "RecordingOptions", run: "RunSpec", created: str | None,
+                 wrappers: Sequence[str] = ()) -> dict:
+    """The metadata written at attach (the recorder adds status, notes and errors at close). ``wrappers``:
+    the classes around the recorded optimizer that attach unwrapped (outermost first)."""
     probe = options.probe
     return {
         "schema_version": SCHEMA_VERSION,
@@ -60,7 +62,8 @@ def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment:
         "optimizer": {"class": type(optimizer).__module__ + "." + type(optimizer).__qualname__,
                       "defaults": json_safe(optimizer.defaults),
                       "groups": [json_safe({k: v for k, v in g.items() if k != "params"})
-                                 for g in optimizer.param_groups]},
+                                 for g in optimizer.param_groups],
+                      "wrappers": list(wrappers)},
         "amp_scaler": options.scaler is not None,
         "schedule": schedules.describe(options.every),
         "probe": None if probe is None else {"every": options.probe_every, "train_mode": probe.train_mode,

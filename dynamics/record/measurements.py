@@ -85,7 +85,7 @@ class StepMeasurements:
             out[GRAD_SQ].copy_(self._bwd_sq)
         else:  # no backward pass seen, or a change the recorder did not expect: use the step's gradient
             out[GRAD_SQ].copy_(out[PRE_SQ])
-            self._notes.add(_AT_STEP_UNEXPECTED if opened else _AT_STEP, step.index)
+            self._notes.add(_AT_STEP_UNEXPECTED if opened else _AT_STEP, step.index, warn=True)
             changed, self._eager = False, True
         step.grads, step.changed = grads, changed
         step.versions = [g._version for g in grads]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..schema import SHARED
-from . import distributed, logs, refusals, registry, runs, schedules
+from . import closures, distributed, logs, refusals, registry, runs, schedules
 from . import probe as probing
 from .attribution import AttributionPart, group_label, resolve_attribution, rows, views_of
 from .guard import HookGuard, Notes
@@ -70,7 +70,7 @@ class Recorder:
         self.model, self.optimizer, self.assignment = model, optimizer, assignment
         self.run_dir, self.meta, self._run, self._options = run.run_dir, run.meta, run, options
         tensors = RecordedTensors.of(assignment.tensors, layout)
-        self.device, self._sharded = tensors.device, layout.sharded
+        self.device = tensors.device
         self._tracker = StepTracker(tensors, run.start_step, options.schedule)
         self._guard, self._notes, self._logs = HookGuard(lambda: self._tracker.step), Notes(), logs.ScalarLog()
         scale = LossScale(options.scaler)
@@ -91,7 +91,8 @@ class Recorder:
             if any(part.watches_forward for part in self._parts):
                 self._handles.append(model.register_forward_pre_hook(guard(self._on_forward, no_grad=False),
                                                                      prepend=True))
-            self._handles.append(optimizer.register_step_pre_hook(guard(self._pre_step)))
+            self._after_closure = guard(self._closure_returned)  # wrapped once: every closure step calls it
+            self._handles.append(optimizer.register_step_pre_hook(guard(self._pre_step, returns=True)))
             self._handles.append(optimizer.register_step_post_hook(guard(self._post_step)))
             backward = BackwardHooks(self._guard, self._tracker, self._backward_began, self._backward_ended)
             self._handles += backward.install(model, tensors)
@@ -182,24 +183,52 @@ class Recorder:
         for part in self._parts:
             part.on_forward(recording=recording, new_step=new_step)
 
-    def _pre_step(self, optimizer, args, kwargs) -> None:
+    def _pre_step(self, optimizer, args, kwargs) -> tuple[tuple, dict] | None:
+        """θ_t and the gradient the optimizer will use; with a closure, the gradient once the closure ran
+        (returns the step's arguments with the closure wrapped)."""
         tracker = self._tracker
-        tracker.in_backward = False
+        tracker.in_backward, tracker.in_step = False, True
+        self._pending = None
         if not tracker.recording:
-            self._pending = None
-            return
-        # DTensor gradients changed in place (clipping, unscaling) keep their version counters, so a sharded
-        # gradient counts as changed: the ratio of its two measurements is then exactly 1 where it was not
-        changed = tracker.open and (self._sharded or tracker.changed_since_backward())
+            return None
+        closure = closures.closure_of(args, kwargs)
+        gradient = None if closure is not None else self._tracker.gradient_state()
         step = self._measure.before_step(tracker.step, len(self._rows), _learning_rates(optimizer),
-                                         gradient=(tracker.open, changed))
+                                         gradient=gradient)
         for part in self._parts:
             part.on_step_start(step)
         self._pending = step
+        if closure is None:
+            return None
+        return closures.with_closure(args, kwargs, closures.followed_by(closure, self._after_closure,
+                                                                              self._closure_failed))
+
+    def _closure_returned(self) -> None:
+        """The closure of a recorded step has run (its backward, any clipping inside it): measure now."""
+        step = self._pending
+        if step is None:
+            return
+        if step.grads is not None:
+            self._notes.add("the closure was called more than once in one optimizer step: the gradient after "
+                            "its first call is recorded", step.index, warn=True)
+            return
+        self._tracker.in_backward = False
+        opened, changed = self._tracker.gradient_state()
+        self._measure.gradient(step, opened=opened, changed=changed)
+
+    def _closure_failed(self) -> None:
+        """The closure raised: its exception leaves ``step()``, so this step ends without a post-step hook."""
+        self._tracker.in_step, self._pending = False, None
 
     def _post_step(self, optimizer, args, kwargs) -> None:
+        self._tracker.in_step = False
         step, self._pending = self._pending, None
         if step is not None:
+            if step.grads is None:  # given a closure that the optimizer did not call: its gradient is the one used
+                self._notes.add("the closure given to optimizer.step() was not called: the gradient was measured "
+                                "after the step", step.index)
+                opened, changed = self._tracker.gradient_state()
+                self._measure.gradient(step, opened=opened, changed=changed)
             for part in self._parts:
                 part.on_update(step)
             self._measure.after_step(step)
@@ -241,6 +270,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
            probe: probing.ProbeBatch | None = None, probe_every: int = 50) -> Recorder | InactiveRecorder:
     """Record per-tensor training quantities of ``model`` at the optimizer steps chosen by ``every``.
 
+    ``optimizer`` may be a trainer's wrapper (Lightning's ``LightningOptimizer``, Accelerate's
+    ``AcceleratedOptimizer``): the torch optimizer it holds is recorded; ``optimizer.step(closure)`` is
+    recorded as a plain step (see :mod:`dynamics.record.closures`).
     ``views`` assigns parameters to views (see :func:`dynamics.record.views.resolve_views`); ``out`` is the
     run directory (never overwritten: pass ``resume=True`` to append); ``scaler`` is the
     ``torch.amp.GradScaler`` if one is used, so gradients are recorded unscaled; ``config``, ``seed`` and
@@ -251,7 +283,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     DistributedDataParallel or ``fully_shard`` call it on every process: rank 0 writes the run (see
     :mod:`dynamics.record.distributed`).
     """
-    optimizer = refusals.check_optimizer(optimizer)
+    optimizer, wrappers = refusals.unwrap_optimizer(optimizer)
     options = RecordingOptions(every, flush_every, scaler, probe, probe_every)
     refusals.check_model(model)
     attribute, labelled = resolve_attribution(model, views, attribute or {})
@@ -277,9 +309,13 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     if layout.writes:
         try:
             run = runs.open_run(RunSpec(out, resume, config, seed, condition), options, model, optimizer,
-                                assignment, parameters)
+                                assignment, parameters, wrappers)
         except Exception as exc:  # told to the other processes before it is raised, so none waits forever
             error = exc
-    # the other processes measure their part at the same steps as rank 0, which writes the run
-    run.start_step = distributed.agree_with_writer(run.start_step, error, layout)
-    return Recorder(model, optimizer, assignment, run, options, layout, attribute, attributed)
+    try:
+        # the other processes measure their part at the same steps as rank 0, which writes the run
+        run.start_step = distributed.agree_with_writer(run.start_step, error, layout)
+        return Recorder(model, optimizer, assignment, run, options, layout, attribute, attributed)
+    except BaseException:
+        run.discard()  # a failed attach leaves no run behind: a retry with the same out= may reuse it
+        raise

@@ -37,6 +37,7 @@ class StepTracker:
         self.step = start_step
         self.open = False          # a backward pass of this step has run, its optimizer step has not
         self.in_backward = False   # between the first gradient of a backward pass and its end
+        self.in_step = False       # inside optimizer.step() (a closure's backward belongs to this step)
         self._tensors, self._schedule = tensors, schedule
         self._snapshot: list[tuple[weakref.ref, int] | None] = [None] * tensors.n
 
@@ -67,9 +68,16 @@ class StepTracker:
                 return True
         return False
 
+    def gradient_state(self) -> tuple[bool, bool]:
+        """Has a backward pass of this step run, and did its gradient change since (clipping, unscaling)?
+        DTensor gradients changed in place keep their version counters, so a sharded gradient counts as
+        changed: the ratio of its two measurements is then exactly 1 where it was not."""
+        return self.open, self.open and (self._tensors.layout.sharded or self.changed_since_backward())
+
     def unstepped(self) -> bool:
-        """The open step's gradients were reset or changed without an optimizer step: it was skipped."""
-        return self.open and self.changed_since_backward()
+        """The open step's gradients were reset or changed without an optimizer step: it was skipped. Never
+        inside a step: a closure that resets and recomputes the gradient (SAM-style) continues the step."""
+        return self.open and not self.in_step and self.changed_since_backward()
 
     def has_grad(self) -> np.ndarray:
         """Which tensors had a gradient at the end of the last backward pass."""

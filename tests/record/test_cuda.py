@@ -33,7 +33,8 @@ def test_strict_hooks_catch_a_synchronisation(tmp_path, monkeypatch):
     assert any("synchroniz" in e for e in _errors(tmp_path / "r"))
 
 
-def test_plain_loop_adamw_accumulation_clip_log(tmp_path, monkeypatch):
+@pytest.mark.parametrize("closure", [False, True], ids=["plain", "closure"])
+def test_plain_loop_adamw_accumulation_clip_log(tmp_path, monkeypatch, closure):
     make_hooks_strict(monkeypatch.setattr)
     model = fresh_model().cuda()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -41,17 +42,24 @@ def test_plain_loop_adamw_accumulation_clip_log(tmp_path, monkeypatch):
     rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
                           flush_every=100)
     for micro in batches:
-        for x_cc, x_mlo, y in micro:
-            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
-            loss.backward()
-            rec.log(loss=loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1, foreach=True)
-        optimizer.step()
+        def accumulate():
+            for x_cc, x_mlo, y in micro:
+                loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
+                loss.backward()
+                rec.log(loss=loss)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1, foreach=True)
+            return loss
+        if closure:  # optimizer.step(closure): measured after the closure, inside step()
+            optimizer.step(accumulate)
+        else:
+            accumulate()
+            optimizer.step()
         optimizer.zero_grad()
     rec.close()
     assert _errors(tmp_path / "r") == []
     per_param, per_step = dynamics.load(tmp_path / "r")
     assert len(per_step) == 6 and per_param["finite"].all() and per_step["loss"].notna().all()
+    assert per_step["clip_factor"].notna().all()
 
 
 def test_grad_scaler_fp16_clip_accumulation(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ this coverage to catch a host synchronisation anywhere in dynamics.
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import dynamics
@@ -14,11 +15,13 @@ from tests.cuda_strict import make_hooks_strict
 from tests.harness import SharedColumn
 
 PACKAGE = str(Path(dynamics.__file__).parent)
-# the per-parameter gradient hook only checks two host flags and calls a guarded function
-DISPATCH_ONLY = {"hook"}
+# the per-parameter gradient hook only checks two host flags and calls a guarded function; the wrapped closure
+# of optimizer.step(closure) runs the user's closure (user code, which may synchronise) and then a guarded one
+DISPATCH_ONLY = {"hook", "wrapped"}
 
 
-def test_every_dynamics_function_in_the_loop_runs_in_error_mode(tmp_path, monkeypatch):
+@pytest.mark.parametrize("closure", [False, True], ids=["plain", "closure"])
+def test_every_dynamics_function_in_the_loop_runs_in_error_mode(tmp_path, monkeypatch, closure):
     mode = ["default"]
     monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: mode[0])
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: mode.__setitem__(0, m))
@@ -39,13 +42,21 @@ def test_every_dynamics_function_in_the_loop_runs_in_error_mode(tmp_path, monkey
     sys.setprofile(profile)
     try:
         for _ in range(4):
-            for _ in range(2):
-                a, b, y = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, generator=g)
-                loss = ((model(a, b) - y) ** 2).mean() / 2
-                loss.backward()
-                rec.log(loss=loss)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-            optimizer.step()
+            batches = [(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, generator=g))
+                       for _ in range(2)]
+
+            def accumulate():
+                for a, b, y in batches:
+                    loss = ((model(a, b) - y) ** 2).mean() / 2
+                    loss.backward()
+                    rec.log(loss=loss)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+                return loss
+            if closure:
+                optimizer.step(accumulate)
+            else:
+                accumulate()
+                optimizer.step()
             optimizer.zero_grad()
     finally:
         sys.setprofile(None)
@@ -55,4 +66,5 @@ def test_every_dynamics_function_in_the_loop_runs_in_error_mode(tmp_path, monkey
     assert seen["other"] <= DISPATCH_ONLY, f"dynamics code run outside the strict mode: {seen['other']}"
     # the recorder's hooks, its queued autograd callbacks, the attribution's module and tensor hooks, the probe
     assert {"log", "_pre_step", "_post_step", "_first_grad", "_queue_end", "_backward_ended", "_on_forward",
-            "pre", "post", "_add", "loss_and_grads"} <= seen["error"]
+            "pre", "post", "_add", "loss_and_grads"} | ({"_closure_returned"} if closure else set()) <= seen["error"]
+    assert ("wrapped" in seen["other"]) == closure
