@@ -1,0 +1,151 @@
+"""What the Lightning callback does, for either Lightning package (``lightning.pytorch`` or the older
+``pytorch_lightning``): the callback classes in :mod:`dynamics.integrations.lightning` and
+:mod:`dynamics.integrations.pytorch_lightning` add this to their package's ``Callback``.
+
+At fit start (after the strategy has set the model and optimizer up, before the first batch) the recorder is
+attached to the LightningModule and to the torch optimizer Lightning steps; the training loss is logged at
+every batch; the recorder is closed at fit end, or when fit raises (the error goes into ``meta.json``).
+Under the DDP strategy rank 0 attaches (after the all-reduce every process holds the same gradients and
+parameters, as with plain DistributedDataParallel) and tells the other ranks whether that worked, so that
+none of them trains on while rank 0 has stopped.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..record import attach
+from ._common import check_attach_options, torch_optimizer, views_by_module_name
+
+__all__ = ["LightningRecording"]
+
+_SINGLE, _DDP = "SingleDeviceStrategy", "DDPStrategy"
+
+
+def _strategy_kinds(strategy: Any) -> set[str]:
+    return {cls.__name__ for cls in type(strategy).__mro__}
+
+
+class LightningRecording:
+    """``DynamicsCallback(out, views, **attach_options)``: records the LightningModule's training with
+    :func:`dynamics.attach`.
+
+    ``views`` is anything ``attach`` takes; in a dict a string that names a submodule of the LightningModule
+    (``"model.cc"``) stands for that module. Since the callback is made before the model exists, give
+    ``views_of=`` instead: a function of the LightningModule that returns the views
+    (``views_of=lambda m: {"cc": m.model.cc, "mlo": m.model.mlo}``). Every other ``attach`` option
+    (``every``, ``attribute``, ``probe``, ``condition``, ``seed``, ``config``, ...) is passed on; the GradScaler
+    of a ``16-mixed`` precision plugin is found by the callback. ``loss_name`` is the name the training loss is
+    logged under (None: not logged). ``recorder`` is the open recorder (None on ranks other than 0), e.g. to
+    ``log`` more scalars; it stays after fit, closed, for its ``run_dir``. A second ``fit`` with the same callback appends to the run (``resume``).
+    """
+
+    def __init__(self, out: str | os.PathLike, views: Any = None, *,
+                 views_of: Callable[[nn.Module], Any] | None = None, loss_name: str | None = "loss",
+                 **attach_options: Any) -> None:
+        super().__init__()
+        if (views is None) == (views_of is None):
+            raise TypeError("DynamicsCallback: give views= (as dynamics.attach takes them) or views_of= (a function "
+                            "of the LightningModule that returns them), one of the two")
+        if views_of is not None and not callable(views_of):
+            raise TypeError(f"DynamicsCallback: views_of must be a function of the LightningModule, got "
+                            f"{type(views_of).__name__}")
+        self.out = out
+        self._views, self._views_of, self._loss_name = views, views_of, loss_name
+        self._options = check_attach_options(attach_options, "DynamicsCallback")
+        self.recorder = None          # the last recorder (kept after fit, for its run_dir)
+        self._open = False
+        self._opened_before = False
+        self._log_failed = False
+        self._losses: list[torch.Tensor] = []
+        self._global_step = 0
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _check_set_up(self, trainer: Any) -> torch.optim.Optimizer:
+        """The one torch optimizer to record; set-ups the callback cannot record right are refused."""
+        kinds = _strategy_kinds(trainer.strategy)
+        name = type(trainer.strategy).__name__
+        if _SINGLE not in kinds and _DDP not in kinds:
+            raise NotImplementedError(f"DynamicsCallback supports the single-device and DDP strategies, not {name}: "
+                                      f"record other strategies with dynamics.attach in your own loop")
+        if _DDP in kinds and trainer.world_size > 1 and self._options.get("attribute"):
+            raise NotImplementedError("DynamicsCallback: shared-weight attribution (attribute=) under the DDP strategy "
+                                      "is not supported by the callback; record it with dynamics.attach on the "
+                                      "DistributedDataParallel model in a plain loop")
+        optimizers = list(trainer.optimizers)
+        if len(optimizers) != 1:
+            raise NotImplementedError(
+                f"DynamicsCallback records a LightningModule trained by one optimizer; configure_optimizers gave "
+                f"{len(optimizers)}. With several optimizers each backward pass reaches parameters of the others, "
+                f"so one recorder per optimizer would mix their steps: record them with dynamics.attach on the "
+                f"submodule each optimizer trains, in your own loop")
+        return torch_optimizer(optimizers[0])
+
+    def _views_for(self, pl_module: nn.Module) -> Any:
+        views = self._views_of(pl_module) if self._views_of is not None else self._views
+        return views_by_module_name(pl_module, views)
+
+    def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        optimizer = self._check_set_up(trainer)
+        error = None
+        if trainer.global_rank == 0:
+            options = dict(self._options)
+            if self._opened_before:  # a second fit continues the run it began
+                options["resume"] = True
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            try:
+                self.recorder = attach(pl_module, optimizer, self._views_for(pl_module), out=self.out,
+                                       scaler=scaler, **options)
+                self._open = self._opened_before = True
+                self._losses, self._global_step = [], trainer.global_step
+            except Exception as exc:  # told to the other ranks first, so none trains on without rank 0
+                error = exc
+        message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RuntimeError(f"dynamics: rank 0 could not attach the recorder: {message}")
+
+    # ------------------------------------------------------------------------------------------ training
+    def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """The training loss: kept on the device per batch, logged once per optimizer step (the mean over the
+        step's batches), after that step, so the recorder files it under the step just taken."""
+        if not self._open or self._loss_name is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            if pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
+                loss = loss * trainer.accumulate_grad_batches  # Lightning divided it for accumulation
+            self._losses.append(loss.detach().reshape(()))
+        if trainer.global_step != self._global_step:  # this batch ended an optimizer step
+            self._global_step = trainer.global_step
+            self._log_losses()
+
+    def _log_losses(self) -> None:
+        losses, self._losses = self._losses, []
+        if not losses or self._log_failed:
+            return
+        try:
+            self.recorder.log(**{self._loss_name: torch.stack(losses).mean()})
+        except (RuntimeError, ValueError) as exc:
+            self._log_failed = True
+            warnings.warn(f"dynamics: the training loss is no longer logged: {exc}", RuntimeWarning, stacklevel=2)
+
+    # ------------------------------------------------------------------------------------------ the end
+    def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        self._close(None)
+
+    def on_exception(self, trainer: Any, pl_module: nn.Module, exception: BaseException) -> None:
+        self._close(exception)
+
+    def _close(self, exception: BaseException | None) -> None:
+        if self._open:
+            self._log_losses()  # batches after the last optimizer step
+            self._open = False
+            self.recorder.__exit__(None if exception is None else type(exception), exception,
+                              None if exception is None else exception.__traceback__)
