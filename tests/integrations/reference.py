@@ -35,3 +35,15 @@ def expected_clip_factor(rows: pd.DataFrame, clip: float) -> pd.Series:
 def without_prefix(per_param: pd.DataFrame, prefix: str) -> pd.DataFrame:
     """The recorded table with parameter names as the bare model names them."""
     return per_param.astype({"param": str}).assign(param=lambda d: d["param"].str.removeprefix(prefix))
+
+
+def brute_force_rows(step: int, before: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                     after: dict[str, torch.Tensor]) -> list[dict]:
+    """The harness's rows for one step of another loop: ``before`` maps a parameter name to (its gradient after
+    the last backward, θ_t), both cloned in float64; ``after`` to the parameter after the step."""
+    rows = []
+    for name, (g, theta) in before.items():
+        delta = after[name].detach().double() - theta
+        rows.append({"step": step, "param": name, "grad_sq": float((g ** 2).sum()), "param_sq": float((theta ** 2).sum()),
+                     "update_sq": float((delta ** 2).sum()), "lca": float((g * delta).sum()), "skipped": False})
+    return rows
