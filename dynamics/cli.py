@@ -1,4 +1,5 @@
-"""Command line: ``dynamics report RUNS... --out DIR`` and ``dynamics summary RUNS...``.
+"""Command line: ``dynamics report RUNS... --out DIR``, ``dynamics summary RUNS...`` and
+``dynamics export RUNS... --tensorboard DIR``.
 
 Also reachable as ``python -m dynamics``. Errors in the input (not a run directory, unknown view,
 unknown grouping field) end with a one-line message and exit status 2, not a traceback.
@@ -11,9 +12,25 @@ from typing import Sequence
 
 __all__ = ["main"]
 
+_EXAMPLES = """examples:
+  dynamics report runs/* --out report/ --by condition   report.html, report.md and figures/
+  dynamics summary runs/* --phase late                  the key imbalance table, late in training
+  dynamics summary runs/base-s1 --phase every --csv     every phase, as CSV
+  dynamics export runs/* --tensorboard tb/              scalars for TensorBoard (tensorboard --logdir tb/)
+"""
+
+
+def _version() -> str:
+    from dynamics import __version__
+    return f"dynamics {__version__}"
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynamics", description="Per-view training dynamics: reports and summaries.")
+    parser = argparse.ArgumentParser(prog="dynamics", epilog=_EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Per-view training dynamics: reports, summaries and exports of "
+                                                 "run directories written by dynamics.attach.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("runs", nargs="+", help="run directories (globs allowed)")
@@ -28,16 +45,32 @@ def _parser() -> argparse.ArgumentParser:
     summ = sub.add_parser("summary", parents=[common], help="print the key imbalance table")
     summ.add_argument("--phase", default="all", help="early, middle, late or all (default: all); 'every' = all rows")
     summ.add_argument("--csv", action="store_true", help="print unformatted CSV instead of a table")
+    export = sub.add_parser("export", help="write the runs' scalars for TensorBoard (needs dynamics[tensorboard])")
+    export.add_argument("runs", nargs="+", help="run directories (globs allowed)")
+    export.add_argument("--tensorboard", required=True, metavar="DIR",
+                        help="write one TensorBoard run per run directory under DIR")
+    export.add_argument("--overwrite", action="store_true", help="replace event files of an earlier export")
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dynamics.integrations.tensorboard import export_tensorboard
+
+    for path in export_tensorboard(args.runs, args.tensorboard, overwrite=args.overwrite):
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from dynamics import report as rep  # heavy imports only after argument parsing
     from dynamics.store import RunStoreError, expand_runs
 
-    by = None if args.by == "run" else args.by
     try:
+        if args.command == "export":
+            return _export(args)
+        from dynamics import report as rep  # heavy imports only after argument parsing
+
+        by = None if args.by == "run" else args.by
         runs = expand_runs(args.runs)
         if args.command == "report":
             paths = rep.report(runs, args.out, by=by, views=args.views, progress=not args.no_progress,
@@ -59,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 60):
                 print(rep.format_summary(summary).to_string(index=False))
         return 0
-    except (ValueError, RunStoreError, FileNotFoundError) as exc:
+    except (ValueError, RunStoreError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"dynamics: error: {exc}", file=sys.stderr)
         return 2
 
