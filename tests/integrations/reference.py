@@ -10,9 +10,11 @@ from torch import nn
 from tests.harness import Setup, clone, state, train
 
 
-def plain_loop(model: nn.Module, setup: Setup, batches) -> tuple[pd.DataFrame, pd.Series, dict]:
+def plain_loop(model: nn.Module, setup: Setup, batches, loss_rows: slice = slice(None)
+               ) -> tuple[pd.DataFrame, pd.Series, dict]:
     """(reference rows per step and tensor, the mean training loss of each step's micro-batches, the trained
-    copy's parameters and buffers). ``model`` itself is not changed."""
+    copy's parameters and buffers). ``model`` itself is not changed. ``loss_rows``: the rows of each batch the
+    loss is taken over (a DDP process's part)."""
     copy = clone(model)
     outputs: list[torch.Tensor] = []
     handle = copy.register_forward_hook(lambda m, args, out: outputs.append(out.detach().float().clone()))
@@ -21,7 +23,7 @@ def plain_loop(model: nn.Module, setup: Setup, batches) -> tuple[pd.DataFrame, p
     finally:
         handle.remove()
     targets = [y for micro in batches for (_, _, y) in micro]
-    losses = [float(((out - y) ** 2).mean()) for out, y in zip(outputs, targets, strict=True)]
+    losses = [float(((out[loss_rows] - y[loss_rows]) ** 2).mean()) for out, y in zip(outputs, targets, strict=True)]
     per_step = np.asarray(losses).reshape(len(batches), -1).mean(axis=1)
     return rows, pd.Series(per_step, index=pd.RangeIndex(len(batches), name="step")), state(copy)
 

@@ -8,11 +8,10 @@ that Lightning's loop and the plain loop are one computation.
 """
 from __future__ import annotations
 
-import math
+import os
 import warnings
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -64,9 +63,10 @@ def _loader(batches):
 def _trainer(callback, setup: Setup, manual: bool, **kwargs) -> "L.Trainer":
     automatic = {} if manual else {"accumulate_grad_batches": setup.micro, "gradient_clip_val": setup.clip,
                                    "gradient_clip_algorithm": "norm"}
-    return L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     callbacks=[callback], **automatic, **kwargs)
+    options = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False, "enable_checkpointing": False,
+               "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+               **automatic, **kwargs}
+    return L.Trainer(callbacks=[callback], **options)
 
 
 def _fit(tmp_path, setup: Setup, *, manual: bool = False, views=None, **trainer_kwargs):
@@ -203,3 +203,68 @@ def test_bad_options_fail_when_the_callback_is_made(tmp_path):
         DynamicsCallback(tmp_path / "run", ["cc"], evry=2)
     with pytest.raises(TypeError, match="scaler: decided by DynamicsCallback"):
         DynamicsCallback(tmp_path / "run", ["cc"], scaler=None)
+
+
+# ------------------------------------------------------------------------------------------------------ DDP
+WORLD, DDP_TIMEOUT_S = 2, 300
+DDP_SETUP = Setup("ddp-accumulate-2-clip", _sgd, micro=2, clip=CLIP)
+
+
+def _ddp_model() -> nn.Module:
+    """The harness's model without its BatchNorm (half a batch's statistics differ from the whole batch's)."""
+    model = fresh_model()
+    model.cc[1] = nn.Identity()
+    return model
+
+
+class HalfBatches(LitTwoView):
+    """Each process trains on its half of every batch; DDP's average is the whole batch's gradient."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(tuple(t.chunk(WORLD)[self.global_rank] for t in batch), batch_idx)
+
+
+def _ddp_worker(rank: int, store: str, out: str) -> None:
+    """One of the processes (launched by the test, as torchrun would: Lightning sees LOCAL_RANK and joins)."""
+    import torch.distributed as dist
+    os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0",
+                      MASTER_ADDR="127.0.0.1")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        module = HalfBatches(_ddp_model(), DDP_SETUP)
+        callback = DynamicsCallback(out, views_of=lambda m: {"cc": m.model.cc, "mlo": m.model.mlo})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _trainer(callback, DDP_SETUP, manual=False, devices=WORLD, strategy="ddp",
+                     use_distributed_sampler=False).fit(module, _loader(make_batches(STEPS, DDP_SETUP.micro)))
+        assert (callback.recorder is None) == (rank != 0)
+        if rank == 0:
+            torch.save(state(module.model), os.path.join(out, "trained.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown, where gloo's threads have been seen to abort the process
+
+
+def test_ddp_strategy_with_two_processes(tmp_path):
+    import time
+    import torch.multiprocessing as mp
+    out = tmp_path / "run"
+    context = mp.start_processes(_ddp_worker, args=(str(tmp_path / "store"), str(out)), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + DDP_TIMEOUT_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the DDP run did not finish within {DDP_TIMEOUT_S} s")
+    # rank 0 logs the loss of its own batches, the first half of each
+    reference, rank0_loss, reference_state = plain_loop(_ddp_model(), DDP_SETUP, make_batches(STEPS, DDP_SETUP.micro),
+                                                        loss_rows=slice(0, 4))
+    # the mean of two half-batch gradients against the whole batch's: last bits differ
+    torch.testing.assert_close(torch.load(out / "trained.pt"), reference_state, rtol=1e-5, atol=1e-7)
+    per_param, per_step = dynamics.load(out)
+    _check(without_prefix(per_param, "model."), per_step, reference, rank0_loss, DDP_SETUP, rtol=1e-5)
+    meta = dynamics.read_meta(out)
+    assert meta["status"] == "closed" and not meta.get("errors")
