@@ -11,9 +11,10 @@ none of them trains on while rank 0 has stopped.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,13 +41,14 @@ class LightningRecording:
     (``views_of=lambda m: {"cc": m.model.cc, "mlo": m.model.mlo}``). Every other ``attach`` option
     (``every``, ``attribute``, ``probe``, ``condition``, ``seed``, ``config``, ...) is passed on; the GradScaler
     of a ``16-mixed`` precision plugin is found by the callback. ``loss_name`` is the name the training loss is
-    logged under (None: not logged). ``recorder`` is the open recorder (None on ranks other than 0), e.g. to
+    logged under (None: not logged); ``metrics``: globs of the metrics the module logs with ``self.log`` that go
+    into the run after each validation (``val_loss``, ...), at the step validation followed. ``recorder`` is the open recorder (None on ranks other than 0), e.g. to
     ``log`` more scalars; it stays after fit, closed, for its ``run_dir``. A second ``fit`` with the same callback appends to the run (``resume``).
     """
 
     def __init__(self, out: str | os.PathLike, views: Any = None, *,
                  views_of: Callable[[nn.Module], Any] | None = None, loss_name: str | None = "loss",
-                 **attach_options: Any) -> None:
+                 metrics: Sequence[str] = ("val*",), **attach_options: Any) -> None:
         super().__init__()
         if (views is None) == (views_of is None):
             raise TypeError("DynamicsCallback: give views= (as dynamics.attach takes them) or views_of= (a function "
@@ -55,7 +57,7 @@ class LightningRecording:
             raise TypeError(f"DynamicsCallback: views_of must be a function of the LightningModule, got "
                             f"{type(views_of).__name__}")
         self.out = out
-        self._views, self._views_of, self._loss_name = views, views_of, loss_name
+        self._views, self._views_of, self._loss_name, self._metrics = views, views_of, loss_name, tuple(metrics)
         self._options = check_attach_options(attach_options, "DynamicsCallback")
         self.recorder = None          # the last recorder (kept after fit, for its run_dir)
         self._open = False
@@ -128,13 +130,29 @@ class LightningRecording:
 
     def _log_losses(self) -> None:
         losses, self._losses = self._losses, []
-        if not losses or self._log_failed:
+        if losses:
+            self._log({self._loss_name: torch.stack(losses).mean()})
+
+    def on_validation_end(self, trainer: Any, pl_module: nn.Module) -> None:
+        """The module's validation metrics (``self.log``), filed under the training step validation followed."""
+        if not self._open or trainer.sanity_checking or not self._metrics:
+            return
+        chosen = {name: value for name, value in trainer.callback_metrics.items()
+                  if any(fnmatch.fnmatchcase(name, g) for g in self._metrics)
+                  and (isinstance(value, torch.Tensor) and value.numel() == 1
+                       or isinstance(value, (int, float)) and not isinstance(value, bool))}
+        if chosen:
+            self._log(chosen)
+
+    def _log(self, scalars: dict) -> None:
+        if self._log_failed:
             return
         try:
-            self.recorder.log(**{self._loss_name: torch.stack(losses).mean()})
-        except (RuntimeError, ValueError) as exc:
+            self.recorder.log(**scalars)
+        except (RuntimeError, ValueError) as exc:  # a bad name or value: stop logging, never stop training
             self._log_failed = True
-            warnings.warn(f"dynamics: the training loss is no longer logged: {exc}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"dynamics: scalars are no longer logged into the run: {exc}", RuntimeWarning,
+                          stacklevel=2)
 
     # ------------------------------------------------------------------------------------------ the end
     def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:

@@ -181,6 +181,33 @@ def test_exception_in_training_closes_the_run_and_says_why(tmp_path):
     assert not module.model.cc[0].weight._backward_hooks  # the recorder's hooks are gone
 
 
+class WithValidation(LitTwoView):
+    def validation_step(self, batch, batch_idx):
+        x_cc, x_mlo, y = batch
+        self.log("val_loss", ((self.model(x_cc, x_mlo) - y) ** 2).mean())
+        self.log("other", 1.0)  # matches no glob of metrics=: stays out of the run
+
+
+def test_validation_metrics_go_into_the_run_at_the_step_they_follow(tmp_path):
+    setup = Setup("manual", _sgd)
+    batches, (validation,) = make_batches(STEPS), make_batches(1, seed=7)[0]
+    model = fresh_model()
+    _, _, reference_state = plain_loop(model, setup, batches)
+    callback = DynamicsCallback(tmp_path / "run", {"cc": "model.cc", "mlo": "model.mlo"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(callback, setup, manual=True).fit(WithValidation(model, setup, manual=True), _loader(batches),
+                                                   torch.utils.data.DataLoader([validation], batch_size=None))
+    trained = fresh_model()
+    trained.load_state_dict(reference_state)
+    with torch.no_grad():
+        expected = float(((trained.eval()(*validation[:2]) - validation[2]) ** 2).mean())
+    per_step = dynamics.load(tmp_path / "run")[1].set_index("step")
+    assert per_step["val_loss"].dropna().index.tolist() == [STEPS - 1]
+    np.testing.assert_allclose(per_step.loc[STEPS - 1, "val_loss"], expected, rtol=1e-6)
+    assert "other" not in per_step.columns
+
+
 class TwoOptimizers(LitTwoView):
     def configure_optimizers(self):
         return [_sgd(self.model.cc), _sgd(nn.ModuleList([self.model.mlo, self.model.head]))]
