@@ -38,8 +38,8 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     for _ in range(_MAX_WRAPPING):
         if _is_plain(current):
             return current
-        inner = next((getattr(current, a) for a in ("optimizer", "_optimizer") if getattr(current, a, None) is not None),
-                     None)
+        inner = next((getattr(current, a) for a in ("optimizer", "_optimizer")
+                      if getattr(current, a, None) is not None), None)
         if inner is None or inner is current:
             break
         current = inner

@@ -42,8 +42,9 @@ class LightningRecording:
     (``every``, ``attribute``, ``probe``, ``condition``, ``seed``, ``config``, ...) is passed on; the GradScaler
     of a ``16-mixed`` precision plugin is found by the callback. ``loss_name`` is the name the training loss is
     logged under (None: not logged); ``metrics``: globs of the metrics the module logs with ``self.log`` that go
-    into the run after each validation (``val_loss``, ...), at the step validation followed. ``recorder`` is the open recorder (None on ranks other than 0), e.g. to
-    ``log`` more scalars; it stays after fit, closed, for its ``run_dir``. A second ``fit`` with the same callback appends to the run (``resume``).
+    into the run after each validation (``val_loss``, ...), at the step validation followed. ``recorder`` is
+    the recorder (None on ranks other than 0), e.g. to ``log`` more scalars; it stays after fit, closed, for its
+    ``run_dir``. A second ``fit`` with the same callback appends to the run (``resume``).
     """
 
     def __init__(self, out: str | os.PathLike, views: Any = None, *,

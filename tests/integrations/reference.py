@@ -46,6 +46,7 @@ def brute_force_rows(step: int, before: dict[str, tuple[torch.Tensor, torch.Tens
     rows = []
     for name, (g, theta) in before.items():
         delta = after[name].detach().double() - theta
-        rows.append({"step": step, "param": name, "grad_sq": float((g ** 2).sum()), "param_sq": float((theta ** 2).sum()),
-                     "update_sq": float((delta ** 2).sum()), "lca": float((g * delta).sum()), "skipped": False})
+        rows.append({"step": step, "param": name, "grad_sq": float((g ** 2).sum()),
+                     "param_sq": float((theta ** 2).sum()), "update_sq": float((delta ** 2).sum()),
+                     "lca": float((g * delta).sum()), "skipped": False})
     return rows

@@ -32,7 +32,8 @@ VIEWS = {"embeddings": ["transformer.wte", "transformer.wpe"], "blocks": "transf
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=TOKENS, n_embd=8, n_layer=2, n_head=2,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                                     eos_token_id=0)
     return transformers.GPT2LMHeadModel(config)
 
 
