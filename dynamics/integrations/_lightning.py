@@ -93,6 +93,8 @@ class LightningRecording:
         return views_by_module_name(pl_module, views)
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        if self._open:  # a fit that ended without on_fit_end or on_exception
+            self._close(RuntimeError("fit began again before the last fit ended"))
         optimizer = self._check_set_up(trainer)
         error = None
         if trainer.global_rank == 0:
@@ -114,6 +116,9 @@ class LightningRecording:
             raise RuntimeError(f"dynamics: rank 0 could not attach the recorder: {message}")
 
     # ------------------------------------------------------------------------------------------ training
+    def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
+        self._global_step = trainer.global_step  # after a checkpoint was restored, which happens after fit start
+
     def on_train_batch_end(self, trainer: Any, pl_module: nn.Module, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         """The training loss: kept on the device per batch, logged once per optimizer step (the mean over the
