@@ -1,5 +1,5 @@
-"""What the trainer callbacks share: importing an optional package, the torch optimizer inside a wrapper,
-view specs by module name, and the attach options a callback passes through."""
+"""What the trainer callbacks share: importing an optional package, view specs by module name, and the attach
+options a callback passes through. (The torch optimizer inside a trainer's wrapper is found by ``attach``.)"""
 from __future__ import annotations
 
 import importlib
@@ -7,14 +7,12 @@ import inspect
 from types import ModuleType
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
-__all__ = ["require", "torch_optimizer", "views_by_module_name", "check_attach_options"]
+__all__ = ["require", "views_by_module_name", "check_attach_options"]
 
 # attach() parameters a callback decides itself (from the trainer), never taken from the user
 _DECIDED = frozenset({"model", "optimizer", "views", "out", "scaler"})
-_MAX_WRAPPING = 8
 
 
 def require(module: str, extra: str, needed_by: str) -> ModuleType:
@@ -24,27 +22,6 @@ def require(module: str, extra: str, needed_by: str) -> ModuleType:
     except ImportError as exc:
         raise ImportError(f"{needed_by} needs the {module.partition('.')[0]!r} package, which is not installed: "
                           f"pip install 'dynamics[{extra}]'") from exc
-
-
-def _is_plain(optimizer: Any) -> bool:
-    """A torch optimizer that ran ``Optimizer.__init__`` (wrappers subclass it without doing so)."""
-    return isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "_optimizer_step_pre_hooks")
-
-
-def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside a trainer's wrapper (``LightningOptimizer._optimizer``, Accelerate's
-    ``AcceleratedOptimizer.optimizer``, and wrappers of wrappers); a plain torch optimizer is returned as is."""
-    current = optimizer
-    for _ in range(_MAX_WRAPPING):
-        if _is_plain(current):
-            return current
-        inner = next((getattr(current, a) for a in ("optimizer", "_optimizer")
-                      if getattr(current, a, None) is not None), None)
-        if inner is None or inner is current:
-            break
-        current = inner
-    raise TypeError(f"dynamics: cannot find the torch.optim.Optimizer inside {type(optimizer).__name__}: pass the "
-                    f"torch optimizer itself")
 
 
 def _module_or_target(target: Any, modules: Mapping[str, nn.Module]) -> Any:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..record import attach
-from ._common import check_attach_options, torch_optimizer, views_by_module_name
+from ._common import check_attach_options, views_by_module_name
 
 __all__ = ["LightningRecording"]
 
@@ -69,7 +69,7 @@ class LightningRecording:
 
     # ------------------------------------------------------------------------------------------ set-up
     def _check_set_up(self, trainer: Any) -> torch.optim.Optimizer:
-        """The one torch optimizer to record; set-ups the callback cannot record right are refused."""
+        """The one optimizer to record; set-ups the callback cannot record right are refused."""
         kinds = _strategy_kinds(trainer.strategy)
         name = type(trainer.strategy).__name__
         if _SINGLE not in kinds and _DDP not in kinds:
@@ -86,7 +86,7 @@ class LightningRecording:
                 f"{len(optimizers)}. With several optimizers each backward pass reaches parameters of the others, "
                 f"so one recorder per optimizer would mix their steps: record them with dynamics.attach on the "
                 f"submodule each optimizer trains, in your own loop")
-        return torch_optimizer(optimizers[0])
+        return optimizers[0]
 
     def _views_for(self, pl_module: nn.Module) -> Any:
         views = self._views_of(pl_module) if self._views_of is not None else self._views

@@ -5,7 +5,7 @@
     Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
 
 When training begins the recorder is attached to the Trainer's model and to the torch optimizer inside
-Accelerate's ``AcceleratedOptimizer`` (with its GradScaler, under fp16); when it ends the recorder is closed.
+Accelerate's ``AcceleratedOptimizer`` (``attach`` unwraps it; its GradScaler, under fp16, is passed on); when it ends the recorder is closed.
 The Trainer's loop (accumulate ``gradient_accumulation_steps`` micro-batches, clip to ``max_grad_norm``,
 step) is the plain loop the recorder measures: the gradient after accumulation and before clipping, the clip
 factor, lca with the unclipped gradient. Needs ``pip install 'dynamics[huggingface]'``.
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from ..record import attach
-from ._common import check_attach_options, require, torch_optimizer, views_by_module_name
+from ._common import check_attach_options, require, views_by_module_name
 
 __all__ = ["DynamicsCallback"]
 
@@ -60,14 +60,13 @@ class DynamicsCallback(_transformers.TrainerCallback):
         if model is None or optimizer is None:
             raise RuntimeError("DynamicsCallback: the Trainer gave the callback no model or optimizer at "
                                "on_train_begin")
-        torch_opt = torch_optimizer(optimizer)
         error = None
         if state.is_world_process_zero:  # under DDP the first process records, as with plain DDP
             options = dict(self._options)
             if self._opened_before:
                 options["resume"] = True
             try:
-                self.recorder = attach(model, torch_opt, views_by_module_name(model, self._views), out=self.out,
+                self.recorder = attach(model, optimizer, views_by_module_name(model, self._views), out=self.out,
                                        scaler=getattr(optimizer, "scaler", None), **options)
                 self._open = self._opened_before = True
             except Exception as exc:  # told to the other processes first, so none trains on without it

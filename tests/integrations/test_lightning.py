@@ -81,9 +81,12 @@ def _fit(tmp_path, setup: Setup, *, manual: bool = False, views=None, **trainer_
                                     flush_every=2)
     else:
         callback = DynamicsCallback(tmp_path / "run", views, flush_every=2)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(num_workers|does not have many workers|bottleneck).*")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         _trainer(callback, setup, manual, **trainer_kwargs).fit(module, _loader(batches))
+    ours = [str(w.message) for w in caught if str(w.message).startswith("dynamics")]
+    assert not ours, ours  # a set-up the callback supports raises no warning of the recorder
+    assert not dynamics.read_meta(tmp_path / "run")["notes"]
     per_param, per_step = dynamics.load(tmp_path / "run")
     return module, without_prefix(per_param, "model."), per_step, reference, reference_loss, reference_state
 
