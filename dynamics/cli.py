@@ -20,11 +20,15 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--by", default="condition",
                         help="group runs by this metadata field (meta.json, then its config); 'run' = no grouping "
                              "(default: condition)")
-    common.add_argument("--views", nargs=2, metavar=("A", "B"), help="the two views to compare (default: the first two)")
+    common.add_argument("--views", nargs="+", metavar="VIEW",
+                        help="the views to compare, every pair of them (default: every view besides the shared "
+                             "group that all runs recorded)")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep = sub.add_parser("report", parents=[common], help="write report.html, report.md and figures")
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--title", default="dynamics imbalance report")
+    rep.add_argument("--baseline", default=None,
+                     help="the reference condition every other is compared with (default: the first given)")
     summ = sub.add_parser("summary", parents=[common], help="print the key imbalance table")
     summ.add_argument("--phase", default="all", help="early, middle, late or all (default: all); 'every' = all rows")
     summ.add_argument("--csv", action="store_true", help="print unformatted CSV instead of a table")
@@ -41,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = expand_runs(args.runs)
         if args.command == "report":
             paths = rep.report(runs, args.out, by=by, views=args.views, progress=not args.no_progress,
-                               title=args.title)
+                               title=args.title, baseline=args.baseline)
             print(f"wrote {paths['html']} and {paths['md']}")
             return 0
         data = rep.load_report_data(runs, progress=not args.no_progress)
