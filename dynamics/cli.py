@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {paths['html']} and {paths['md']}")
             return 0
         data = rep.load_report_data(runs, progress=not args.no_progress)
-        summary = rep.summary_table(data, by=by, views=args.views)
+        nums = rep.ReportNumbers(data, by=by, views=args.views)
+        summary = nums.summary
         if args.phase != "every":
             phases = set(summary["phase"].astype(str))
             if args.phase not in phases:
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 60):
                 print(rep.format_summary(summary).to_string(index=False))
+        from dynamics.report.notices import warning_count_line
+        print(warning_count_line(nums.warnings), file=sys.stderr if args.csv else sys.stdout)
         return 0
     except (ValueError, RunStoreError, FileNotFoundError) as exc:
         print(f"dynamics: error: {exc}", file=sys.stderr)

@@ -55,7 +55,10 @@ def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Docu
     sentences = findings(nums.summary, shares=nums.shares, metrics=nums.metrics, utilization=nums.utilization,
                          exclusions=nums.exclusions, unmatched=nums.matched.attrs.get("unmatched", {}),
                          probe=nums.probe, comparisons=nums.comparisons, notes=nums.view_notes)
-    sections = [("Imbalance statistics", format_summary(nums.summary)),
+    if len(nums.warnings):
+        sentences.append(f"The runs' metadata holds {len(nums.warnings)} warning"
+                         f"{'s' if len(nums.warnings) != 1 else ''} (see Warnings).")
+    sections = [("Warnings", nums.warnings), ("Imbalance statistics", format_summary(nums.summary)),
                 ("Shares of the loss reduction", format_shares(nums.shares))]
     if len(nums.comparisons):
         sections.append((f"Comparisons with the reference ({nums.reference})", format_comparisons(nums.comparisons)))

@@ -158,6 +158,12 @@ class ReportNumbers:
         return tables.view_set_notes(self.data.per_param, self.shared, self.views)
 
     @cached_property
+    def warnings(self) -> pd.DataFrame:
+        """Each run's notes and errors, runs never closed, steps measured at the optimizer step only."""
+        from .notices import run_warnings
+        return run_warnings({run: self.data.metas.get(run, {}) for run in self.group_of})
+
+    @cached_property
     def runs(self) -> pd.DataFrame:
         """One row of metadata per run."""
         return tables.run_table(self.data, self.exclusions)

@@ -239,7 +239,7 @@ def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | No
         ax.set_yscale("log")
     ax.set_xticks(range(len(xs)))
     crowded = sum(len(v) for v in xs) > 6 * len(xs) + 2  # long names would run into each other
-    ax.set_xticklabels([plain(v) for v in xs], rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_xticklabels([plain(v, 24) for v in xs], rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
@@ -271,7 +271,7 @@ def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
             view_lines(sub, x=x, y=y, hue=hue, units=units, palette=palette, logy=y in logy, ax=ax, order=levels,
                        legend=False)
             if c is not None and i == 0:
-                ax.set_title(plain(f"{col} = {c}"))
+                ax.set_title(plain(f"{col} = {c}", 40))
             if j > 0:
                 ax.set_ylabel("")
             if i < len(ys) - 1:

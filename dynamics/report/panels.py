@@ -88,7 +88,7 @@ def matched_ratio_figure(nums: ReportNumbers) -> Figure:
                 missing |= bool(np.ma.getmaskarray(ax.images[0].get_array()).any())
             ax.set_ylabel(f"depth ({plain(a)}/{plain(b)})" if j == 0 else "")
             if i == 0 and len(groups) > 1:
-                ax.set_title(plain(g))
+                ax.set_title(plain(g, 40))
             if i < len(pairs) - 1:
                 ax.set_xlabel("")
     images = [ax.images[0] for ax in axes.flat if ax.images]
@@ -118,7 +118,7 @@ def share_figure(nums: ReportNumbers) -> Figure:
         if i:
             ax.set_ylabel("")
         if len(groups) > 1:
-            ax.set_title(plain(g))
+            ax.set_title(plain(g, 40))
     views = [v for v in nums.palette if (vd["view"].astype(str) == v).any()]
     fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=nums.palette[v], label=plain(v)) for v in views],
                loc="outside right upper")

@@ -64,9 +64,13 @@ def report_figsize(rows: int = 1) -> tuple[float, float]:
     return SIZES["double"][0], ROW_HEIGHT * max(1, rows)
 
 
-def plain(name: object) -> str:
-    """A user's name as figure text that matplotlib draws as it is (``$`` never starts mathtext)."""
-    return str(name).replace("$", r"\$")
+def plain(name: object, most: int | None = None) -> str:
+    """A user's name as figure text that matplotlib draws as it is (``$`` never starts mathtext, newlines are
+    spaces); ``most``: at most that many characters (an ellipsis marks the cut), for tick labels and titles."""
+    text = " ".join(str(name).splitlines())
+    if most is not None and len(text) > most:
+        text = text[:most - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def condition_palette(conditions: Sequence[str]) -> dict[str, str]:
