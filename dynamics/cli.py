@@ -37,11 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--by", default="condition",
                         help="group runs by this metadata field (meta.json, then its config); 'run' = no grouping "
                              "(default: condition)")
-    common.add_argument("--views", nargs=2, metavar=("A", "B"), help="the two views to compare (default: the first two)")
+    common.add_argument("--views", nargs="+", metavar="VIEW",
+                        help="the views to compare, every pair of them (default: every view besides the shared "
+                             "group that all runs recorded)")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep = sub.add_parser("report", parents=[common], help="write report.html, report.md and figures")
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--title", default="dynamics imbalance report")
+    rep.add_argument("--baseline", default=None,
+                     help="the reference condition every other is compared with (default: the first given)")
     summ = sub.add_parser("summary", parents=[common], help="print the key imbalance table")
     summ.add_argument("--phase", default="all", help="early, middle, late or all (default: all); 'every' = all rows")
     summ.add_argument("--csv", action="store_true", help="print unformatted CSV instead of a table")
@@ -74,11 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = expand_runs(args.runs)
         if args.command == "report":
             paths = rep.report(runs, args.out, by=by, views=args.views, progress=not args.no_progress,
-                               title=args.title)
+                               title=args.title, baseline=args.baseline)
             print(f"wrote {paths['html']} and {paths['md']}")
             return 0
         data = rep.load_report_data(runs, progress=not args.no_progress)
-        summary = rep.summary_table(data, by=by, views=args.views)
+        nums = rep.ReportNumbers(data, by=by, views=args.views)
+        summary = nums.summary
         if args.phase != "every":
             phases = set(summary["phase"].astype(str))
             if args.phase not in phases:
@@ -91,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 60):
                 print(rep.format_summary(summary).to_string(index=False))
+        from dynamics.report.notices import warning_count_line
+        print(warning_count_line(nums.warnings), file=sys.stderr if args.csv else sys.stdout)
         return 0
     except (ValueError, RunStoreError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"dynamics: error: {exc}", file=sys.stderr)

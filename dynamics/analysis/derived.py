@@ -38,7 +38,8 @@ def loss_share(lca, total):
 
 
 def norms(per_param: pd.DataFrame) -> pd.DataFrame:
-    """A copy with ``grad_norm``, ``param_norm`` and ``update_norm`` (√ of the stored squares) added."""
+    """A copy with ``grad_norm``, ``param_norm`` and ``update_norm`` (√ of the stored squares) added, row by row
+    (so per run and tensor: nothing is pooled)."""
     check_columns(per_param, ["grad_sq", "param_sq", "update_sq"], "per_param")
     out = per_param.copy()
     for name in ("grad", "param", "update"):
@@ -46,26 +47,37 @@ def norms(per_param: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _per_run(per_param: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """``keys`` with ``run`` first when the table holds runs (``load_runs``) and ``run`` is not a key already:
+    runs are never pooled silently (to pool them, drop the column first)."""
+    keys = list(keys)
+    return ["run", *keys] if "run" in per_param.columns and "run" not in keys else keys
+
+
 def sums(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view"),
          per_step: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Exact group sums of the additive statistics over usable rows (NaN where a quantity is missing)."""
-    by = list(by)
+    """Exact group sums of the additive statistics over usable rows (NaN where a quantity is missing), per run
+    whenever the table has a ``run`` column."""
+    by = _per_run(per_param, by)
     check_columns(per_param, by + _SUMS, "per_param")
     return clean(per_param, per_step).groupby(by, observed=True)[_SUMS].sum(min_count=1).reset_index()
 
 
 def learning_speed(per_param: pd.DataFrame, by: Sequence[str] = ("step", "view"),
                    per_step: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Σ‖g‖² / Σ‖θ‖² per group (the quantity behind the conditional learning speed of Wu et al., ICML 2022)."""
+    """Σ‖g‖² / Σ‖θ‖² per group (the quantity behind the conditional learning speed of Wu et al., ICML 2022), per
+    run whenever the table has a ``run`` column."""
+    by = _per_run(per_param, by)
     totals = sums(per_param, by, per_step)
     totals["learning_speed"] = from_sums(totals)["learning_speed"]
-    return totals[list(by) + ["learning_speed"]]
+    return totals[by + ["learning_speed"]]
 
 
 def shares(per_param: pd.DataFrame, by: str = "view", per: Sequence[str] = ("step",),
            per_step: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each group's share of the first-order loss change Σ lca within each ``per`` group (shares sum to 1)."""
-    per = list(per)
+    """Each group's share of the first-order loss change Σ lca within each ``per`` group (shares sum to 1), per
+    run whenever the table has a ``run`` column."""
+    per = _per_run(per_param, per)
     totals = sums(per_param, per + [by], per_step)
     totals = totals[totals["lca"].notna()]
     whole = totals.groupby(per, observed=True)["lca"].transform("sum")

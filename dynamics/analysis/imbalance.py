@@ -17,16 +17,16 @@ Exclusions (:func:`clean`), applied by every function:
 """
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..schema import QUANTITIES, SHARED
-from .cleaning import check_columns, clean, phase_labels, view_order, with_run
+from .cleaning import check_columns, clean, view_order
 from .derived import from_sums, loss_share, mean_layer_norm
-from .metrics import average_ranks, bootstrap_ci
+from .inference import sign_flip_test, t_interval
 
 def _run_info(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("run", observed=True)[["condition", "seed"]].first().reset_index()
@@ -83,24 +83,61 @@ def layer_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None
 
 # --------------------------------------------------------------------------- matched depth
 
-def _pair(per_param: pd.DataFrame, views: Sequence[str] | None, shared: str) -> tuple[str, str]:
+def _views_of_every_run(per_param: pd.DataFrame) -> list[str]:
+    """The views recorded in every run of the table, in declared order (runs with other view sets are
+    compared only on the views they share)."""
+    order = view_order(per_param)
+    if "run" not in per_param.columns:
+        return order
+    present = per_param.groupby("run", observed=True)["view"].agg(lambda v: set(v.astype(str)))
+    common = set.intersection(*present.tolist()) if len(present) else set()
+    return [v for v in order if v in common]
+
+
+def view_pairs(per_param: pd.DataFrame, views: Sequence[str] | None = None,
+               shared: str = SHARED) -> list[tuple[str, str]]:
+    """The pairs of views the analysis compares: every pair of ``views`` (in the order given), default every
+    pair of the views besides ``shared`` that all runs recorded, in declared order. Errors name the view."""
     order = view_order(per_param)
     if views is None:
-        candidates = [v for v in order if v != shared]
+        candidates = [v for v in _views_of_every_run(per_param) if v != shared]
         if len(candidates) < 2:
-            raise ValueError(f"need two views besides {shared!r} to compare; found {order}")
-        return candidates[0], candidates[1]
-    if len(views) != 2:
-        raise ValueError(f"views must name exactly two views, got {list(views)}")
+            raise ValueError(f"need two views besides {shared!r} recorded in every run to compare; found {order}")
+        return list(itertools.combinations(candidates, 2))
+    views = [str(v) for v in views]
+    if len(views) < 2:
+        raise ValueError(f"views must name at least two views, got {views}")
     for v in views:
         if v not in order:
             raise ValueError(f"view {v!r} not in the table; views are {order}")
-    if views[0] == views[1]:
-        raise ValueError(f"views must differ, got {list(views)}")
-    return str(views[0]), str(views[1])
+    if len(set(views)) != len(views):
+        raise ValueError(f"views must differ, got {views}")
+    return list(itertools.combinations(views, 2))
+
+
+def _pair(per_param: pd.DataFrame, views: Sequence[str] | None, shared: str) -> tuple[str, str]:
+    """One pair: the two views given, or the first pair of :func:`view_pairs`."""
+    if views is not None and len(views) != 2:
+        raise ValueError(f"views must name exactly two views, got {list(views)}")
+    return view_pairs(per_param, views, shared)[0]
 
 
 _MATCH_QUANTITIES = ("grad_norm", "update_norm", "learning_speed")
+
+
+def _match(ld: pd.DataFrame, a: str, b: str, quantity: str) -> pd.DataFrame:
+    """Depth i of view ``a`` against depth i of ``b`` in a layer-dynamics table, at every step of every run."""
+    cols = ["run", "depth", "step"]
+    view = ld["view"].astype(str)
+    left = ld[view == a][cols + ["phase", "condition", "seed", quantity]].rename(columns={quantity: "a"})
+    right = ld[view == b][cols + [quantity]].rename(columns={quantity: "b"})
+    out = left.merge(right, on=cols, how="inner")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ratio"] = out["a"] / out["b"]
+        out["log2_ratio"] = np.log2(out["ratio"])
+    out.attrs.update(view_a=a, view_b=b, quantity=quantity,
+                     unmatched=sorted(set(ld.loc[view == a, "depth"]) ^ set(ld.loc[view == b, "depth"])))
+    return out.sort_values(cols).reset_index(drop=True)
 
 
 def matched_depth(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
@@ -111,24 +148,29 @@ def matched_depth(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     Returns per run, depth and step: ``a``, ``b`` (the quantity for each view), ``ratio`` = a/b and
     ``log2_ratio``; ``attrs`` holds ``view_a``, ``view_b``, ``quantity`` and the depths that exist in
     only one of the views (``unmatched``). Views default to the first two besides ``shared``.
-    ``cleaned``: as in :func:`view_dynamics`.
+    ``cleaned``: as in :func:`view_dynamics`. :func:`matched_pairs` does every pair at once.
     """
     if quantity not in _MATCH_QUANTITIES:
         raise ValueError(f"quantity must be one of {_MATCH_QUANTITIES}, got {quantity!r}")
     a, b = _pair(per_param, views, shared)
+    return _match(layer_dynamics(per_param, per_step, n_phases=n_phases, cleaned=cleaned), a, b, quantity)
+
+
+def matched_pairs(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
+                  views: Sequence[str] | None = None, quantity: str = "grad_norm", shared: str = SHARED,
+                  n_phases: int = 3, cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`matched_depth` for every pair of :func:`view_pairs`, stacked, with ``view_a`` and ``view_b``
+    columns (the layer dynamics are computed once). ``attrs``: ``pairs``, ``quantity`` and ``unmatched``
+    (``"a/b"`` -> depths in only one of the two views)."""
+    if quantity not in _MATCH_QUANTITIES:
+        raise ValueError(f"quantity must be one of {_MATCH_QUANTITIES}, got {quantity!r}")
+    pairs = view_pairs(per_param, views, shared)
     ld = layer_dynamics(per_param, per_step, n_phases=n_phases, cleaned=cleaned)
-    ld = ld[ld["view"].astype(str).isin([a, b])]
-    cols = ["run", "depth", "step"]
-    left = ld[ld["view"].astype(str) == a][cols + ["phase", "condition", "seed", quantity]].rename(columns={quantity: "a"})
-    right = ld[ld["view"].astype(str) == b][cols + [quantity]].rename(columns={quantity: "b"})
-    out = left.merge(right, on=cols, how="inner")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["ratio"] = out["a"] / out["b"]
-        out["log2_ratio"] = np.log2(out["ratio"])
-    da = set(ld.loc[ld["view"].astype(str) == a, "depth"])
-    db = set(ld.loc[ld["view"].astype(str) == b, "depth"])
-    out.attrs.update(view_a=a, view_b=b, quantity=quantity, unmatched=sorted(da ^ db))
-    return out.sort_values(cols).reset_index(drop=True)
+    parts = [_match(ld, a, b, quantity) for a, b in pairs]
+    out = pd.concat([p.assign(view_a=a, view_b=b) for p, (a, b) in zip(parts, pairs)], ignore_index=True)
+    out.attrs.update(pairs=pairs, quantity=quantity,
+                     unmatched={f"{a}/{b}": p.attrs["unmatched"] for p, (a, b) in zip(parts, pairs)})
+    return out
 
 
 def _per_layer(md: pd.DataFrame, phase: str | None) -> "pd.core.groupby.DataFrameGroupBy":
@@ -155,32 +197,36 @@ def matched_layers(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None
     return out
 
 
-def paired_test(matched: pd.DataFrame) -> dict:
-    """Wilcoxon signed-rank test of log(a/b) = 0 across the rows (matched layers x runs).
-
-    Returns ``n_pairs``, ``n_a_greater``, ``fraction`` (of pairs with a > b), ``geo_mean_ratio``,
-    ``statistic`` and ``p`` (scipy.stats.wilcoxon, two-sided; NaN with fewer than two non-zero
-    differences) and ``effect_size``: the matched-pairs rank-biserial correlation
-    (W+ - W-)/(W+ + W-), from +1 (a > b in every pair) to -1.
-    """
+def per_run_layer_ratio(matched: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the mean over matched layers of ln(a/b) (``log_ratio``), with the layer counts ``n_layers``
+    and ``n_a_greater`` (layers where a > b; description, not replicates). ``matched``: one row per run and
+    layer with columns ``a`` and ``b`` (e.g. :func:`matched_layers`); without ``run``, one run."""
     check_columns(matched, ["a", "b"], "matched table")
-    a = matched["a"].to_numpy(float)
-    b = matched["b"].to_numpy(float)
+    m = matched if "run" in matched.columns else matched.assign(run="run")
+    a, b = m["a"].to_numpy(float), m["b"].to_numpy(float)
     ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
-    d = np.log(a[ok]) - np.log(b[ok])
-    res = {"n_pairs": int(d.size), "n_a_greater": int((d > 0).sum()),
-           "fraction": float((d > 0).mean()) if d.size else float("nan"),
-           "geo_mean_ratio": float(np.exp(d.mean())) if d.size else float("nan"),
-           "statistic": float("nan"), "p": float("nan"), "effect_size": float("nan")}
-    nz = d[d != 0]
-    if nz.size:
-        r = average_ranks(np.abs(nz))
-        w_plus, w_minus = r[nz > 0].sum(), r[nz < 0].sum()
-        res["effect_size"] = float((w_plus - w_minus) / (w_plus + w_minus))
-    if nz.size >= 2:
-        w = stats.wilcoxon(nz)
-        res["statistic"], res["p"] = float(w.statistic), float(w.pvalue)
-    return res
+    d = pd.DataFrame({"run": m["run"].astype(str).to_numpy()[ok], "d": np.log(a[ok]) - np.log(b[ok])})
+    g = d.groupby("run", sort=False)["d"]
+    return pd.DataFrame({"log_ratio": g.mean(), "n_layers": g.size(),
+                         "n_a_greater": g.agg(lambda x: int((x > 0).sum()))}).reset_index()
+
+
+def paired_test(matched: pd.DataFrame, *, level: float = 0.95) -> dict:
+    """Is A's quantity larger than B's, layer by layer? Tested with the run as the unit.
+
+    ``matched``: one row per run and matched layer (columns ``a``, ``b``, optionally ``run``). Each run is
+    summarised first by its mean log ratio over layers (:func:`per_run_layer_ratio`); across runs: the
+    geometric-mean ratio ``geo_mean_ratio`` with its Student-t interval ``lo``..``hi`` (the effect size), and
+    the exact sign-flip test ``p`` with ``p_min``, the smallest p the number of runs allows (0.25 at 3 runs).
+    ``n_pairs``, ``n_a_greater`` and ``fraction`` count layers x runs: description, never the n of the test.
+    """
+    per_run = per_run_layer_ratio(matched)
+    n_pairs, n_greater = int(per_run["n_layers"].sum()), int(per_run["n_a_greater"].sum())
+    est, lo, hi = t_interval(np.exp(per_run["log_ratio"].to_numpy(float)), level, log=True)
+    test = sign_flip_test(per_run["log_ratio"].to_numpy(float))
+    return {"n_runs": int(len(per_run)), "n_pairs": n_pairs, "n_a_greater": n_greater,
+            "fraction": n_greater / n_pairs if n_pairs else float("nan"), "geo_mean_ratio": est, "lo": lo,
+            "hi": hi, "p": test["p"], "p_min": test["p_min"], "test": "exact sign-flip over runs"}
 
 
 # --------------------------------------------------------------------------- conditional learning speed
@@ -220,112 +266,3 @@ def conditional_learning_speed(per_param: pd.DataFrame, per_step: pd.DataFrame |
     out = out.merge(info, on=["run", "step"], how="left")
     out.attrs.update(view_a=a, view_b=b, window=window)
     return out
-
-
-# --------------------------------------------------------------------------- summaries
-
-def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-                n_phases: int = 3, vd: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per run, phase (``early``/``middle``/``late`` and ``all``) and view: mean gradient norm, mean
-    update norm, mean learning speed, loss reduction -sum(lca) and its share of all views' reduction
-    (NaN when the total did not decrease). ``vd``: :func:`view_dynamics` of the same tables when the caller
-    has it already (it is not recomputed)."""
-    if vd is None:
-        vd = view_dynamics(per_param, per_step, n_phases=n_phases)
-    parts = [vd, vd.assign(phase="all")]
-    both = pd.concat([p.assign(phase=p["phase"].astype(str)) for p in parts], ignore_index=True)
-    g = both.groupby(["run", "phase", "view"], observed=True)
-    out = g.agg(condition=("condition", "first"), seed=("seed", "first"), grad_norm=("grad_norm", "mean"),
-                update_norm=("update_norm", "mean"), learning_speed=("learning_speed", "mean"),
-                lca=("lca", "sum"), n_steps=("step", "size")).reset_index()
-    out["loss_reduction"] = -out["lca"]
-    out["share"] = loss_share(out["lca"], out.groupby(["run", "phase"], observed=True)["lca"].transform("sum"))
-    order = phase_labels(n_phases) + ["all"]
-    out["phase"] = pd.Categorical(out["phase"], categories=order)
-    out["view"] = pd.Categorical(out["view"].astype(str), categories=view_order(per_param))
-    return out.drop(columns="lca").sort_values(["run", "phase", "view"]).reset_index(drop=True)
-
-
-def mean_ci(values: np.ndarray, *, n_boot: int, level: float, seed: int, log: bool = False) -> tuple[float, float, float]:
-    """Mean (geometric when ``log``) of the finite (and, with ``log``, positive) values over runs with a
-    percentile bootstrap interval; NaN interval below two runs (as ``bootstrap_ci`` gives), all NaN with none."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v) & ((v > 0) if log else True)]
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    x = np.log(v) if log else v
-    est, lo, hi = bootstrap_ci(np.mean, x, n_boot=n_boot, level=level, seed=seed)
-    return (float(np.exp(est)), float(np.exp(lo)), float(np.exp(hi))) if log else (est, lo, hi)
-
-
-def _group_column(df: pd.DataFrame, by: str | None) -> pd.Series:
-    if by is None:
-        return df["run"].astype(str)
-    if by not in df.columns:
-        raise ValueError(f"cannot group by {by!r}: no such column in per_param (columns: {list(df.columns)})")
-    return df[by].astype(str)
-
-
-def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
-                      by: str | None = "condition", views: Sequence[str] | None = None,
-                      shared: str = SHARED, n_phases: int = 3, n_boot: int = 2000, level: float = 0.95,
-                      seed: int = 0, vd: pd.DataFrame | None = None,
-                      md: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The key table: one row per group (``by``; ``None`` = per run) and phase.
-
-    Columns: ``group``, ``phase``, ``n_runs``, ``view_a``, ``view_b``, ``dominant`` (view, ``shared``
-    excluded, with the largest mean loss-reduction share; by gradient norm when no loss decrease was
-    recorded), ``grad_ratio`` (geometric mean over runs of A's over B's mean gradient norm) with
-    ``grad_ratio_lo``/``grad_ratio_hi``, ``share_a``/``share_b`` (mean loss-reduction share) with
-    intervals, and the matched-depth test pooled over layers and runs: ``n_pairs``,
-    ``n_a_greater``, ``p``, ``effect_size``. Intervals are percentile bootstraps over runs (seeds)
-    at ``level``; with a single run they are NaN because no interval can be given.
-
-    ``vd`` (:func:`view_dynamics`) and ``md`` (:func:`matched_depth` of the compared views) of the same tables
-    and ``n_phases``, when the caller has them already, are used instead of being recomputed.
-    """
-    a, b = _pair(per_param, views, shared)
-    df = with_run(per_param)
-    groups = pd.DataFrame({"run": df["run"].astype(str), "group": _group_column(df, by)}).drop_duplicates()
-    if groups["run"].duplicated().any():
-        bad = groups.loc[groups["run"].duplicated(), "run"].iloc[0]
-        raise ValueError(f"run {bad!r} has more than one value of {by!r}")
-    rs = run_summary(per_param, per_step, n_phases=n_phases, vd=vd)
-    rs = rs.assign(run=rs["run"].astype(str)).merge(groups, on="run")
-    if md is None:
-        md = matched_depth(per_param, per_step, views=(a, b), shared=shared, n_phases=n_phases)
-    elif (md.attrs.get("view_a"), md.attrs.get("view_b")) != (a, b):
-        raise ValueError(f"md compares {md.attrs.get('view_a')!r} with {md.attrs.get('view_b')!r}, "
-                         f"not the views {a!r} and {b!r} of this summary")
-    md = md.assign(run=md["run"].astype(str)).merge(groups, on="run")
-    nonshared = [v for v in view_order(per_param) if v != shared]
-    rows = []
-    for (group, phase), sub in rs.groupby(["group", "phase"], observed=True, sort=True):
-        wide = sub.pivot_table(index="run", columns="view", values=["grad_norm", "share"], observed=True,
-                               dropna=False)
-        ga = wide["grad_norm"].get(a, pd.Series(dtype=float))
-        gb = wide["grad_norm"].get(b, pd.Series(dtype=float))
-        ratio = mean_ci((ga / gb).to_numpy(), n_boot=n_boot, level=level, seed=seed, log=True)
-        sa = mean_ci(wide["share"].get(a, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
-        sb = mean_ci(wide["share"].get(b, pd.Series(dtype=float)).to_numpy(), n_boot=n_boot, level=level, seed=seed)
-        mean_share = sub[sub["view"].astype(str).isin(nonshared)].groupby("view", observed=True)["share"].mean()
-        if mean_share.notna().any():
-            dominant = str(mean_share.idxmax())
-        else:
-            dominant = str(sub[sub["view"].astype(str).isin(nonshared)].groupby("view", observed=True)[
-                "grad_norm"].mean().idxmax())
-        test = paired_test(_per_layer(md[md["group"] == group], phase)[["a", "b"]].mean())
-        rows.append({"group": group, "phase": phase, "n_runs": int(sub["run"].nunique()), "view_a": a, "view_b": b,
-                     "dominant": dominant,
-                     "grad_ratio": ratio[0], "grad_ratio_lo": ratio[1], "grad_ratio_hi": ratio[2],
-                     "share_a": sa[0], "share_a_lo": sa[1], "share_a_hi": sa[2],
-                     "share_b": sb[0], "share_b_lo": sb[1], "share_b_hi": sb[2],
-                     "n_pairs": test["n_pairs"], "n_a_greater": test["n_a_greater"],
-                     "p": test["p"], "effect_size": test["effect_size"]})
-    out = pd.DataFrame(rows)
-    out["phase"] = pd.Categorical(out["phase"].astype(str), categories=phase_labels(n_phases) + ["all"])
-    out = out.sort_values(["group", "phase"]).reset_index(drop=True)
-    out.attrs.update(by=by, level=level, unmatched=md.attrs.get("unmatched", []))
-    return out
-
-

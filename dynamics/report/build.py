@@ -20,10 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from . import panels, style  # noqa: E402
-from .data import ReportData, ReportNumbers, load_report_data  # noqa: E402
+from .computed import ReportNumbers  # noqa: E402
+from .data import ReportData, load_report_data  # noqa: E402
+from .display import (format_comparisons, format_shares, format_summary, metric_display, runs_word,  # noqa: E402
+                      utilization_display)
 from .findings import findings  # noqa: E402
 from .render import Document, FigureFile, to_html, to_markdown  # noqa: E402
-from .tables import format_summary, metric_display, runs_word, utilization_display  # noqa: E402
 
 __all__ = ["build_report", "report", "document", "save_figures"]
 
@@ -33,40 +35,63 @@ def save_figures(nums: ReportNumbers, folder: Path) -> list[FigureFile]:
     saved = []
     with style.publication_style():
         for name, caption, fig in panels.report_figures(nums):
-            paths = style.save_figure(fig, folder / name)
+            paths = style.save_figure(fig, folder / name, tight=False)  # laid out to fit: one size family
             plt.close(fig)
             saved.append(FigureFile(name, caption, paths[-1]))
     return saved
 
 
+METHODS = ("Statistics: the run (seed) is the unit of every interval and test. Each run is summarised first "
+           "(its mean gradient norms, shares, mean log ratio over matched layers, last logged metrics); intervals "
+           "are 95% Student-t intervals over runs (geometric for ratios); whether one view's layers have larger "
+           "gradients is tested with the exact sign-flip test over runs, whose smallest p with n runs is 2/2^n; "
+           "layer counts are description. Conditions are compared with the reference by the difference of means "
+           "(paired by seed when both hold the same seeds, else Welch), Holm-corrected across the report, with "
+           "the smallest difference the design detects at 80% power beside every null.")
+
+
 def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Document:
     """The report's content from its numbers: lead, findings, tables, figures and the run table."""
-    a, b = nums.views
-    sentences = findings(nums.summary, metrics=nums.metrics, utilization=nums.utilization,
-                         exclusions=nums.exclusions, unmatched=nums.matched.attrs.get("unmatched", []),
-                         probe=nums.probe)
-    sections = [("Imbalance statistics", format_summary(nums.summary))]
+    sentences = findings(nums.summary, shares=nums.shares, metrics=nums.metrics, utilization=nums.utilization,
+                         exclusions=nums.exclusions, unmatched=nums.matched.attrs.get("unmatched", {}),
+                         probe=nums.probe, comparisons=nums.comparisons, notes=nums.view_notes)
+    if len(nums.warnings):
+        sentences.append(f"The runs' metadata holds {len(nums.warnings)} warning"
+                         f"{'s' if len(nums.warnings) != 1 else ''} (see Warnings).")
+    sections = [("Warnings", nums.warnings), ("Imbalance statistics", format_summary(nums.summary)),
+                ("Shares of the loss reduction", format_shares(nums.shares))]
+    if len(nums.comparisons):
+        sections.append((f"Comparisons with the reference ({nums.reference})", format_comparisons(nums.comparisons)))
     if len(nums.metrics):
         sections.append(("Logged metrics (last value per run)", metric_display(nums.metrics)))
     if len(nums.utilization):
         sections.append(("Conditional utilization", utilization_display(nums.utilization)))
+    pairs = "every pair" if len(nums.pairs) > 1 else "one pair"
     lead = [(f"{runs_word(len(nums.group_of))} grouped by ", False), (nums.by or "run", True),
-            (f"; views compared: {a} vs {b}.", False)]
+            (f"; views compared: {', '.join(nums.views)} ({pairs})", False)]
+    if len(nums.groups) > 1:
+        lead.append((f"; reference {nums.by or 'run'}: {nums.reference}", False))
+    lead.append((". " + METHODS, False))
     return Document(title=title, lead=lead, findings=sentences, sections=sections, figures=figures,
                     runs=nums.runs)
 
 
 def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "condition",
-                 views: Sequence[str] | None = None, shared: str | None = None,
-                 title: str = "dynamics imbalance report", progress: bool = True, n_boot: int = 2000) -> dict[str, Path]:
-    """Compute every statistic and write report.html, report.md, figures/ and summary.csv under ``out``.
-    ``shared``: the shared group's name (default: the one the runs recorded, see :class:`ReportData`)."""
+                 views: Sequence[str] | None = None, shared: str | None = None, baseline: str | None = None,
+                 title: str = "dynamics imbalance report", progress: bool = True,
+                 n_boot: int | None = None) -> dict[str, Path]:
+    """Compute every statistic and write report.html, report.md, figures/, summary.csv (the key table),
+    shares.csv and comparisons.csv under ``out``. ``shared``: the shared group's name (default: the one the
+    runs recorded, see :class:`ReportData`); ``baseline``: the reference condition (default: the first given).
+    ``n_boot`` is accepted for compatibility and unused (intervals over runs are Student t)."""
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=3, desc="report", disable=not progress, unit="stage")
-    nums = ReportNumbers(data, by=by, views=views, shared=shared, n_boot=n_boot)
+    nums = ReportNumbers(data, by=by, views=views, shared=shared, baseline=baseline)
     steps.set_postfix_str("summary")
     nums.summary.to_csv(out / "summary.csv", index=False)
+    nums.shares.to_csv(out / "shares.csv", index=False)
+    nums.comparisons.to_csv(out / "comparisons.csv", index=False)
     steps.update()
     steps.set_postfix_str("figures")
     figures = save_figures(nums, out / "figures")

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 from ..analysis.cleaning import check_columns, view_order
 from ..analysis.metrics import t_half_width
-from .style import (OKABE_ITO, SHARED_COLOR, SIZES, STYLE, figsize, publication_style, save_figure,  # noqa: F401
+from .style import (CONDITION_COLORS, MISSING_COLOR, MISSING_HATCH, OKABE_ITO, ROW_HEIGHT, SHARED_COLOR,  # noqa: F401
+                    SIZES, STYLE, condition_palette, figsize, plain, publication_style, report_figsize, save_figure,
                     view_palette)
 
 __all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
            "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
-           "condition_plot", "dynamics_facets", "save_figure"]
+           "condition_plot", "dynamics_facets", "save_figure", "condition_palette", "legend_outside",
+           "missing_patch", "plain", "PER_RUN_BELOW", "CONDITION_COLORS", "MISSING_COLOR", "ROW_HEIGHT",
+           "report_figsize"]
 
 
 def _check(data: pd.DataFrame, *columns: str | None) -> None:
@@ -36,44 +42,73 @@ def _palette(palette: Mapping[str, str] | None, levels: Sequence[str]) -> dict[s
 
 
 def _mean_band(data: pd.DataFrame, x: str, y: str, units: str | None, level: float) -> pd.DataFrame:
-    """Mean of ``y`` over units at each ``x`` with a t-interval of the mean (NaN for one unit)."""
+    """Mean of ``y`` over units at each ``x`` with the Student-t interval of the mean over units (NaN for one
+    unit) and the units' range (``min``, ``max``; the band is clipped to it: it never claims values no run had)."""
     if units is not None and units in data.columns:
         per_unit = data.groupby([units, x], observed=True)[y].mean().reset_index()
     else:
         per_unit = data[[x, y]]
     g = per_unit.groupby(x, observed=True)[y]
-    out = g.agg(["mean", "std", "count"])
+    out = g.agg(["mean", "std", "count", "min", "max"])
     half = t_half_width(out["std"].to_numpy(), out["count"].to_numpy(float), level)
-    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    out["lo"] = np.maximum(out["mean"] - half, out["min"])
+    out["hi"] = np.minimum(out["mean"] + half, out["max"])
     return out.reset_index()
+
+
+#: below this many runs the figures draw each run's line instead of a band (a band from 2 or 3 runs is mostly
+#: the t quantile: 12.7 and 4.3 standard errors wide)
+PER_RUN_BELOW = 4
+
+
+def legend_outside(ax: plt.Axes, **kwargs) -> None:
+    """The axes' legend to the right of its data area (never over the data); nothing without labels."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+
+
+def _per_run(sub: pd.DataFrame, x: str, y: str, units: str | None) -> list[pd.DataFrame]:
+    """Each unit's (run's) series, sorted by ``x``; one series when there is no unit column."""
+    if units is None or units not in sub.columns:
+        return [sub.groupby(x, observed=True)[y].mean().reset_index()]
+    return [u.groupby(x, observed=True)[y].mean().reset_index() for _, u in sub.groupby(units, observed=True)]
 
 
 def view_lines(data: pd.DataFrame, *, x: str = "step", y: str, hue: str = "view", units: str | None = "run",
                palette: Mapping[str, str] | None = None, band: bool = True, level: float = 0.95,
-               logy: bool = False, ylabel: str | None = None, ax: plt.Axes | None = None) -> plt.Axes:
-    """One line per ``hue`` level: the mean of ``y`` over ``units`` (seeds) at each ``x``, with a
-    ``level`` t-interval band when there are two or more units. With ``logy`` the mean and band are
-    taken on log(y) (a geometric mean), so the band stays positive and symmetric on the log axis."""
+               logy: bool = False, ylabel: str | None = None, ax: plt.Axes | None = None,
+               order: Sequence[str] | None = None, legend: bool = True) -> plt.Axes:
+    """One line per ``hue`` level: the mean of ``y`` over ``units`` (runs) at each ``x``. With fewer than
+    :data:`PER_RUN_BELOW` units each unit's own line is drawn thin beside the mean (gid ``"run"``); with more, a
+    ``level`` Student-t band over units, clipped to the units' range. With ``logy`` means and bands are taken on
+    log(y) (geometric), so they stay positive on the log axis. ``order``: the hue levels and their order."""
     _check(data, x, y, hue)
     ax = ax if ax is not None else plt.gca()
-    levels = view_order(data, hue)
+    levels = list(order) if order is not None else view_order(data, hue)
     palette = _palette(palette, levels)
     for lev in levels:
         sub = data[data[hue].astype(str) == lev]
+        if sub.empty:
+            continue
+        n_units = sub[units].nunique() if units is not None and units in sub.columns else 1
         if logy:
             sub = sub[sub[y] > 0].assign(**{y: lambda d: np.log(d[y])})
+        back = np.exp if logy else (lambda v: v)
         m = _mean_band(sub, x, y, units, level)
-        if logy:
-            m = m.assign(**{c: np.exp(m[c]) for c in ("mean", "lo", "hi")})
         color = palette.get(lev)
-        ax.plot(m[x], m["mean"], color=color, label=lev)
-        if band and m["lo"].notna().any():
-            ax.fill_between(m[x], m["lo"], m["hi"], color=color, alpha=0.25, linewidth=0)
+        ax.plot(m[x], back(m["mean"]), color=color, label=plain(lev))
+        if band and 1 < n_units < PER_RUN_BELOW:
+            for run in _per_run(sub, x, y, units):
+                ax.plot(run[x], back(run[y]), color=color, linewidth=0.5, alpha=0.45, gid="run", label="_run")
+        elif band and m["lo"].notna().any():
+            ax.fill_between(m[x], back(m["lo"]), back(m["hi"]), color=color, alpha=0.25, linewidth=0)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
-    ax.legend(title=None)
+    if legend:
+        legend_outside(ax)
     return ax
 
 
@@ -96,7 +131,8 @@ def loss_reduction_plot(data: pd.DataFrame, *, x: str = "step", y: str = "loss_r
 
 
 def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hue: str = "view",
-                    palette: Mapping[str, str] | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+                    palette: Mapping[str, str] | None = None, ax: plt.Axes | None = None,
+                    legend: bool = True) -> plt.Axes:
     """Each view's share of the cumulative loss reduction as a stacked area (mean over runs)."""
     _check(data, x, y, hue)
     ax = ax if ax is not None else plt.gca()
@@ -105,20 +141,26 @@ def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hu
     wide = data.assign(**{hue: data[hue].astype(str)}).pivot_table(index=x, columns=hue, values=y,
                                                                     aggfunc="mean", observed=True)
     wide = wide.reindex(columns=levels).dropna(how="all")
-    ax.stackplot(wide.index.to_numpy(), *[wide[lev].fillna(0.0).to_numpy() for lev in levels], labels=levels,
-                 colors=[palette.get(lev) for lev in levels], alpha=0.85, linewidth=0)
+    ax.stackplot(wide.index.to_numpy(), *[wide[lev].fillna(0.0).to_numpy() for lev in levels],
+                 labels=[plain(lev) for lev in levels], colors=[palette.get(lev) for lev in levels], alpha=0.85,
+                 linewidth=0)
     ax.set_xlabel(x)
     ax.set_ylabel("share of loss reduction")
-    ax.legend(loc="lower right")
+    if legend:
+        legend_outside(ax)
     return ax
 
 
 def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", value: str = "log2_ratio",
                   bins: int = 40, ax: plt.Axes | None = None, cmap: str = "RdBu_r",
-                  label: str | None = None, colorbar: bool = True) -> plt.Axes:
+                  label: str | None = None, colorbar: bool = True, legend: bool = True,
+                  y_levels: Sequence | None = None) -> plt.Axes:
     """Matched-layer ratio as a heatmap: ``y`` (depth) × ``x`` (steps cut into ``bins`` equal bins),
     the mean of ``value`` over runs and the steps of a bin, on a diverging scale centred at 0 (± the largest
-    magnitude drawn; ``ax.images[0].set_clim`` puts several panels on one scale)."""
+    magnitude drawn; ``ax.images[0].set_clim`` puts several panels on one scale). Cells without a value (no
+    step recorded in the bin, e.g. ``every="log"``; a depth in ``y_levels`` this table lacks) are drawn hatched
+    grey, never in a data colour, with the legend entry ``no data`` (``legend``) outside the data.
+    ``y_levels``: the rows to show (default: those in the table), so that panels of one figure align."""
     _check(data, x, y, value)
     ax = ax if ax is not None else plt.gca()
     d = data[np.isfinite(data[value].to_numpy(float))]
@@ -130,31 +172,50 @@ def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", valu
     col = np.clip(np.searchsorted(edges, d[x].to_numpy(float), side="right") - 1, 0, nb - 1)
     grid = d.assign(_bin=col).pivot_table(index=y, columns="_bin", values=value, aggfunc="mean")
     grid = grid.reindex(columns=range(nb)).sort_index()
-    vmax = float(np.nanmax(np.abs(grid.to_numpy()))) or 1.0
-    im = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap=cmap, vmin=-vmax, vmax=vmax,
-                   extent=(edges[0], edges[-1], -0.5, len(grid.index) - 0.5), interpolation="nearest")
+    if y_levels is not None:
+        grid = grid.reindex(index=list(y_levels))
+    values = np.ma.masked_invalid(grid.to_numpy(float))
+    vmax = float(np.abs(values).max()) or 1.0
+    colours = matplotlib.colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))  # missing: see-through
+    extent = (edges[0], edges[-1], -0.5, len(grid.index) - 0.5)
+    ax.add_patch(Rectangle((extent[0], extent[2]), extent[1] - extent[0], extent[3] - extent[2],
+                           facecolor=MISSING_COLOR, hatch=MISSING_HATCH, edgecolor="0.6", linewidth=0, zorder=0,
+                           gid="missing"))
+    im = ax.imshow(values, aspect="auto", origin="lower", cmap=colours, vmin=-vmax, vmax=vmax,
+                   extent=extent, interpolation="nearest", zorder=1)
     every = max(1, int(np.ceil(len(grid.index) / 12)))  # at most ~12 labels
     ticks = list(range(0, len(grid.index), every))
     ax.set_yticks(ticks)
     ax.set_yticklabels([str(grid.index[i]) for i in ticks])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    a, b = data.attrs.get("view_a", "A"), data.attrs.get("view_b", "B")
+    a, b = plain(data.attrs.get("view_a", "A")), plain(data.attrs.get("view_b", "B"))
     if colorbar:
         ax.figure.colorbar(im, ax=ax, label=label or f"log2({a}/{b})")
+    if legend and values.mask.any():
+        ax.legend(handles=[missing_patch()], loc="upper left", bbox_to_anchor=(0.0, -0.25), borderaxespad=0.0)
     return ax
+
+
+def missing_patch() -> Patch:
+    """The legend entry of cells nothing was recorded for."""
+    return Patch(facecolor=MISSING_COLOR, hatch=MISSING_HATCH, edgecolor="0.6", linewidth=0, label="no data")
 
 
 def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | None = None, hi: str | None = None,
                    hue: str | None = None, palette: Mapping[str, str] | None = None, ref: float | None = None,
-                   ylabel: str | None = None, ax: plt.Axes | None = None) -> plt.Axes:
+                   ylabel: str | None = None, ax: plt.Axes | None = None, order: Sequence[str] | None = None,
+                   x_palette: Mapping[str, str] | None = None, logy: bool = False) -> plt.Axes:
     """Compare conditions: a point per ``x`` (and ``hue``) at ``y`` with error bars ``lo``..``hi``
     (rows with a NaN interval get no bar); ``ref`` draws a horizontal reference line (e.g. 1 for a
-    ratio). For test AUC, the imbalance ratio or utilization per condition."""
+    ratio). ``order``: the ``x`` levels in order (default: as they appear); ``x_palette``: a colour per ``x``
+    level when there is no ``hue`` (the conditions' palette). For test AUC, the imbalance ratio or utilization
+    per condition."""
     _check(data, x, y, lo, hi, hue)
     ax = ax if ax is not None else plt.gca()
-    xs = view_order(data, x)
+    xs = [v for v in (order if order is not None else view_order(data, x))]
     pos = {v: i for i, v in enumerate(xs)}
+    data = data[data[x].astype(str).isin(pos)]
     groups = [(None, data)] if hue is None else [(lev, data[data[hue].astype(str) == lev]) for lev in
                                                 view_order(data, hue)]
     palette = _palette(palette, [g for g, _ in groups if g is not None])
@@ -163,22 +224,27 @@ def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | No
         offset = (k - (len(groups) - 1) / 2) * width
         px = np.array([pos[str(v)] for v in sub[x]], float) + offset
         py = sub[y].to_numpy(float)
-        color = palette.get(lev, OKABE_ITO[0]) if lev is not None else OKABE_ITO[0]
+        colors = ([palette.get(lev, OKABE_ITO[0])] * len(sub) if lev is not None else
+                  [(x_palette or {}).get(str(v), "0.2") for v in sub[x]])
         if lo is not None and hi is not None:
             err = np.vstack([py - sub[lo].to_numpy(float), sub[hi].to_numpy(float) - py])
-            ax.errorbar(px, py, yerr=np.where(np.isfinite(err), err, 0.0), fmt="none", ecolor=color, capsize=2,
-                        linewidth=0.8)
-        ax.plot(px, py, "o", color=color, label=lev if lev is not None else y, markersize=4, linestyle="none")
+            err = np.where(np.isfinite(err), err, 0.0)
+            for i in range(len(sub)):
+                ax.errorbar(px[i:i + 1], py[i:i + 1], yerr=err[:, i:i + 1], fmt="none", ecolor=colors[i], capsize=2,
+                            linewidth=0.8)
+        ax.scatter(px, py, c=colors, s=16, zorder=3, label=plain(lev) if lev is not None else "_points")
     if ref is not None:
         ax.axhline(ref, color="0.6", linewidth=0.5, linestyle="--", zorder=0)
+    if logy:
+        ax.set_yscale("log")
     ax.set_xticks(range(len(xs)))
     crowded = sum(len(v) for v in xs) > 6 * len(xs) + 2  # long names would run into each other
-    ax.set_xticklabels(xs, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_xticklabels([plain(v, 24) for v in xs], rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlim(-0.5, len(xs) - 0.5)
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
     if hue is not None:
-        ax.legend()
+        legend_outside(ax)
     return ax
 
 
@@ -186,27 +252,30 @@ def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
                     ys: Sequence[str] = ("grad_norm", "update_norm", "learning_speed", "loss_reduction"),
                     col: str | None = None, hue: str = "view", units: str | None = "run",
                     palette: Mapping[str, str] | None = None, width: str = "double",
-                    logy: Sequence[str] = ("grad_norm", "update_norm", "learning_speed")) -> plt.Figure:
+                    logy: Sequence[str] = ("grad_norm", "update_norm", "learning_speed"),
+                    col_order: Sequence[str] | None = None, row_height: float = 1.6) -> plt.Figure:
     """Figure-level: one row per quantity in ``ys``, one column per level of ``col`` (e.g.
-    ``condition``), lines per ``hue`` with bands over ``units``; shared y axis within a row."""
+    ``condition``, in ``col_order``), lines per ``hue`` with bands or per-run lines over ``units``; shared y
+    axis within a row; one legend, outside the data to the right (constrained layout)."""
     _check(data, x, hue, col, *ys)
-    cols = [None] if col is None else view_order(data, col)
-    palette = _palette(palette, view_order(data, hue))
+    cols = [None] if col is None else list(col_order) if col_order is not None else view_order(data, col)
+    levels = view_order(data, hue)
+    palette = _palette(palette, levels)
     w, _ = figsize(width)
-    fig, axes = plt.subplots(len(ys), len(cols), figsize=(w, 1.6 * len(ys)), sharex=True, sharey="row",
-                             squeeze=False)
+    fig, axes = plt.subplots(len(ys), len(cols), figsize=(w, row_height * len(ys)), sharex=True, sharey="row",
+                             squeeze=False, layout="constrained")
     for j, c in enumerate(cols):
         sub = data if c is None else data[data[col].astype(str) == c]
         for i, y in enumerate(ys):
             ax = axes[i, j]
-            view_lines(sub, x=x, y=y, hue=hue, units=units, palette=palette, logy=y in logy, ax=ax)
-            if ax.get_legend() is not None and not (i == 0 and j == len(cols) - 1):
-                ax.get_legend().remove()
+            view_lines(sub, x=x, y=y, hue=hue, units=units, palette=palette, logy=y in logy, ax=ax, order=levels,
+                       legend=False)
             if c is not None and i == 0:
-                ax.set_title(f"{col} = {c}")
+                ax.set_title(plain(f"{col} = {c}", 40))
             if j > 0:
                 ax.set_ylabel("")
             if i < len(ys) - 1:
                 ax.set_xlabel("")
-    fig.tight_layout()
+    handles = [Line2D([], [], color=palette.get(v), label=plain(v)) for v in levels]
+    fig.legend(handles=handles, loc="outside right upper")
     return fig

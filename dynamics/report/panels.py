@@ -1,147 +1,184 @@
-"""The report's figures, one function each, drawn from :class:`dynamics.report.data.ReportNumbers` with the
-plotting functions of :mod:`dynamics.report.figures`. Each returns ``(name, caption, figure)``."""
+"""The report's figures, one function each, drawn from :class:`dynamics.report.computed.ReportNumbers` with the
+plotting functions of :mod:`dynamics.report.figures`. Each returns ``(name, caption, figure)``.
+
+Every figure is one size family (full page width, whole rows of ``ROW_HEIGHT``, constrained layout, saved
+uncropped), shows the groups in the report's one order (the reference first), colours views with the view
+palette and conditions with the condition palette, and keeps its legends outside the data.
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import math
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # the report never opens windows
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from . import figures as plots  # noqa: E402
+from .style import ROW_HEIGHT, plain, report_figsize  # noqa: E402
+from .tables import outcome_metrics  # noqa: E402,F401  (kept importable here: the conditions panel's choice)
 
 if TYPE_CHECKING:
-    from .data import ReportNumbers
+    from .computed import ReportNumbers
 
 __all__ = ["outcome_metrics", "report_figures", "dynamics_figure", "matched_ratio_figure", "share_figure",
-           "conditional_speed_figure", "conditions_figure"]
+           "conditional_speed_figure", "conditions_figure", "MAX_PAIRS"]
 
 Figure = tuple[str, str, plt.Figure]
+#: at most this many pairs of views get panels of their own (every pair is in the tables)
+MAX_PAIRS = 6
 
 _LABELS = {"grad_norm": "gradient norm", "learning_speed": "‖g‖²/‖θ‖²", "loss_reduction": "loss reduction −Σlca"}
+_BANDS = (f"each run's own thin line beside the mean when there are fewer than {plots.PER_RUN_BELOW} runs, else a "
+          "95% Student-t band over runs clipped to the runs' range")
 
 
-def outcome_metrics(names: Sequence[str], most: int = 2) -> list[str]:
-    """The logged metrics worth a panel: test AUC first, then other test and validation metrics; training
-    bookkeeping (loss, present counts) only when nothing else was logged."""
-    def rank(name: str) -> tuple[int, str]:
-        order = [name == "test_auc", name.startswith("test_"), name == "val_auc", name.startswith("val_")]
-        return (next((i for i, hit in enumerate(order) if hit), len(order)), name)
-    ranked = sorted(names, key=rank)
-    outcomes = [n for n in ranked if rank(n)[0] < 4]
-    return (outcomes or ranked)[:most]
+def _grid(n: int, ncols: int = 3) -> tuple[plt.Figure, np.ndarray]:
+    """``n`` panels in rows of at most ``ncols``, the report's size family; unused panels hidden."""
+    cols = max(1, min(ncols, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=report_figsize(rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
 
 
-def _row_width(n: int) -> float:
-    """A row of ``n`` panels: double column for several, single for one."""
-    return plots.figsize("double")[0] if n > 1 else plots.figsize("single")[0]
+def _pairs_shown(nums: ReportNumbers) -> tuple[list[tuple[str, str]], str]:
+    pairs = nums.pairs[:MAX_PAIRS]
+    more = f" (the first {len(pairs)} of {len(nums.pairs)} pairs; every pair is in the tables)" \
+        if len(nums.pairs) > len(pairs) else ""
+    return pairs, more
 
 
 def dynamics_figure(nums: ReportNumbers) -> Figure:
     """Gradient norm, learning speed and cumulative loss reduction per view over steps, per group."""
     vd = nums.grouped(nums.view_dynamics)
     col = "_group" if len(nums.groups) > 1 else None
-    fig = plots.dynamics_facets(vd, col=col, ys=("grad_norm", "learning_speed", "loss_reduction"),
-                                palette=nums.palette, width="double")
-    if col:
-        for ax in fig.axes:
-            ax.set_title(ax.get_title().replace("_group", nums.by or "run"))
+    fig = plots.dynamics_facets(vd, col=col, col_order=nums.groups if col else None, palette=nums.palette,
+                                ys=("grad_norm", "learning_speed", "loss_reduction"), width="double",
+                                row_height=ROW_HEIGHT)
     for ax in fig.axes:
+        if col:
+            ax.set_title(ax.get_title().replace("_group", plain(nums.by or "run")))
         ax.set_ylabel(_LABELS.get(ax.get_ylabel(), ax.get_ylabel()))
     return ("dynamics", "Per-view gradient norm, learning speed ‖g‖²/‖θ‖² and cumulative loss reduction "
-            "−Σ lca over steps (mean over runs, 95% band when several).", fig)
+            f"−Σ lca over steps: mean over runs (geometric on the log axes), {_BANDS}.", fig)
 
 
 def matched_ratio_figure(nums: ReportNumbers) -> Figure:
-    """log2 of the matched-layer gradient-norm ratio (depth × step), one panel per group, one colour scale."""
+    """log2 of the matched-layer gradient-norm ratio (depth × step): a row per pair, a column per group."""
     md = nums.grouped(nums.matched)
-    md.attrs.update(nums.matched.attrs)
-    groups, (a, b) = nums.groups, nums.views
-    n = len(groups)
-    fig, axes = plt.subplots(1, n, figsize=(_row_width(n), 2.4), squeeze=False, sharey=True)
-    for i, (ax, g) in enumerate(zip(axes[0], groups)):
-        sub = md[md["_group"] == g] if len(md) else md
-        if len(sub) and np.isfinite(sub["log2_ratio"]).any():
-            sub.attrs.update(md.attrs)
-            plots.ratio_heatmap(sub, ax=ax, colorbar=False)
-        if i:
-            ax.set_ylabel("")
-        if n > 1:
-            ax.set_title(g)
-    images = [ax.images[0] for ax in axes[0] if ax.images]
-    if images:  # one scale for every panel, so the groups can be compared, and one colour bar
+    pairs, more = _pairs_shown(nums)
+    groups = nums.groups
+    fig, axes = plt.subplots(len(pairs), len(groups), figsize=report_figsize(len(pairs)), squeeze=False,
+                             sharey="row", layout="constrained")
+    missing = False
+    for i, (a, b) in enumerate(pairs):
+        pair = md[(md["view_a"] == a) & (md["view_b"] == b)]
+        depths = sorted(set(pair.loc[np.isfinite(pair["log2_ratio"]), "depth"]))  # every panel of a row alike
+        for j, g in enumerate(groups):
+            ax = axes[i, j]
+            sub = pair[pair["_group"] == g]
+            if len(sub) and np.isfinite(sub["log2_ratio"]).any():
+                sub.attrs.update(view_a=a, view_b=b)
+                plots.ratio_heatmap(sub, ax=ax, colorbar=False, legend=False, y_levels=depths)
+                missing |= bool(np.ma.getmaskarray(ax.images[0].get_array()).any())
+            ax.set_ylabel(f"depth ({plain(a)}/{plain(b)})" if j == 0 else "")
+            if i == 0 and len(groups) > 1:
+                ax.set_title(plain(g, 40))
+            if i < len(pairs) - 1:
+                ax.set_xlabel("")
+    images = [ax.images[0] for ax in axes.flat if ax.images]
+    if images:  # one scale for every panel, so groups and pairs can be compared, and one colour bar
         vmax = max(im.get_clim()[1] for im in images)
         for im in images:
             im.set_clim(-vmax, vmax)
-        fig.colorbar(images[0], ax=list(axes[0]), label=f"log2({a}/{b})")
-    return ("matched_ratio", f"log2 of the gradient-norm ratio {a}/{b} for matched layers (depth × step); red: "
-            f"{a} larger.", fig)
+        fig.colorbar(images[0], ax=list(axes.flat), label="log2(A/B)")
+    if missing:
+        fig.legend(handles=[plots.missing_patch()], loc="outside lower left")
+    names = ", ".join(f"{a}/{b}" for a, b in pairs)
+    return ("matched_ratio", f"log2 of the gradient-norm ratio A/B ({names}) for matched layers (depth × step); "
+            f"red: A larger; hatched grey: no data (no step recorded in that cell, or no matched layer at that depth)"
+            f"{more}.", fig)
 
 
 def share_figure(nums: ReportNumbers) -> Figure:
     """Each view's share of the cumulative loss reduction, stacked, one panel per group."""
     vd = nums.grouped(nums.view_dynamics)
     groups = nums.groups
-    n = len(groups)
-    fig, axes = plt.subplots(1, n, figsize=(_row_width(n), 2.4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(groups), figsize=report_figsize(1), squeeze=False, sharey=True,
+                             layout="constrained")
     for i, (ax, g) in enumerate(zip(axes[0], groups)):
         sub = vd[vd["_group"] == g]
         if sub["share"].notna().any():
-            plots.share_area_plot(sub, palette=nums.palette, ax=ax)
-            if i:  # the first panel names the axis, the last keeps the legend
-                ax.set_ylabel("")
-            if i < n - 1 and ax.get_legend() is not None:
-                ax.get_legend().remove()
-        if n > 1:
-            ax.set_title(g)
-    return ("share", "Each view's share of the cumulative loss reduction (stacked).", fig)
+            plots.share_area_plot(sub, palette=nums.palette, ax=ax, legend=False)
+        if i:
+            ax.set_ylabel("")
+        if len(groups) > 1:
+            ax.set_title(plain(g, 40))
+    views = [v for v in nums.palette if (vd["view"].astype(str) == v).any()]
+    fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=nums.palette[v], label=plain(v)) for v in views],
+               loc="outside right upper")
+    return ("share", "Each view's share of the cumulative loss reduction (stacked; mean over runs).", fig)
 
 
 def conditional_speed_figure(nums: ReportNumbers) -> Figure:
-    """The conditional learning speed of the compared views over training, one line per group."""
+    """The conditional learning speed of each pair of views over training, one line per group."""
     cls = nums.grouped(nums.conditional_speed)
-    a, b = nums.views
-    fig, ax = plt.subplots(figsize=plots.figsize("single"))
-    plots.view_lines(cls.assign(view=cls["_group"]), y="speed", hue="view",
-                     palette=dict(zip(nums.groups, plots.OKABE_ITO)), ylabel=f"log speed {a} : {b}", ax=ax)
-    ax.axhline(0, color="0.6", linewidth=0.5, zorder=0)
-    return ("conditional_speed", f"Conditional learning speed log(Σμ_{a} / Σμ_{b}), accumulated over "
-            "training (per group).", fig)
+    pairs, more = _pairs_shown(nums)
+    fig, axes = _grid(len(pairs))
+    for ax, (a, b) in zip(axes.flat, pairs):
+        sub = cls[(cls["view_a"] == a) & (cls["view_b"] == b)]
+        plots.view_lines(sub.assign(_hue=sub["_group"]), y="speed", hue="_hue", palette=nums.group_palette,
+                         order=nums.groups, ylabel=f"log speed {plain(a)} : {plain(b)}", ax=ax, legend=False)
+        ax.axhline(0, color="0.6", linewidth=0.5, zorder=0)
+    handles = [Line2D([], [], color=nums.group_palette[g], label=plain(g)) for g in nums.groups]
+    fig.legend(handles=handles, loc="outside right upper", title=plain(nums.by or "run"))
+    return ("conditional_speed", "Conditional learning speed log(Σμ_A / Σμ_B) of each pair of views, accumulated "
+            f"over training, one colour per {nums.by or 'run'}; {_BANDS}{more}.", fig)
+
+
+def _panels(nums: ReportNumbers) -> list[tuple[str, str]]:
+    pairs = nums.pairs[:3]
+    panels = [(f"ratio:{a}/{b}", f"{a}/{b} grad-norm ratio") for a, b in pairs]
+    panels += [(f"metric:{m}", m) for m in nums.outcomes if (nums.metrics["metric"] == m).any()]
+    if len(nums.utilization):
+        panels.append(("utilization", "conditional utilization"))
+    return panels
 
 
 def _conditions_panel(nums: ReportNumbers, key: str, label: str, ax: plt.Axes) -> None:
-    util, metrics = nums.utilization, nums.metrics
-    if key == "grad_ratio":
-        overall = nums.summary[nums.summary["phase"].astype(str) == "all"]
+    util, metrics, common = nums.utilization, nums.metrics, dict(order=nums.groups, ax=ax)
+    if key.startswith("ratio:"):
+        a, b = key[len("ratio:"):].split("/", 1)
+        overall = nums.summary[(nums.summary["phase"].astype(str) == "all") & (nums.summary["view_a"] == a)
+                               & (nums.summary["view_b"] == b)]
         plots.condition_plot(overall, y="grad_ratio", lo="grad_ratio_lo", hi="grad_ratio_hi", ref=1.0,
-                             ylabel=label, ax=ax)
+                             ylabel=plain(label), x_palette=nums.group_palette, **common)
     elif key == "utilization":
         metric = "auc" if (util["metric"] == "auc").any() else util["metric"].iloc[0]
         abl = "zero" if (util["ablate"] == "zero").any() else util["ablate"].iloc[0]
         uu = util[(util["metric"] == metric) & (util["ablate"] == abl)]
         plots.condition_plot(uu, y="utilization", lo="lo", hi="hi", hue="view", palette=nums.palette,
-                             ylabel=f"utilization ({metric}, {abl})", ref=0.0, ax=ax)
+                             ylabel=f"utilization ({metric}, {abl})", ref=0.0, **common)
     else:
-        plots.condition_plot(metrics[metrics["metric"] == key], y="mean", lo="lo", hi="hi", ylabel=label, ax=ax)
-    ax.set_xlabel(nums.by or "run")
+        m = key[len("metric:"):]
+        plots.condition_plot(metrics[metrics["metric"] == m], y="mean", lo="lo", hi="hi", ylabel=plain(label),
+                             x_palette=nums.group_palette, **common)
+    ax.set_xlabel(plain(nums.by or "run"))
 
 
 def conditions_figure(nums: ReportNumbers) -> Figure:
-    """Groups side by side: gradient-norm ratio, the outcome metrics and utilization."""
-    a, b = nums.views
-    panels = [("grad_ratio", f"{a}/{b} grad-norm ratio")]
-    if len(nums.metrics):
-        panels += [(m, m) for m in outcome_metrics(nums.metrics["metric"].astype(str).unique())]
-    if len(nums.utilization):
-        panels.append(("utilization", "conditional utilization"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(_row_width(len(panels)), 2.4), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels):
+    """Groups side by side: the gradient-norm ratio of (up to three) pairs, the outcome metrics and utilization."""
+    panels = _panels(nums)
+    fig, axes = _grid(len(panels))
+    for ax, (key, label) in zip(axes.flat, panels):
         _conditions_panel(nums, key, label, ax)
-    fig.tight_layout()
-    return ("conditions", "Comparison of groups (mean over runs with 95% bootstrap interval where "
-            "there are several runs).", fig)
+    return ("conditions", "Comparison of groups: mean over runs (geometric for ratios) with its 95% Student-t "
+            "interval over runs where there are several runs; one colour per group.", fig)
 
 
 def report_figures(nums: ReportNumbers) -> list[Figure]:

@@ -1,6 +1,9 @@
 """Writers: one :class:`Document` (title, lead, findings, tables, figures) to Markdown and to self-contained HTML.
 
-Every string that comes from a run is escaped here, once, by the writer of each format.
+Every string that comes from a run is escaped here, once, by the writer of each format: names are data, never
+markup. In Markdown: HTML-significant characters become entities, backslashes, brackets, backticks, pipes,
+``#``, ``*``, ``_`` and ``!`` are backslash-escaped and newlines become spaces, so no name can start a heading,
+a link, an image, code, emphasis or a table cell.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Document", "FigureFile", "to_markdown", "to_html"]
+__all__ = ["Document", "FigureFile", "to_markdown", "to_html", "md_text", "md_code"]
 
 
 @dataclass
@@ -35,9 +38,33 @@ class Document:
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+_MD_SPECIAL = "\\`*[]#|!"
+
+
+def md_text(text: Any) -> str:
+    """``text`` as literal Markdown: entities for ``& < >``, a backslash before each Markdown-significant
+    character (``_`` only where it could delimit emphasis: not between two letters or digits), newlines (and
+    carriage returns) as spaces."""
+    out = html.escape(str(text), quote=False).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    chars = []
+    for i, c in enumerate(out):
+        inner = c == "_" and 0 < i < len(out) - 1 and out[i - 1].isalnum() and out[i + 1].isalnum()
+        chars.append("\\" + c if c in _MD_SPECIAL or (c == "_" and not inner) else c)
+    return "".join(chars)
+
+
+def md_code(text: Any) -> str:
+    """``text`` as a Markdown code span that no backtick inside it can close (newlines as spaces)."""
+    t = str(text).replace("\r", " ").replace("\n", " ")
+    longest = max((len(run) for run in "".join(c if c == "`" else " " for c in t).split()), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if t.startswith("`") or t.endswith("`") or longest else ""
+    return f"{fence}{pad}{t}{pad}{fence}"
+
+
 def _md_table(df: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
-        return html.escape(str(v), quote=False).replace("|", "\\|").replace("\n", " ")
+        return md_text(v)
     if df.empty:
         return "_(none)_\n"
     lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
@@ -59,16 +86,16 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 
 def to_markdown(doc: Document) -> str:
     """The report as Markdown; figures are linked from ``figures/`` beside the file."""
-    lead = "".join(f"`{html.escape(t)}`" if code else html.escape(t) for t, code in doc.lead)
-    lines = [f"# {html.escape(doc.title)}", "", lead, "", "## Findings", ""]
-    lines += [f"- {html.escape(s, quote=False)}" for s in doc.findings]
+    lead = "".join(md_code(t) if code else md_text(t) for t, code in doc.lead)
+    lines = [f"# {md_text(doc.title)}", "", lead, "", "## Findings", ""]
+    lines += [f"- {md_text(s)}" for s in doc.findings]
     first, *rest = doc.sections
-    lines += ["", f"## {first[0]}", "", _md_table(first[1])]
+    lines += ["", f"## {md_text(first[0])}", "", _md_table(first[1])]
     for heading, table in rest:
-        lines += [f"## {heading}", "", _md_table(table)]
+        lines += [f"## {md_text(heading)}", "", _md_table(table)]
     lines += ["## Figures", ""]
     for f in doc.figures:
-        lines += [f"![{f.name}](figures/{f.png.name})", "", f"*{html.escape(f.caption, quote=False)}* "
+        lines += [f"![{f.name}](figures/{f.png.name})", "", f"*{md_text(f.caption)}* "
                   f"([PDF](figures/{f.name}.pdf))", ""]
     lines += ["## Runs", "", _md_table(doc.runs)]
     return "\n".join(lines)
@@ -80,7 +107,7 @@ def to_html(doc: Document) -> str:
     body = [f"<h1>{html.escape(doc.title)}</h1>", f"<p>{lead}</p>", "<h2>Findings</h2><ul>"]
     body += [f"<li>{html.escape(s)}</li>" for s in doc.findings] + ["</ul>"]
     for heading, table in doc.sections:
-        body += [f"<h2>{heading}</h2>", _html_table(table)]
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(table)]
     body.append("<h2>Figures</h2>")
     for f in doc.figures:
         data64 = base64.b64encode(f.png.read_bytes()).decode("ascii")

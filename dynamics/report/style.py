@@ -17,14 +17,24 @@ import pandas as pd
 
 from ..schema import SHARED
 
-__all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
-           "save_figure"]
+__all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "CONDITION_COLORS", "MISSING_COLOR", "MISSING_HATCH", "ROW_HEIGHT",
+           "STYLE", "publication_style", "figsize", "report_figsize", "view_palette", "condition_palette",
+           "plain", "save_figure"]
 
 #: inches; a single journal column is about 3.5 in, a full page width about 7.2 in.
 SIZES = {"single": (3.5, 2.6), "double": (7.2, 3.0)}
 #: Okabe & Ito (2008) colour-blind-safe colours, in the order views receive them.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 SHARED_COLOR = "#7F7F7F"
+#: conditions get colours of their own (Paul Tol's "muted" scheme, colour-blind safe, none an Okabe-Ito colour),
+#: so a condition is never mistaken for a view
+CONDITION_COLORS = ("#332288", "#117733", "#AA4499", "#88CCEE", "#999933", "#CC6677", "#44AA99", "#882255",
+                    "#DDCC77")
+#: cells nothing was recorded for (a heatmap bin without a step): light grey, hatched, never a data colour
+MISSING_COLOR = "#E8E8E8"
+MISSING_HATCH = "////"
+#: every report figure is a full page width and a whole number of rows of this height (one size family)
+ROW_HEIGHT = 2.0
 STYLE = {
     "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
     "legend.fontsize": 7, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
@@ -49,6 +59,25 @@ def figsize(width: str = "single", aspect: float | None = None) -> tuple[float, 
     return (w, w * aspect) if aspect else (w, h)
 
 
+def report_figsize(rows: int = 1) -> tuple[float, float]:
+    """The report's one size family: double-column width, ``rows`` rows of :data:`ROW_HEIGHT`."""
+    return SIZES["double"][0], ROW_HEIGHT * max(1, rows)
+
+
+def plain(name: object, most: int | None = None) -> str:
+    """A user's name as figure text that matplotlib draws as it is (``$`` never starts mathtext, newlines are
+    spaces); ``most``: at most that many characters (an ellipsis marks the cut), for tick labels and titles."""
+    text = " ".join(str(name).splitlines())
+    if most is not None and len(text) > most:
+        text = text[:most - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+def condition_palette(conditions: Sequence[str]) -> dict[str, str]:
+    """One colour per condition, in the order given, from :data:`CONDITION_COLORS` (distinct from the views')."""
+    return {str(c): CONDITION_COLORS[i % len(CONDITION_COLORS)] for i, c in enumerate(dict.fromkeys(map(str, conditions)))}
+
+
 def view_palette(views: Sequence[str] | pd.Series, shared: str = SHARED) -> dict[str, str]:
     """Fixed colour per view: views take Okabe-Ito colours in their order, ``shared`` is grey.
 
@@ -71,14 +100,15 @@ def view_palette(views: Sequence[str] | pd.Series, shared: str = SHARED) -> dict
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, *, formats: Sequence[str] = ("pdf", "png"),
-                dpi: int = 300) -> list[Path]:
-    """Save ``fig`` as ``path`` with each suffix in ``formats`` (PDF vector, PNG at ``dpi``)."""
+                dpi: int = 300, tight: bool = True) -> list[Path]:
+    """Save ``fig`` as ``path`` with each suffix in ``formats`` (PDF vector, PNG at ``dpi``). ``tight``: crop to
+    the drawn content; False keeps the figure's own size (the report's figures, laid out to fit)."""
     base = Path(path)
     base = base.with_suffix("") if base.suffix.lstrip(".") in formats else base
     base.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
         p = base.with_name(f"{base.name}.{fmt}")
-        fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight")
+        fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight" if tight else fig.bbox_inches)
         out.append(p)
     return out

@@ -1,13 +1,14 @@
-"""The report's tables: run-level numbers per group (logged metrics, utilization, probe residuals, run
-metadata) and their display strings (estimates with intervals, p-values, percentages).
+"""The report's run-level tables: logged metrics, utilization, probe residuals, the values compared between
+conditions, notes on view sets, and the run metadata, each per group in the report's one group order.
 
-Pure functions of the loaded data (:class:`dynamics.report.data.ReportData`) and a run -> group map; they
-compute no view dynamics (those come from :class:`dynamics.report.data.ReportNumbers`).
+Pure functions of the loaded data (:class:`dynamics.report.data.ReportData`) or of tables already computed by
+:class:`dynamics.report.computed.ReportNumbers`; intervals over runs are Student t
+(:func:`dynamics.analysis.t_interval`). Display strings are in :mod:`dynamics.report.display`.
 """
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,133 +17,139 @@ from .. import analysis
 from ..schema import DEFAULT_CONDITION
 
 if TYPE_CHECKING:
+    from .computed import ReportNumbers
     from .data import ReportData
 
-__all__ = ["metric_table", "probe_table", "utilization_table", "run_table", "format_summary", "metric_display",
-           "utilization_display", "num", "pct", "with_ci", "p_text", "p_eq", "runs_word"]
+__all__ = ["run_metrics", "metric_table", "outcome_metrics", "probe_table", "utilization_table",
+           "comparison_values", "view_set_notes", "run_table", "optimizer_columns"]
 
 
-# --------------------------------------------------------------------------- numbers -> strings
-
-def num(x: float, digits: int = 3) -> str:
-    """``digits`` significant digits; ``–`` for a missing or non-finite value."""
-    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
-
-
-def pct(x: float) -> str:
-    """Whole percent, but two significant digits below 1% (so a small residual does not read as 0%)."""
-    if x is None or not np.isfinite(x):
-        return "–"
-    return f"{100 * x:.2g}%" if 0 < abs(x) < 0.01 else f"{100 * x:.0f}%"
+def _in_order(df: pd.DataFrame, order: Sequence[str] | None, *keys: str) -> pd.DataFrame:
+    """Rows sorted by group in ``order`` (stable), then ``keys``."""
+    if df.empty or order is None:
+        return df
+    rank = {g: i for i, g in enumerate(order)}
+    return (df.assign(_g=df["group"].map(rank)).sort_values(["_g", *keys], kind="stable")
+            .drop(columns="_g").reset_index(drop=True))
 
 
-def with_ci(est: float, lo: float, hi: float, n_runs: int, fmt: Callable[[float], str] = num) -> str:
-    """``est [lo, hi]``, or ``est (no CI: n runs)`` when there is no interval."""
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        return f"{fmt(est)} (no CI: {n_runs} run{'s' if n_runs != 1 else ''})"
-    return f"{fmt(est)} [{fmt(lo)}, {fmt(hi)}]"
+def run_metrics(data: ReportData) -> pd.DataFrame:
+    """Per run: the last logged value of every user scalar; empty (only a ``run`` column) when none was logged
+    or the per-step table has no run column."""
+    ps = data.per_step
+    if ps is None or ps.empty or "step" not in ps.columns:
+        return pd.DataFrame(columns=["run"])
+    if "run" not in ps.columns:
+        ps = ps.assign(run=str(analysis.with_run(data.per_param)["run"].iloc[0]))
+    um = analysis.user_metrics(ps)
+    return um.assign(run=um["run"].astype(str)) if len(um.columns) > 1 else pd.DataFrame(columns=["run"])
 
 
-def p_text(p: float) -> str:
-    """A p-value for a table: three decimals, ``< 0.001`` below that, ``–`` when missing."""
-    if p is None or not np.isfinite(p):
-        return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def p_eq(p: float) -> str:
-    """``p = 0.002`` or ``p < 0.001`` for sentences."""
-    text = p_text(p)
-    return f"p {text}" if text.startswith("<") else f"p = {text}"
-
-
-def runs_word(n: int) -> str:
-    return f"{n} run{'s' if n != 1 else ''}"
-
-
-def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The key table as display strings (estimates with their 95% bootstrap intervals over runs)."""
+def metric_table(run_metrics: pd.DataFrame, group_of: dict[str, str], *, level: float = 0.95,
+                 order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per group and user metric (last logged value per run): mean over runs and Student-t interval."""
+    columns = ["group", "metric", "mean", "lo", "hi", "n_runs"]
+    if run_metrics.empty or len(run_metrics.columns) < 2:
+        return pd.DataFrame(columns=columns)
+    um = run_metrics.assign(group=run_metrics["run"].astype(str).map(group_of))
     rows = []
-    for r in summary.itertuples(index=False):
-        a, b = r.view_a, r.view_b
-        rows.append({
-            "group": r.group, "phase": str(r.phase), "runs": r.n_runs, "dominant view": r.dominant,
-            f"{a}/{b} grad-norm ratio": with_ci(r.grad_ratio, r.grad_ratio_lo, r.grad_ratio_hi, r.n_runs),
-            f"{a} share of loss reduction": with_ci(r.share_a, r.share_a_lo, r.share_a_hi, r.n_runs, pct),
-            f"{b} share of loss reduction": with_ci(r.share_b, r.share_b_lo, r.share_b_hi, r.n_runs, pct),
-            f"layers {a} > {b}": f"{r.n_a_greater}/{r.n_pairs}",
-            "Wilcoxon p": p_text(r.p), "effect r": num(r.effect_size, 2),
-        })
-    return pd.DataFrame(rows)
-
-
-def metric_display(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The logged-metric table for display: mean with its interval over runs."""
-    if not len(metrics):
-        return metrics
-    ci = [with_ci(m, lo, hi, n) for m, lo, hi, n in zip(metrics["mean"], metrics["lo"], metrics["hi"],
-                                                         metrics["n_runs"])]
-    return metrics.assign(**{"mean [95% CI]": ci})[["group", "metric", "mean [95% CI]", "n_runs"]]
-
-
-def utilization_display(util: pd.DataFrame) -> pd.DataFrame:
-    """The utilization table for display: rates with their intervals, the rest rounded to 4 decimals."""
-    if not len(util):
-        return util
-    ci = [with_ci(m, lo, hi, n) for m, lo, hi, n in zip(util["utilization"], util["lo"], util["hi"],
-                                                         util["n_runs"])]
-    return util.assign(**{"utilization [95% CI]": ci}).round(4).drop(columns=["lo", "hi", "utilization"])
-
-
-# --------------------------------------------------------------------------- run-level tables
-
-def metric_table(data: ReportData, group_of: dict[str, str], *, level: float = 0.95, n_boot: int = 2000) -> pd.DataFrame:
-    """Per group and user metric (last logged value per run): mean over runs and bootstrap interval."""
-    um = analysis.user_metrics(data.per_step) if "run" in data.per_step.columns else pd.DataFrame()
-    rows = []
-    if um.empty:
-        return pd.DataFrame(columns=["group", "metric", "mean", "lo", "hi", "n_runs"])
-    um = um.assign(group=um["run"].astype(str).map(group_of))
     for metric in [c for c in um.columns if c not in ("run", "group")]:
-        for g, sub in um.groupby("group", sort=True):
+        for g, sub in um.groupby("group", sort=False):
             v = sub[metric].dropna().to_numpy(float)
-            if v.size == 0:
-                continue
-            est, lo, hi = analysis.mean_ci(v, n_boot=n_boot, level=level, seed=0)
-            rows.append({"group": g, "metric": metric, "mean": est, "lo": lo, "hi": hi, "n_runs": int(v.size)})
-    return pd.DataFrame(rows)
+            if v.size:
+                est, lo, hi = analysis.t_interval(v, level)
+                rows.append({"group": g, "metric": metric, "mean": est, "lo": lo, "hi": hi, "n_runs": int(v.size)})
+    out = pd.DataFrame(rows, columns=columns)
+    if order is not None and len(out):
+        metric_rank = {m: i for i, m in enumerate(dict.fromkeys(out["metric"]))}
+        out = _in_order(out.assign(_m=out["metric"].map(metric_rank)), order).sort_values("_m", kind="stable")
+        out = out.drop(columns="_m").reset_index(drop=True)
+    return out
 
 
-def probe_table(data: ReportData, group_of: dict[str, str]) -> pd.DataFrame:
+def outcome_metrics(names: Sequence[str], most: int = 2) -> list[str]:
+    """The logged metrics worth a comparison and a panel: test AUC first, then other test and validation
+    metrics; training bookkeeping (loss, present counts) only when nothing else was logged."""
+    def rank(name: str) -> tuple[int, str]:
+        order = [name == "test_auc", name.startswith("test_"), name == "val_auc", name.startswith("val_")]
+        return (next((i for i, hit in enumerate(order) if hit), len(order)), name)
+    ranked = sorted(names, key=rank)
+    outcomes = [n for n in ranked if rank(n)[0] < 4]
+    return (outcomes or ranked)[:most]
+
+
+def probe_table(data: ReportData, group_of: dict[str, str], *, order: Sequence[str] | None = None) -> pd.DataFrame:
     """Per group: probed steps (all runs) and each rule's relative residual (median over runs)."""
+    if data.per_step is None or data.per_step.empty:
+        return pd.DataFrame()
     per_run = analysis.probe_residuals(data.per_step)
     if per_run.empty:
         return per_run
     per_run = per_run.assign(group=per_run["run"].astype(str).map(group_of))
-    return per_run.groupby("group", sort=True).agg(
+    out = per_run.groupby("group", sort=False).agg(
         probed_steps=("probed_steps", "sum"), n_runs=("run", "nunique"),
         **{f"relative_residual_{r}": (f"relative_residual_{r}", "median") for r in analysis.PROBE_RULES}).reset_index()
+    return _in_order(out, order)
 
 
-def utilization_table(data: ReportData, group_of: dict[str, str], *, n_boot: int = 2000) -> pd.DataFrame:
-    """Per group, view and metric: mean with/without-view metric and utilization rate over runs, with a
-    bootstrap interval over runs (or the run's own interval when there is one run)."""
+def utilization_table(data: ReportData, group_of: dict[str, str], *, level: float = 0.95,
+                      order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per group, view, metric and ablation: mean with/without-view metric and utilization rate over runs with
+    a Student-t interval over runs; with one run, the run's own bootstrap interval over test cases (``interval``
+    names which)."""
     if not data.utilization:
         return pd.DataFrame()
     frames = [u.assign(run=run, group=group_of.get(run, run)) for run, u in data.utilization.items()]
     u = pd.concat(frames, ignore_index=True)
-    if "ablate" not in u.columns:
-        u["ablate"] = "zero"
-    u["ablate"] = u["ablate"].fillna("zero").astype(str)
+    u["ablate"] = u["ablate"].fillna("zero").astype(str) if "ablate" in u.columns else "zero"
     rows = []
     for (g, v, m, abl), sub in u.groupby(["group", "view", "metric", "ablate"], sort=True):
-        est, lo, hi = analysis.mean_ci(sub["utilization"].to_numpy(float), n_boot=n_boot, level=0.95, seed=0)
+        est, lo, hi = analysis.t_interval(sub["utilization"].to_numpy(float), level)
+        interval = analysis.INTERVAL
         if len(sub) == 1:
             lo, hi = float(sub["utilization_lo"].iloc[0]), float(sub["utilization_hi"].iloc[0])
+            interval = "bootstrap over test cases (1 run)"
         rows.append({"group": g, "view": v, "metric": m, "ablate": abl, "with_view": sub["with_view"].mean(),
                      "without_view": sub["without_view"].mean(), "utilization": est, "lo": lo, "hi": hi,
-                     "n_runs": len(sub)})
-    return pd.DataFrame(rows)
+                     "n_runs": len(sub), "interval": interval})
+    return _in_order(pd.DataFrame(rows), order)
+
+
+def comparison_values(nums: ReportNumbers) -> pd.DataFrame:
+    """One value per run and compared quantity: the outcome metrics, the gradient-norm ratio of every pair of
+    views (log scale) and every view's share of the loss reduction, over all of training."""
+    seed = analysis.with_run(nums.data.per_param).groupby("run", observed=True)["seed"].first()
+    seed.index = seed.index.astype(str)
+    parts = []
+    rm = nums.run_metrics
+    for m in nums.outcomes:
+        parts.append(pd.DataFrame({"run": rm["run"], "quantity": m, "value": rm[m].to_numpy(float), "scale": "linear"}))
+    pr = nums.pair_runs[nums.pair_runs["phase"] == "all"]
+    for (a, b), sub in pr.groupby(["view_a", "view_b"], sort=False):
+        parts.append(pd.DataFrame({"run": sub["run"], "quantity": f"{a}/{b} grad-norm ratio",
+                                   "value": sub["grad_ratio"].to_numpy(float), "scale": "log"}))
+    rs = nums.run_summary[nums.run_summary["phase"].astype(str) == "all"]
+    for view in [v for v in nums.views if v != nums.shared]:
+        sub = rs[rs["view"].astype(str) == view]
+        parts.append(pd.DataFrame({"run": sub["run"].astype(str), "quantity": f"{view} share of loss reduction",
+                                   "value": sub["share"].to_numpy(float), "scale": "linear"}))
+    values = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "quantity", "value"])
+    values = values.assign(run=values["run"].astype(str))
+    return values.assign(group=values["run"].map(nums.group_of), seed=values["run"].map(seed)).dropna(subset=["value"])
+
+
+def view_set_notes(per_param: pd.DataFrame, shared: str, compared: Sequence[str]) -> list[str]:
+    """A sentence per view that not every run recorded: such runs are compared only on the views they share."""
+    df = analysis.with_run(per_param)
+    present = df.groupby(df["view"].astype(str), observed=True)["run"].agg(lambda r: sorted(set(r.astype(str))))
+    runs = sorted(set(df["run"].astype(str)))
+    notes = []
+    for view, where in present.items():
+        if view != shared and len(where) < len(runs):
+            used = "compared only on those runs" if view in compared else "left out of the view comparisons"
+            notes.append(f"View {view} was recorded in {len(where)} of {len(runs)} runs ({', '.join(where)}): "
+                         f"{used}; runs with different view sets are compared only on the views they share.")
+    return notes
 
 
 def _short(v: Any) -> str:
@@ -150,17 +157,46 @@ def _short(v: Any) -> str:
     return s if len(s) <= 80 else s[:77] + "..."
 
 
+def _value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x) for x in v)
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+#: the optimizer settings the runs table shows (when a run has them), in this order
+KEY_SETTINGS = ("lr", "momentum", "betas", "weight_decay", "eps")
+
+
+def optimizer_columns(meta: dict) -> dict[str, str]:
+    """The optimizer's class (short name) and key hyper-parameters as readable columns (``lr``: the
+    scheduler's initial value when there is one; of the first parameter group)."""
+    opt = meta.get("optimizer")
+    if not isinstance(opt, dict):
+        return {"optimizer": _short(opt)} if opt else {}
+    out = {"optimizer": str(opt.get("class", "")).rsplit(".", 1)[-1]}
+    groups = opt.get("groups") or [{}]
+    settings = {**(opt.get("defaults") or {}), **groups[0]}
+    if "initial_lr" in settings:
+        settings["lr"] = settings["initial_lr"]
+    for key in KEY_SETTINGS:
+        if settings.get(key) is not None and not (key == "momentum" and settings[key] == 0):
+            out[key.replace("_", " ")] = _value(settings[key])
+    if len(groups) > 1:
+        out["param groups"] = str(len(groups))
+    return out
+
+
 def run_table(data: ReportData, exclusions: pd.DataFrame) -> pd.DataFrame:
-    """One row of metadata per run (short strings; escaped when rendered)."""
+    """One row of metadata per run, with the optimizer's class and key settings in their own columns."""
     ex = exclusions.assign(run=exclusions["run"].astype(str)).set_index("run")
     rows = []
-    for run in sorted(set(data.per_param["run"].astype(str))):
+    for run in list(dict.fromkeys(analysis.with_run(data.per_param)["run"].astype(str))):
         meta = data.metas.get(run, {})
         row = {"run": run, "condition": _short(meta.get("condition") or DEFAULT_CONDITION),
                "seed": _short(meta.get("seed")), "views": ", ".join(map(str, meta.get("views", []))),
-               "model": _short(meta.get("model")), "optimizer": _short(meta.get("optimizer")),
-               "created": _short(meta.get("created"))}
+               "model": _short(meta.get("model")).rsplit(".", 1)[-1], **optimizer_columns(meta),
+               "status": _short(meta.get("status")), "created": _short(meta.get("created"))}
         if run in ex.index:
             row.update(recorded_steps=int(ex.loc[run, "recorded_steps"]), used_steps=int(ex.loc[run, "used_steps"]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("")

@@ -48,3 +48,15 @@ def test_shares_of_loss_change():
 def test_missing_column_is_named():
     with pytest.raises(ValueError, match="lca"):
         shares(TABLE.drop(columns="lca"))
+
+
+def test_tables_of_several_runs_are_grouped_by_run():
+    """On load_runs output (a run column) nothing is pooled across runs unless the column is dropped."""
+    two = pd.concat([TABLE.assign(run="r1"), TABLE.assign(run="r2", lca=TABLE["lca"] * 3)], ignore_index=True)
+    ls = learning_speed(two)
+    assert list(ls.columns[:3]) == ["run", "step", "view"] and len(ls) == 2 * len(learning_speed(TABLE))
+    sh = shares(two).set_index(["run", "step", "view"])["share"]
+    assert sh[("r2", 0, "a")] == pytest.approx(4 / 8)  # within the run, not of both runs' sum
+    pooled = shares(two.drop(columns="run")).set_index(["step", "view"])["share"]
+    assert pooled[(0, "a")] == pytest.approx(4 / 8)
+    assert len(norms(two)) == len(two)

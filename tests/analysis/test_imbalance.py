@@ -148,23 +148,33 @@ def test_matched_depth_errors_name_view(run):
         analysis.matched_depth(*run, quantity="nope")
 
 
-def test_matched_layers_and_paired_test(run):
+T975 = {1: 12.706204736174706, 2: 4.302652729749464}  # Student t quantiles t(0.975, df), from tables
+
+
+def test_matched_layers_and_paired_test_single_run(run):
     ml = analysis.matched_layers(*run, phase="early").set_index("depth")
     assert ml.loc[0, "ratio"] == pytest.approx(3.0) and ml.loc[1, "ratio"] == pytest.approx(2.0)
     assert ml.loc[0, "frac_steps_a_gt_b"] == 1.0 and ml.loc[0, "n_steps"] == 2
     t = analysis.paired_test(ml)
-    # two positive differences: W+ = 3 of 3, exact two-sided p = 2 * (1/4) = 0.5
-    assert (t["n_pairs"], t["n_a_greater"], t["fraction"], t["effect_size"]) == (2, 2, 1.0, 1.0)
-    assert t["p"] == pytest.approx(0.5)
+    # one run: its two layers are description; no interval, and a sign-flip test over 1 run can only give p = 1
+    assert (t["n_runs"], t["n_pairs"], t["n_a_greater"], t["fraction"]) == (1, 2, 2, 1.0)
     assert t["geo_mean_ratio"] == pytest.approx(math.sqrt(6))
+    assert np.isnan(t["lo"]) and t["p"] == 1.0 and t["p_min"] == 1.0
 
 
-def test_paired_test_rank_biserial_hand_value():
-    # log ratios: +ln2 (rank 2), -ln(1.5) (rank 1), +ln4 (rank 3): r = (5 - 1) / 6
-    m = pd.DataFrame({"a": [2.0, 1.0, 4.0], "b": [1.0, 1.5, 1.0]})
+def test_paired_test_is_over_runs_hand_values():
+    # three runs of two layers: per-run mean ln(a/b) = ln 4, ln 2, ln 4 (every layer a > b)
+    m = pd.DataFrame({"run": ["r1", "r1", "r2", "r2", "r3", "r3"], "a": [2.0, 8.0, 1.0, 4.0, 4.0, 4.0],
+                      "b": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]})
     t = analysis.paired_test(m)
-    assert t["effect_size"] == pytest.approx(4 / 6)
-    assert (t["n_pairs"], t["n_a_greater"]) == (3, 2)
+    x = np.log([4.0, 2.0, 4.0])
+    half = T975[2] * x.std(ddof=1) / math.sqrt(3)
+    assert t["geo_mean_ratio"] == pytest.approx(2 ** (5 / 3))
+    assert (t["lo"], t["hi"]) == pytest.approx((math.exp(x.mean() - half), math.exp(x.mean() + half)))
+    assert t["p"] == 0.25 and t["p_min"] == 0.25  # 6 layers all agree, yet 3 runs cannot give p < 0.25
+    assert (t["n_runs"], t["n_pairs"], t["n_a_greater"]) == (3, 6, 5)
+    per_run = analysis.per_run_layer_ratio(m).set_index("run")
+    assert per_run.loc["r2", "log_ratio"] == pytest.approx(math.log(2)) and per_run.loc["r3", "n_a_greater"] == 2
 
 
 def test_conditional_learning_speed(run):
@@ -196,39 +206,66 @@ def test_imbalance_summary_single_run_has_no_interval(run):
     assert s.loc["all", "n_runs"] == 1
     assert np.isnan(s.loc["all", "grad_ratio_lo"]) and np.isnan(s.loc["all", "share_a_hi"])
     assert s.loc["all", "n_pairs"] == 2 and s.loc["all", "n_a_greater"] == 2
+    assert s.loc["all", "p_min"] == 1.0 and s.loc["all", "interval"] == "Student t over runs"
 
 
-def test_imbalance_summary_two_seeds():
+def test_imbalance_summary_two_seeds_t_over_runs():
     pp, ps = two_runs()
-    s = analysis.imbalance_summary(pp, ps, n_boot=500).set_index("phase")
+    s = analysis.imbalance_summary(pp, ps).set_index("phase")
     # early ratios: run 1 sqrt(5), run 2 5/sqrt(20) = sqrt(5)/2 -> geometric mean sqrt(5/2)
     e = s.loc["early"]
     assert e.n_runs == 2
     assert e.grad_ratio == pytest.approx(math.sqrt(5 / 2))
-    assert e.grad_ratio_lo == pytest.approx(math.sqrt(5) / 2) and e.grad_ratio_hi == pytest.approx(math.sqrt(5))
-    assert s.loc["all", "n_pairs"] == 4  # 2 depths x 2 seeds
-    per_run = analysis.imbalance_summary(pp, ps, by=None, n_boot=10)
-    assert set(per_run["group"]) == {"r1", "r2"}
+    x = np.log([math.sqrt(5), math.sqrt(5) / 2])
+    half = T975[1] * x.std(ddof=1) / math.sqrt(2)
+    assert (e.grad_ratio_lo, e.grad_ratio_hi) == pytest.approx((math.exp(x.mean() - half), math.exp(x.mean() + half)))
+    # matched layers, early: run 1 ratios 3 and 2, run 2 (b x 2) 1.5 and 1 -> per run ln sqrt(6), ln sqrt(1.5)
+    assert e.layer_ratio == pytest.approx(math.sqrt(math.sqrt(6) * math.sqrt(1.5)))
+    assert e.p == 0.5 and e.p_min == 0.5  # 2 runs: the exact sign-flip test cannot go below 0.5
+    assert s.loc["all", "n_pairs"] == 4  # 2 depths x 2 seeds: description
+    per_run = analysis.imbalance_summary(pp, ps, by=None)
+    assert list(dict.fromkeys(per_run["group"])) == ["r1", "r2"]
     with pytest.raises(ValueError, match="'lr'"):
         analysis.imbalance_summary(pp, ps, by="lr")
 
 
-def test_three_views_shares_and_dominant():
+def _three_views():
     recs = []
     for step in range(3):
         for v, lca, g in (("x", -1.0, 4.0), ("y", -2.0, 1.0), ("z", -3.0, 9.0)):
             recs.append(dict(step=step, view=v, layer=f"{v}.l", depth=0, grad_sq=g, param_sq=1.0, update_sq=1.0,
                              lca=lca))
-    pp = pd.DataFrame(recs)
+    return pd.DataFrame(recs)
+
+
+def test_three_views_every_pair_shares_and_dominant():
+    pp = _three_views()
     vd = analysis.view_dynamics(pp).set_index(["view", "step"])
     assert [vd.loc[(v, 2), "share"] for v in "xyz"] == pytest.approx([1 / 6, 2 / 6, 3 / 6])
     assert vd.loc[("z", 2), "cum_lca"] == pytest.approx(-9.0)
-    s = analysis.imbalance_summary(pp).set_index("phase")
-    assert s.loc["all", "dominant"] == "z"
-    assert (s.loc["all", "view_a"], s.loc["all", "view_b"]) == ("x", "y")
-    assert s.loc["all", "grad_ratio"] == pytest.approx(2.0)
+    s = analysis.imbalance_summary(pp)
+    s = s[s["phase"] == "all"].set_index(["view_a", "view_b"])
+    assert list(s.index) == [("x", "y"), ("x", "z"), ("y", "z")]  # every pair, in view order
+    assert (s["dominant"] == "z").all()
+    assert s["grad_ratio"].tolist() == pytest.approx([2.0, 2 / 3, 1 / 3])
+    assert s.loc[("y", "z"), "share_b"] == pytest.approx(0.5)
     s2 = analysis.imbalance_summary(pp, views=("z", "x")).set_index("phase")
     assert s2.loc["all", "grad_ratio"] == pytest.approx(1.5)
+    rs = analysis.run_summary(pp)
+    shares = analysis.view_shares(rs, analysis.run_groups(pp, None))
+    allp = shares[shares["phase"] == "all"].set_index("view")
+    assert allp["share"].tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert allp["n_largest"].tolist() == [0, 0, 1]
+
+
+def test_view_pairs_use_views_every_run_recorded():
+    pp = _three_views()
+    two = pp[pp["view"] != "z"].assign(run="r2")
+    both = pd.concat([pp.assign(run="r1"), two], ignore_index=True)
+    assert analysis.view_pairs(both) == [("x", "y")]  # z is only in r1
+    assert analysis.view_pairs(both, views=["x", "y", "z"]) == [("x", "y"), ("x", "z"), ("y", "z")]
+    with pytest.raises(ValueError, match="'q'"):
+        analysis.view_pairs(both, views=["x", "q"])
 
 
 def test_share_is_nan_when_loss_rose():

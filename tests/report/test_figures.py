@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
 from dynamics import plots  # noqa: E402
@@ -45,26 +46,38 @@ def test_figsize():
         plots.figsize("triple")
 
 
-def test_mean_band_two_units_hand_value():
-    d = pd.DataFrame({"run": ["r0", "r1"], "step": [0, 0], "y": [1.0, 3.0]})
+def test_mean_band_t_interval_over_units_clipped_to_their_range():
+    d = pd.DataFrame({"run": [f"r{i}" for i in range(10)], "step": 0, "y": np.arange(1.0, 11.0)})
     m = _mean_band(d, "step", "y", "run", 0.95).iloc[0]
-    half = 12.706204736 * np.sqrt(2.0) / np.sqrt(2)  # t(0.975, 1) * sd / sqrt(n), sd = sqrt(2)
-    assert m["mean"] == 2.0 and m["lo"] == pytest.approx(2 - half) and m["hi"] == pytest.approx(2 + half)
+    half = 2.2621571627409915 * np.std(np.arange(1.0, 11.0), ddof=1) / np.sqrt(10)  # t(0.975, 9)
+    assert m["mean"] == 5.5 and m["lo"] == pytest.approx(5.5 - half) and m["hi"] == pytest.approx(5.5 + half)
+    two = _mean_band(d.iloc[:2], "step", "y", "run", 0.95).iloc[0]  # t(0.975, 1) = 12.7: clipped to [1, 2]
+    assert (two["lo"], two["hi"]) == (1.0, 2.0)
 
 
-def test_grad_norm_plot_lines_labels_colours_and_bands():
+def test_few_runs_draw_each_run_not_a_band():
     data = vd_table(2)
     with plots.publication_style():
         ax = plots.grad_norm_plot(data)
-    assert [ln.get_label() for ln in ax.lines] == ["a", "b", "shared"]
+    means = [ln for ln in ax.lines if ln.get_gid() != "run"]
+    assert [ln.get_label() for ln in means] == ["a", "b", "shared"]
     pal = plots.view_palette(["a", "b", "shared"])
-    assert [to_hex(ln.get_color()) for ln in ax.lines] == [pal["a"].lower(), pal["b"].lower(), pal["shared"].lower()]
-    assert np.allclose(ax.lines[0].get_ydata(), np.sqrt(2.0))  # geometric mean of 1 and 2 (log axis)
-    band = ax.collections[0].get_paths()[0].vertices[:, 1]
-    assert band.min() > 0  # a log-space band never reaches zero
-    assert len(ax.collections) == 3  # one band per view
+    assert [to_hex(ln.get_color()) for ln in means] == [pal["a"].lower(), pal["b"].lower(), pal["shared"].lower()]
+    assert np.allclose(means[0].get_ydata(), np.sqrt(2.0))  # geometric mean of 1 and 2 (log axis)
+    runs = [ln for ln in ax.lines if ln.get_gid() == "run"]
+    assert len(runs) == 6 and len(ax.collections) == 0  # 2 runs x 3 views, no band
+    assert sorted({float(ln.get_ydata()[0]) for ln in runs if to_hex(ln.get_color()) == pal["a"].lower()}) == [1.0, 2.0]
     assert ax.get_yscale() == "log"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "shared"]
+
+
+def test_many_runs_get_a_geometric_band_inside_the_runs_range():
+    data = vd_table(6)
+    ax = plots.grad_norm_plot(data)
+    assert len(ax.collections) == 3 and not [ln for ln in ax.lines if ln.get_gid() == "run"]
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() >= 1.0 - 1e-9 and band.max() <= 6.0 + 1e-9  # view a's runs span 1..6
+    assert band.min() > 0
 
 
 def test_single_run_has_no_band():
@@ -106,22 +119,59 @@ def test_ratio_heatmap_bins_hand_values():
     assert ax.figure.axes[-1].get_ylabel() == "log2(cc/mlo)"
 
 
-def test_condition_plot_error_bars_and_nan_interval():
+def _points(ax):
+    return [c for c in ax.collections if isinstance(c, PathCollection)]
+
+
+def test_condition_plot_error_bars_order_and_nan_interval():
     s = pd.DataFrame({"group": ["base", "shared"], "grad_ratio": [2.0, 1.1], "lo": [1.5, np.nan],
                       "hi": [2.5, np.nan]})
     ax = plots.condition_plot(s, y="grad_ratio", lo="lo", hi="hi", ref=1.0)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "shared"]
-    pts = [ln for ln in ax.lines if ln.get_marker() == "o"][0]
-    assert list(pts.get_ydata()) == [2.0, 1.1]
-    segs = ax.collections[0].get_segments()
-    assert segs[0][:, 1].tolist() == [1.5, 2.5] and segs[1][:, 1].tolist() == [1.1, 1.1]
+    assert _points(ax)[0].get_offsets()[:, 1].tolist() == [2.0, 1.1]
+    bars = [c.get_segments()[0][:, 1].tolist() for c in ax.collections if isinstance(c, LineCollection)]
+    assert bars == [[1.5, 2.5], [1.1, 1.1]]
+    plt.figure()
+    pal = plots.condition_palette(["shared", "base"])
+    ax = plots.condition_plot(s, y="grad_ratio", order=["shared", "base"], x_palette=pal)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["shared", "base"]
+    pts = _points(ax)[0]
+    assert pts.get_offsets()[:, 0].tolist() == [1.0, 0.0]  # base sits second
+    assert [to_hex(c) for c in pts.get_facecolor()] == [pal["base"].lower(), pal["shared"].lower()]
 
 
 def test_condition_plot_hue_colours_by_view():
     s = pd.DataFrame({"group": ["base", "base"], "view": ["cc", "mlo"], "u": [0.3, 0.1]})
     ax = plots.condition_plot(s, y="u", hue="view")
-    assert [ln.get_label() for ln in ax.lines] == ["cc", "mlo"]
-    assert to_hex(ax.lines[1].get_color()) == plots.OKABE_ITO[1].lower()
+    assert [p.get_label() for p in _points(ax)] == ["cc", "mlo"]
+    assert to_hex(_points(ax)[1].get_facecolor()[0]) == plots.OKABE_ITO[1].lower()
+
+
+def test_condition_palette_is_not_the_view_palette():
+    assert not set(map(str.lower, plots.CONDITION_COLORS)) & set(map(str.lower, plots.OKABE_ITO + (plots.SHARED_COLOR,)))
+    assert list(plots.condition_palette(["b", "a", "b"])) == ["b", "a"]
+
+
+def test_ratio_heatmap_shows_unrecorded_cells_as_missing():
+    # bins of width 1.8 over steps 0..9: {0, 1}, {2}, -, -, {8, 9}; depth 1 recorded at steps 0 and 1 only
+    d = pd.DataFrame({"step": [0, 1, 2, 8, 9, 0, 1], "depth": [0, 0, 0, 0, 0, 1, 1],
+                      "log2_ratio": [1.0, 1.0, 2.0, 2.0, 2.0, -1.0, -1.0]})
+    ax = plots.ratio_heatmap(d, bins=5, colorbar=False, y_levels=[0, 1, 2])
+    arr = ax.images[0].get_array()
+    assert arr.shape == (3, 5)
+    assert arr.mask.tolist() == [[False, False, True, True, False], [False, True, True, True, True], [True] * 5]
+    assert ax.images[0].get_cmap().get_bad()[3] == 0.0  # masked cells are see-through ...
+    hatch = [p for p in ax.patches if p.get_gid() == "missing"]
+    assert hatch and hatch[0].get_hatch() and to_hex(hatch[0].get_facecolor()) == plots.MISSING_COLOR.lower()
+    assert hatch[0].zorder < ax.images[0].zorder  # ... onto the hatched background, never the white of ratio 1
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["no data"]
+
+
+def test_names_with_dollar_signs_are_drawn_as_text(tmp_path):
+    s = pd.DataFrame({"group": ["$\\alpha_{$", "b"], "y": [1.0, 2.0]})
+    ax = plots.condition_plot(s, y="y")
+    assert ax.get_xticklabels()[0].get_text() == r"\$\alpha_{\$"
+    ax.figure.savefig(tmp_path / "f.png")  # as mathtext, "$\alpha_{$" does not parse: savefig would raise
 
 
 def test_dynamics_facets_grid():
@@ -129,7 +179,8 @@ def test_dynamics_facets_grid():
     axes = fig.axes
     assert len(axes) == 4
     assert axes[0].get_title() == "condition = c0" and axes[1].get_title() == "condition = c1"
-    assert all(len(ax.lines) == 3 for ax in axes)
+    assert all(len([ln for ln in ax.lines if ln.get_gid() != "run"]) == 3 for ax in axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "shared"]
 
 
 def test_save_figure_pdf_and_png_300dpi(tmp_path):

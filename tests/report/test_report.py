@@ -69,9 +69,10 @@ def test_report_numbers_equal_analysis(runs, written):
     _, paths = written
     csv = pd.read_csv(paths["csv"])
     pp, ps = dynamics.load_runs(runs)
-    expected = analysis.imbalance_summary(pp, ps, by="condition", n_boot=200)
+    expected = analysis.imbalance_summary(pp, ps, by="condition")
     assert list(csv["group"]) == list(expected["group"])
-    for col in ("grad_ratio", "grad_ratio_lo", "share_a", "share_b_hi", "p", "effect_size", "n_pairs"):
+    assert list(dict.fromkeys(csv["group"])) == ["base", "<even & b>"]  # the order the runs were given
+    for col in ("grad_ratio", "grad_ratio_lo", "share_a", "share_b_hi", "layer_ratio", "p", "p_min", "n_pairs"):
         np.testing.assert_allclose(csv[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-9)
     # independent check of one number: cc/mlo ratio of the mean gradient norms of run base-s1, all steps
     one = pp[(pp["run"] == "base-s1") & pp["has_grad"]]
@@ -82,6 +83,11 @@ def test_report_numbers_equal_analysis(runs, written):
     geo = math.sqrt(r1 * n2["cc"] / n2["mlo"])
     row = expected[(expected["group"] == "base") & (expected["phase"] == "all")].iloc[0]
     assert row["grad_ratio"] == pytest.approx(geo)
+    # its interval: Student t over the two runs' log ratios, t(0.975, 1) = 12.7062047
+    logs = np.log([r1, n2["cc"] / n2["mlo"]])
+    half = 12.706204736174706 * logs.std(ddof=1) / math.sqrt(2)
+    assert (row["grad_ratio_lo"], row["grad_ratio_hi"]) == pytest.approx((math.exp(logs.mean() - half),
+                                                                          math.exp(logs.mean() + half)))
     # the displayed table carries the same numbers
     md = paths["md"].read_text()
     assert f"{row['grad_ratio']:.3g} [{row['grad_ratio_lo']:.3g}, {row['grad_ratio_hi']:.3g}]" in md
@@ -106,18 +112,28 @@ def test_report_html_is_self_contained_and_escaped(written):
     # findings, logged metrics and utilization are present
     assert "matched layers" in md and "val_auc" in md and "conditional utilization rate 0.33" in md
     assert "replacing cc by its training mean changed auc from 0.9 to 0.7 (conditional utilization rate 0.22" in md
-    assert "no interval can be given" in md  # the one-run condition
+    assert "no interval over runs can be given" in md and "no test: 1 run" in md  # the one-run condition
+    assert "Wilcoxon" not in md and "rank-biserial" not in md
 
 
 def test_findings_sentence_hand_example():
     s = pd.DataFrame([dict(group="base", phase="all", n_runs=5, view_a="cc", view_b="mlo", dominant="cc",
                            grad_ratio=2.0, grad_ratio_lo=1.5, grad_ratio_hi=2.5, share_a=0.64, share_a_lo=0.6,
                            share_a_hi=0.68, share_b=0.3, share_b_lo=0.25, share_b_hi=0.35, n_pairs=22,
-                           n_a_greater=21, p=0.002, effect_size=0.9)])
-    text = report.findings(s)
-    assert text[0] == "In base, cc was the dominant view: it accounted for 64% of the loss reduction (95% CI 60%–68%, 5 runs), mlo for 30%."
-    assert text[1] == ("In base, cc's gradient norm exceeded mlo's in 21 of 22 matched layers across seeds "
-                       "(Wilcoxon p = 0.002, rank-biserial r = 0.9, 5 runs).")
+                           n_a_greater=21, layer_ratio=1.8, layer_ratio_lo=1.2, layer_ratio_hi=2.7, n_test_runs=5,
+                           p=0.0625, p_min=0.0625)])
+    shares = pd.DataFrame([dict(group="base", phase="all", view=v, n_runs=5, share=sh, share_lo=lo, share_hi=hi,
+                                n_largest=k) for v, sh, lo, hi, k in (("cc", 0.64, 0.6, 0.68, 5),
+                                                                     ("mlo", 0.3, 0.25, 0.35, 0))])
+    text = report.findings(s, shares=shares)
+    assert text[0] == ("In base, cc was the dominant view: it accounted for 64% of the loss reduction (95% t-interval "
+                       "over 5 runs: 60%–68%) and had the largest share in 5 of 5 runs; mlo for 30%.")
+    assert text[1] == ("In base, cc's gradient norm exceeded mlo's in 21 of 22 matched layers (layers × runs: a "
+                       "description, not a test); per run, the geometric-mean ratio cc/mlo over matched layers was "
+                       "1.8 (95% t-interval over 5 runs: 1.2–2.7); an exact sign-flip test over 5 runs cannot reach "
+                       "p < 0.05 (its smallest p is 0.062; here p = 0.062), so 5 runs cannot show this at α = 0.05.")
+    six = s.assign(n_test_runs=6, n_runs=6, p=0.03125, p_min=0.03125)
+    assert report.findings(six, shares=shares)[1].endswith("; exact sign-flip test over 6 runs: p = 0.031.")
 
 
 def test_group_by_config_field_and_errors(runs, tmp_path):
@@ -133,7 +149,7 @@ def test_group_by_config_field_and_errors(runs, tmp_path):
 def test_cli_summary_and_errors(runs, capsys):
     assert cli.main(["summary", *map(str, runs), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "cc/mlo grad-norm ratio" in out and "<even & b>" in out
+    assert "grad-norm ratio A/B" in out and "cc/mlo" in out and "<even & b>" in out
     assert cli.main(["summary", *map(str, runs), "--views", "cc", "xx", "--no-progress"]) == 2
     assert "'xx'" in capsys.readouterr().err
     assert cli.main(["summary", str(runs[0]), "--csv", "--phase", "early", "--no-progress"]) == 0
@@ -168,7 +184,7 @@ def test_report_numbers_computes_each_analysis_once(runs, tmp_path, monkeypatch)
             return original(*args, **kwargs)
         monkeypatch.setattr(module, name, wrapper)
 
-    for name in ("clean", "view_dynamics", "matched_depth"):
+    for name in ("clean", "view_dynamics", "matched_pairs"):
         counting(analysis, name)
     counting(imbalance, "clean")  # what the analysis functions call when not given the cleaned rows
     data = report.load_report_data(runs, progress=False)
@@ -176,4 +192,17 @@ def test_report_numbers_computes_each_analysis_once(runs, tmp_path, monkeypatch)
     assert nums.view_dynamics is nums.view_dynamics and calls == {"clean": 1, "view_dynamics": 1}
     calls.clear()
     report.build_report(data, tmp_path / "once", progress=False, n_boot=50)
-    assert calls == {"clean": 1, "view_dynamics": 1, "matched_depth": 1}
+    assert calls == {"clean": 1, "view_dynamics": 1, "matched_pairs": 1}
+
+
+def test_conditions_figure_with_utilization_keeps_legends_off_the_data(runs):
+    from dynamics.report import panels
+    nums = report.ReportNumbers(report.load_report_data(runs, progress=False))
+    _, _, fig = panels.conditions_figure(nums)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert [t.get_text() for t in legends[0].get_texts()] == ["cc", "mlo"]  # utilization by view
+    areas = [ax.get_window_extent(renderer) for ax in fig.axes if ax.get_visible()]
+    box = legends[0].get_window_extent(renderer)
+    assert not any(box.x0 < a.x1 and a.x0 < box.x1 and box.y0 < a.y1 and a.y0 < box.y1 for a in areas)

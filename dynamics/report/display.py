@@ -1,0 +1,148 @@
+"""Display strings of the report's numbers: estimates with their intervals (the method named in the column),
+p-values, and words where n is too small for a number to mean anything."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["num", "pct", "with_ci", "p_text", "p_eq", "runs_word", "ALPHA", "T_OVER_RUNS", "test_text",
+           "format_summary", "format_shares", "format_comparisons", "comparison_value", "metric_display",
+           "utilization_display", "verdict"]
+
+ALPHA = 0.05
+T_OVER_RUNS = "95% t-interval over runs"
+
+
+def num(x: float, digits: int = 3) -> str:
+    """``digits`` significant digits; ``–`` for a missing or non-finite value."""
+    return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}g}"
+
+
+def pct(x: float) -> str:
+    """Whole percent, but two significant digits below 1% (so a small residual does not read as 0%)."""
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{100 * x:.2g}%" if 0 < abs(x) < 0.01 else f"{100 * x:.0f}%"
+
+
+def runs_word(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
+def with_ci(est: float, lo: float, hi: float, n_runs: int, fmt: Callable[[float], str] = num) -> str:
+    """``est [lo, hi]``, or ``est (no CI: n runs)`` when there is no interval."""
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        return f"{fmt(est)} (no CI: {runs_word(n_runs)})"
+    return f"{fmt(est)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def p_text(p: float) -> str:
+    """A p-value for a table: three decimals, ``< 0.001`` below that, ``–`` when missing."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_eq(p: float) -> str:
+    """``p = 0.002`` or ``p < 0.001`` for sentences."""
+    text = p_text(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def test_text(p: float, p_min: float, n: int) -> str:
+    """An exact test's p-value, or words when the runs are too few for the test to reach ``ALPHA``."""
+    if n < 2 or not np.isfinite(p):
+        return f"no test: {runs_word(n)}"
+    if p_min > ALPHA:
+        return f"not testable with {runs_word(n)} (smallest exact p {p_min:.2g})"
+    return p_text(p)
+
+
+def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The key table as display strings: per group, phase and pair of views (A/B), ratios with their
+    Student-t intervals over runs, layer counts as description and the exact sign-flip test over runs."""
+    rows = []
+    for r in summary.itertuples(index=False):
+        rows.append({
+            "group": r.group, "phase": str(r.phase), "views A/B": f"{r.view_a}/{r.view_b}", "runs": r.n_runs,
+            "dominant view": r.dominant,
+            f"grad-norm ratio A/B ({T_OVER_RUNS})": with_ci(r.grad_ratio, r.grad_ratio_lo, r.grad_ratio_hi, r.n_runs),
+            f"matched-layer ratio A/B ({T_OVER_RUNS})": with_ci(r.layer_ratio, r.layer_ratio_lo, r.layer_ratio_hi,
+                                                               r.n_runs),
+            "layers A > B (layers × runs; description)": f"{r.n_a_greater}/{r.n_pairs}",
+            "p (exact sign-flip over runs)": test_text(r.p, r.p_min, r.n_test_runs),
+        })
+    return pd.DataFrame(rows)
+
+
+def format_shares(shares: pd.DataFrame) -> pd.DataFrame:
+    """Every view's share of the loss reduction with its interval, and in how many runs it was the largest."""
+    rows = [{"group": r.group, "phase": str(r.phase), "view": r.view, "runs": r.n_runs,
+             f"share of loss reduction ({T_OVER_RUNS})": with_ci(r.share, r.share_lo, r.share_hi, r.n_runs, pct),
+             "largest share in": f"{r.n_largest} of {runs_word(r.n_runs)}"}
+            for r in shares.itertuples(index=False)]
+    return pd.DataFrame(rows)
+
+
+def comparison_value(x: float, row, *, difference: bool = False) -> str:
+    """A value of one comparison on its own scale: a factor (×) for ratios, percentage points for shares."""
+    if not np.isfinite(x):
+        return "–"
+    if row.scale == "log":
+        return f"×{np.exp(x):.3g}" if difference else num(x)
+    if "share" in str(row.quantity):
+        return f"{100 * x:+.1f} pp" if difference else pct(x)
+    return f"{x:+.3g}" if difference else num(x)
+
+
+def verdict(row) -> str:
+    """``differs`` when the Holm-adjusted p is below ``ALPHA``; else a null with its detectable difference."""
+    if not np.isfinite(row.p):
+        return "not testable: too few runs"
+    if row.p_holm < ALPHA:
+        return f"differs (Holm p < {ALPHA:g})"
+    mdd = comparison_value(row.mdd, row, difference=True).lstrip("+")
+    return f"no difference detected; detectable: {mdd} or more"
+
+
+def format_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Each condition against the reference: difference with its interval, p (t-test and Holm-adjusted), the
+    exact permutation p, the minimum detectable difference at 80% power and the verdict in words."""
+    rows = []
+    for r in comparisons.itertuples(index=False):
+        mdd = comparison_value(r.mdd, r, difference=True).lstrip("+")
+        if r.scale == "log" and np.isfinite(r.mdd):
+            mdd = f"×{np.exp(-r.mdd):.3g} or ×{np.exp(r.mdd):.3g}"
+        diff = comparison_value(r.difference, r, difference=True)
+        ci = (f" [{comparison_value(r.lo, r, difference=True)}, {comparison_value(r.hi, r, difference=True)}]"
+              if np.isfinite(r.lo) else " (no CI)")
+        rows.append({"quantity": r.quantity, "reference": r.reference, "condition": r.group, "design": r.design,
+                     "reference value": comparison_value(r.reference_mean, r),
+                     "condition value": comparison_value(r.group_mean, r),
+                     "difference [95% CI]": diff + ci, "p (t)": p_text(r.p), "p (Holm)": p_text(r.p_holm),
+                     "p (exact permutation)": test_text(r.p_exact, r.p_exact_min, r.n_reference + r.n_group)
+                     if np.isfinite(r.p_exact) else "–",
+                     "detectable difference (80% power)": mdd, "verdict": verdict(r)})
+    return pd.DataFrame(rows)
+
+
+def metric_display(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The logged-metric table for display: mean with its interval over runs."""
+    if not len(metrics):
+        return metrics
+    ci = [with_ci(m, lo, hi, n) for m, lo, hi, n in zip(metrics["mean"], metrics["lo"], metrics["hi"],
+                                                         metrics["n_runs"])]
+    return metrics.assign(**{f"mean ({T_OVER_RUNS})": ci})[["group", "metric", f"mean ({T_OVER_RUNS})", "n_runs"]]
+
+
+def utilization_display(util: pd.DataFrame) -> pd.DataFrame:
+    """The utilization table for display: rates with their intervals (and the interval's method), the rest
+    rounded to 4 decimals."""
+    if not len(util):
+        return util
+    ci = [with_ci(m, lo, hi, n) for m, lo, hi, n in zip(util["utilization"], util["lo"], util["hi"],
+                                                         util["n_runs"])]
+    out = util.assign(**{"utilization [95% CI]": ci}).round(4).drop(columns=["lo", "hi", "utilization"])
+    return out[[c for c in out.columns if c != "interval"] + ["interval"]]

@@ -1,0 +1,68 @@
+"""What each run's metadata says the reader must know: notes, errors, runs never closed and steps measured at
+the optimizer step only. The report lists them under "Warnings"; ``dynamics summary`` prints their count."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["run_warnings", "optimizer_step_only", "OPTIMIZER_STEP_NOTE", "warning_count_line"]
+
+#: how the recorder's notes start when a step's gradient was taken at the optimizer step (no backward pass seen)
+OPTIMIZER_STEP_NOTE = "gradient taken at the optimizer step"
+
+
+def _steps(value: Any) -> list:
+    """The steps a note lists (a list of steps, a count, or a bare message)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return []
+
+
+def optimizer_step_only(meta: dict) -> int:
+    """How many steps the run's notes list as measured at the optimizer step only (the recorder lists up to 100
+    steps per note)."""
+    notes = meta.get("notes") or {}
+    if not isinstance(notes, dict):
+        return 0
+    return sum(len(_steps(v)) for k, v in notes.items() if str(k).startswith(OPTIMIZER_STEP_NOTE))
+
+
+def _note_text(text: str, value: Any) -> str:
+    steps = _steps(value)
+    if not steps:
+        return f"note: {text}" + (f" ({value})" if value not in (None, "", {}) else "")
+    shown = ", ".join(map(str, steps[:10])) + (", ..." if len(steps) > 10 else "")
+    return f"note: {text} (at {len(steps)} step{'s' if len(steps) != 1 else ''}: {shown})"
+
+
+def run_warnings(metas: dict[str, dict]) -> pd.DataFrame:
+    """One row per warning: ``run``, ``kind`` (``not closed``, ``error``, ``optimizer step only``, ``note``) and
+    ``message``, in the order of the runs."""
+    rows = []
+    for run, meta in metas.items():
+        if meta.get("status") == "running":
+            rows.append((run, "not closed", "the run was never closed (status 'running'): it may have been "
+                                            "killed; steps after its last flush are missing"))
+        for err in meta.get("errors") or []:
+            rows.append((run, "error", str(err)))
+        n = optimizer_step_only(meta)
+        if n:
+            rows.append((run, "optimizer step only", f"{n} step{'s' if n != 1 else ''} measured at the optimizer "
+                                                     "step only (no backward pass seen: the gradient after any "
+                                                     "clipping or scaling)"))
+        notes = meta.get("notes") or {}
+        for text, value in (notes.items() if isinstance(notes, dict) else [(str(n), None) for n in notes]):
+            if not str(text).startswith(OPTIMIZER_STEP_NOTE):
+                rows.append((run, "note", _note_text(str(text), value)))
+    return pd.DataFrame(rows, columns=["run", "kind", "message"])
+
+
+def warning_count_line(warnings: pd.DataFrame) -> str:
+    """One line for the terminal: how many warnings, of which kinds."""
+    if warnings.empty:
+        return "no warnings in the runs' metadata"
+    kinds = warnings.groupby("kind", sort=False)["run"].agg(["size", "nunique"])
+    parts = [f"{k}: {r['size']} ({r['nunique']} run{'s' if r['nunique'] != 1 else ''})" for k, r in kinds.iterrows()]
+    return f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''} in the runs' metadata ({'; '.join(parts)}); " \
+           "see the report's Warnings section"
