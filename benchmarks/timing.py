@@ -45,6 +45,9 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class StepHooks:
     """What a recorder adds to the training step; the default adds nothing (the plain loop)."""
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss_fn(logits, targets)
+
     def backward(self, loss: torch.Tensor, step: int) -> None:
         loss.backward()
 
@@ -73,7 +76,7 @@ def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         step = counter[0]
         sync(device)
         start = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        loss = hooks.loss(model(x), y)
         hooks.backward(loss, step)
         hooks.before_step(step)
         optimizer.step()
