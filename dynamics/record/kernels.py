@@ -70,6 +70,11 @@ CACHE_BLOCK_MIN = 32_768
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _saved_dtype(t: torch.Tensor) -> torch.dtype:
+    """θ_t of a float16/bfloat16 tensor is kept in float32, where θ_t − θ_{t+1} of two of them is exact."""
+    return torch.float32 if t.dtype in _LOW_PRECISION else t.dtype
+
+
 class SavedUpdate:
     """θ_t saved with ‖θ_t‖², then −Δθ formed in the copy with ‖Δθ‖² and g·Δθ, in few passes over memory.
 
@@ -79,16 +84,17 @@ class SavedUpdate:
     memory, and the traffic is close to what cannot be avoided (read θ and write θ_t; read θ_t, θ_{t+1} and g).
     Small tensors, and every tensor on a GPU (where each launch costs more than the work), go through a few
     multi-tensor kernels instead. θ_t of a float16/bfloat16 tensor is kept in float32, where θ_t − θ_{t+1}
-    of two of them is exact. Make it outside the training hot path.
+    of two of them is exact. Make it outside the training hot path (it copies indices to the device); the copy
+    of θ_t is allocated at the first :meth:`save` and freed by :meth:`release`.
     """
 
     def __init__(self, like: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
         self.dtype = dtype
-        self.saved = [torch.empty_like(t, dtype=torch.float32 if t.dtype in _LOW_PRECISION else t.dtype)
-                      for t in like]
+        self._like = [(t.shape, _saved_dtype(t), t.device) for t in like]
+        self.saved: list[torch.Tensor] | None = None
         on_cpu = like[0].device.type == "cpu" if like else True
-        self._own = [i for i, (t, s) in enumerate(zip(like, self.saved))
-                     if on_cpu and t.numel() >= CACHE_BLOCK_MIN and s.dtype == dtype]
+        self._own = [i for i, (t, (_, saved, _)) in enumerate(zip(like, self._like))
+                     if on_cpu and t.numel() >= CACHE_BLOCK_MIN and saved == dtype]
         own = set(self._own)
         self._grouped = [i for i in range(len(like)) if i not in own]
         device = like[0].device if like else torch.device("cpu")
@@ -100,6 +106,8 @@ class SavedUpdate:
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Copy θ_t (``params``) into :attr:`saved`; ‖θ_t‖² per tensor, and ‖t‖² of every tensor of
         ``also_norm`` (the gradients: one multi-tensor reduction with the grouped parameters) or None."""
+        if self.saved is None:
+            self.saved = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in self._like]
         grouped = [params[i] for i in self._grouped]
         extra = len(also_norm)
         squares = sq_norms([*also_norm, *grouped], self.dtype) if extra or grouped else None
@@ -111,6 +119,10 @@ class SavedUpdate:
             own.append(torch.vdot(saved, saved))  # from the cache: the copy has just touched it
         param_sq = self._in_order(squares[extra:] if grouped else None, own)
         return param_sq, (squares[:extra] if extra else None)
+
+    def release(self) -> None:
+        """Free the copy of θ_t."""
+        self.saved = None
 
     def form_update(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
