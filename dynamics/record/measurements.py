@@ -59,12 +59,11 @@ class StepMeasurements:
         params = self._t.local_params()
         out = self.buffer[row]
         grads = None if gradient is None else self._grads()
-        update = self._update
-        param_sq, grad_sq = update.save(params, also_norm=grads or ())  # θ_t saved and measured in one pass
+        param_sq, grad_sq = self._update.save(params, also_norm=grads or ())  # θ_t saved and measured at once
         out[PARAM_SQ].copy_(param_sq)
         if grads is not None:
             out[PRE_SQ].copy_(grad_sq)
-        step = RecordedStep(index, row, params, update.saved, lrs)
+        step = RecordedStep(index, row, params, self._update.saved, lrs)
         if grads is not None:
             self._take_gradient(step, grads, *gradient)
         return step
