@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test reproduce benchmark clean
+.PHONY: test reproduce benchmark peers clean
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,11 @@ reproduce: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
+# dynamics beside Lightning, wandb, TensorBoard and Cockpit: those live in their own venv, never in `make test`
+PEERS_VENV := .venv-peers
+peers:
+	PYTHON=$(PYTHON) bash benchmarks/peers_env.sh $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python benchmarks/peers.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) build *.egg-info

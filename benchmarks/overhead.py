@@ -1,13 +1,20 @@
-"""Recorder overhead on a two-view ResNet-22 (the NYU widths 16→256) at a small input size.
+"""Recorder overhead on a two-view ResNet-22 (the NYU widths 16→256), beside the floor: the unavoidable traffic.
 
-Median optimizer-step time without the recorder vs with it attached and recording every step, measured in
-interleaved repetitions (plain, recorded, plain, recorded, ...) so that drift of the machine hits both alike.
-A benchmark, not a test: run ``python benchmarks/overhead.py`` (or ``make benchmark``).
+Median optimizer-step time without the recorder and with it (every step, every 10th, with the probe, and
+shared-weight attribution), measured in interleaved rounds in shuffled order so that drift of the machine hits
+every variant alike. In the same rounds it times **the floor**: plain torch ops that do only the memory
+traffic no recorder of these quantities can avoid. Before the optimizer step they read g and θ and write one
+copy θ_t; after it they read θ_t back with θ_{t+1} and g (and, with attribution, write each view's part of the
+shared gradient once and read it once). Any recorder of ‖g‖², ‖θ‖², ‖Δθ‖² and g·Δθ moves at least those
+bytes, so "added ÷ floor" says how close to the physical limit of this machine the recorder is. The floor is
+timed twice: inside the training loop (in the optimizer's hooks, where the recorder runs: caches as they are
+after backward) and alone, on the same tensors.
+
+A benchmark, not a test: ``python benchmarks/overhead.py`` (or ``make benchmark``); ``--help`` for options.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -15,105 +22,181 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dynamics  # noqa: E402
-from analyses.models import nyu_model  # noqa: E402
+from dynamics.schema import PROBE_CHANGE, RULES, probe_residual  # noqa: E402
+from timing import (StepHooks, interleaved, loss_fn, machine_line, make_batch, make_model,  # noqa: E402
+                    markdown_table, median_ms, time_steps)
+
+SEPARATE, SHARED = "separate", "shared"
 
 
-def _make(seed: int, condition: str, device: str):
-    torch.manual_seed(seed)
-    model = nyu_model(condition).to(device)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+class FloorOps:
+    """The unavoidable traffic of every-step recording, as plain torch ops in the optimizer's step hooks.
 
+    ``views`` > 0 adds attribution's: each view's part of the shared tensors' gradient written once (a copy of
+    the gradient stands for it) and read once after the step.
+    """
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):  # timing only: the step must have finished on the GPU
-        torch.cuda.synchronize()
+    def __init__(self, params: list[torch.nn.Parameter], shared: list[torch.nn.Parameter], views: int) -> None:
+        self.params, self.shared = params, shared
+        self.prev = [torch.empty_like(p) for p in params]
+        self.parts = [[torch.empty_like(p) for p in shared] for _ in range(views)]
+        self.out: list[torch.Tensor] = []
+        self._cpu = params[0].device.type == "cpu"
 
-
-def _time_steps(model, optimizer, batch, steps: int, rec=None) -> list[float]:
-    times = []
-    x, y = batch
-    device = y.device.type
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if rec is not None:
-            rec.log(loss=loss)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _variants(size: int, batch: int, g: torch.Generator, device: str):
-    """name → (model, optimizer, attach kwargs or None): the configurations timed side by side."""
-    probe_x = {v: torch.randn(batch, 1, size, size, generator=g).to(device) for v in ("cc", "mlo")}
-    probe = dynamics.ProbeBatch((probe_x,), torch.randint(0, 2, (batch,), generator=g).float().to(device),
-                                torch.nn.functional.binary_cross_entropy_with_logits)
-    variants = {}
-    for name, condition in [("plain", "separate"), ("recorded", "separate"), ("recorded every=10", "separate"),
-                            ("recorded+probe K=50", "separate"),
-                            ("plain shared", "shared"), ("recorded shared+attribution", "shared")]:
-        model, optimizer = _make(0, condition, device)
-        if name.startswith("plain"):
-            kwargs = None
-        elif condition == "shared":
-            kwargs = {"views": ["cc", "mlo"], "attribute": {model.column: ["cc", "mlo"]}}
+    def _copy(self, dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+        if self._cpu:  # on a CPU a loop of copies is faster than the foreach copy
+            for d, s in zip(dst, src):
+                d.copy_(s)
         else:
-            kwargs = {"views": {"cc": model.cc_column, "mlo": model.mlo_column}}
-            if "probe" in name:
-                kwargs.update(probe=probe, probe_every=50)
-            if "every=10" in name:
-                kwargs.update(every=10)
-        variants[name] = (model, optimizer, kwargs)
-    return variants
+            torch._foreach_copy_(dst, src)
+
+    def pre(self, *_) -> None:
+        """Read g and θ, write θ_t (and each view's part)."""
+        with torch.no_grad():
+            self.out = list(torch._foreach_norm([p.grad for p in self.params]))
+            self._copy(self.prev, [p.detach() for p in self.params])
+            for part in self.parts:
+                self._copy(part, [p.grad for p in self.shared])
+
+    def post(self, *_) -> None:
+        """Read θ_t, θ_{t+1} and g (and each view's part) once."""
+        with torch.no_grad():
+            for tensors in (self.prev, [p.detach() for p in self.params], [p.grad for p in self.params],
+                            *self.parts):
+                self.out += torch._foreach_norm(tensors)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.register_step_pre_hook(self.pre)
+        optimizer.register_step_post_hook(self.post)
+
+
+class Recorded(StepHooks):
+    """dynamics attached to the model: the loop only adds ``rec.log(loss=loss)``."""
+
+    def __init__(self, rec) -> None:
+        self.rec = rec
+
+    def after_step(self, step: int, loss: torch.Tensor) -> None:
+        self.rec.log(loss=loss)
+
+    def close(self) -> None:
+        self.rec.close()
+
+
+def _attach_kwargs(name: str, model, probe) -> dict:
+    if SHARED in name:
+        return {"views": list(model.views), "attribute": {model.column: list(model.views)}}
+    kwargs = {"views": {"cc": model.cc_column, "mlo": model.mlo_column}}
+    if "probe" in name:
+        kwargs.update(probe=probe, probe_every=50)
+    if "every=10" in name:
+        kwargs.update(every=10)
+    return kwargs
+
+
+VARIANTS = [  # (name, condition, kind): kind is plain, floor or recorded
+    ("plain", SEPARATE, "plain"), ("floor ops", SEPARATE, "floor"), ("recorded every step", SEPARATE, "recorded"),
+    ("recorded every=10", SEPARATE, "recorded"), ("recorded + probe K=50", SEPARATE, "recorded"),
+    ("plain shared", SHARED, "plain"), ("floor ops shared + parts", SHARED, "floor"),
+    ("recorded shared + attribution", SHARED, "recorded")]
+
+
+def _floor_alone(condition: str, device: str, views: int) -> "callable":
+    """The floor's ops alone (outside training) on the model's tensors, with stand-in gradients."""
+    model, _ = make_model(condition, device)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    ops = FloorOps(params, list(model.column.parameters()) if views else [], views)
+
+    def run(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            ops.pre()
+            ops.post()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return times
+    return run
+
+
+def _runs(args, tmp: Path, batch, probe) -> tuple[dict, list]:
+    runs, closers = {}, []
+    for i, (name, condition, kind) in enumerate(VARIANTS):
+        model, optimizer = make_model(condition, args.device)
+        hooks = StepHooks()
+        if kind == "floor":
+            shared = list(model.column.parameters()) if condition == SHARED else []
+            FloorOps(list(model.parameters()), shared, len(model.views) if shared else 0).attach(optimizer)
+        elif kind == "recorded":
+            hooks = Recorded(dynamics.attach(model, optimizer, out=tmp / f"run{i}", flush_every=50,
+                                             **_attach_kwargs(name, model, probe)))
+            closers.append(hooks)
+        counter = [0]
+        runs[name] = (lambda m, o, h, c: lambda n: time_steps(m, o, batch, n, h, c))(model, optimizer, hooks, counter)
+    runs["floor ops alone"] = _floor_alone(SEPARATE, args.device, 0)
+    runs["floor ops alone shared + parts"] = _floor_alone(SHARED, args.device, 2)
+    return runs, closers
+
+
+def _residuals(closers: list[Recorded]):
+    """The probe's loss change and residual per rule, from the probed run."""
+    probed = next(h.rec for h in closers if h.rec.meta.get("probe"))
+    _, steps = dynamics.load(probed.run_dir)
+    columns = ["step", PROBE_CHANGE, *(probe_residual(rule) for rule in RULES)]
+    return steps.dropna(subset=[PROBE_CHANGE])[columns]
+
+
+def _table(median: dict[str, float]) -> str:
+    rows = []
+    for name, condition, kind in VARIANTS:
+        plain = median["plain shared" if condition == SHARED else "plain"]
+        floor = median["floor ops shared + parts" if condition == SHARED else "floor ops"] - plain
+        added = median[name] - plain
+        rows.append([name, f"{median[name]:.1f}", f"{median[name] / plain:.3f}×",
+                     "" if kind == "plain" else f"{added:+.1f}",
+                     "" if kind == "plain" else f"{added / floor:.2f}×" if floor > 0 else "n/a"])
+    for name in ("floor ops alone", "floor ops alone shared + parts"):
+        rows.append([name, f"{median[name]:.1f}", "", "", ""])
+    return markdown_table(["variant", "median step (ms)", "× plain", "added (ms)", "added ÷ floor"], rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=96, help="input image side (pixels)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per repetition")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--residuals", action="store_true", help="also print the probe's residuals per rule")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    batch = ({v: torch.randn(args.batch, 1, args.size, args.size, generator=g).to(args.device) for v in ("cc", "mlo")},
-             torch.randint(0, 2, (args.batch,), generator=g).float().to(args.device))
-    variants = _variants(args.size, args.batch, g, args.device)
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    batch = make_batch(args.size, args.batch, args.device, g)
+    probe_x, probe_y = make_batch(args.size, args.batch, args.device, g)
+    probe = dynamics.ProbeBatch((probe_x,), probe_y, loss_fn)
+    before = machine_line(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        recs = {name: dynamics.attach(m, o, out=Path(tmp) / f"run{i}", flush_every=50, **kw)
-                for i, (name, (m, o, kw)) in enumerate(variants.items()) if kw is not None}
-        for name, (m, o, _) in variants.items():  # warm-up
-            _time_steps(m, o, batch, 2, recs.get(name))
-        for _ in range(args.reps):
-            for name, (m, o, _) in variants.items():
-                times[name] += _time_steps(m, o, batch, args.steps, recs.get(name))
-        for rec in recs.values():
-            rec.close()
-        _, probed = dynamics.load(recs["recorded+probe K=50"].run_dir)
-        residuals = probed.dropna(subset=["probe_change"])[
-            ["step", "probe_change", "probe_residual_first", "probe_residual_trapezoid", "probe_residual_simpson"]]
-    n_tensors = sum(1 for _ in variants["plain"][0].parameters())
+        runs, closers = _runs(args, Path(tmp), batch, probe)
+        times = interleaved(runs, args.reps, args.steps)
+        for hooks in closers:
+            hooks.close()
+        residuals = _residuals(closers) if args.residuals else None
+    n_tensors = sum(1 for _ in make_model(SEPARATE, "cpu")[0].parameters())
     print(f"two-view ResNet-22 (widths 16-256), {n_tensors} tensors, batch {args.batch} x 2 views x "
-          f"{args.size}x{args.size}, {args.device}, {torch.get_num_threads()} threads, {args.reps}x{args.steps} "
-          f"interleaved steps")
-    median = {name: statistics.median(t) for name, t in times.items()}
-    mean = {name: statistics.fmean(t) for name, t in times.items()}
-    for name, value in median.items():
-        base = "plain shared" if "shared" in name else "plain"
-        print(f"  {name:30s} median step {value * 1e3:7.1f} ms   ratio {value / median[base]:.3f}x   "
-              f"(mean {mean[name] * 1e3:7.1f} ms, ratio {mean[name] / mean[base]:.3f}x)")
-    print("probe on the benchmark model (loss change on the probe batch and residual of each rule):")
-    print(residuals.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+          f"{args.size}x{args.size}, {args.device}, {args.reps} rounds x {args.steps} steps, shuffled")
+    print(f"before: {before}\nafter:  {machine_line(args.device)}")
+    print("floor = (floor ops) - (plain) in the same rounds; added = variant - plain (shared: - plain shared)\n")
+    print(_table({name: median_ms(t) for name, t in times.items()}))
+    if residuals is not None:
+        print("\nprobe on the benchmark model (loss change on the probe batch and residual of each rule):")
+        print(residuals.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 
 if __name__ == "__main__":

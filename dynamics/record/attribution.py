@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
@@ -99,6 +98,7 @@ class SharedAttribution:
         self._guard, self._loss_scale = guard, loss_scale
         self._position = {id(p): i for i, p in enumerate(self.params)}
         self.buffers: dict[str, list[torch.Tensor]] | None = None
+        self._filled: dict[str, list[bool]] = {}  # per view and tensor: has a part arrived this step?
         self._inv: torch.Tensor | bool | None = None  # cached 1/loss scale of this step (False: no scaler)
         self.unattributed_calls = 0              # calls that matched no view (reported in the metadata)
         self._handles: list = []
@@ -129,12 +129,21 @@ class SharedAttribution:
 
     # ------------------------------------------------------------------------------------------ buffers
     def reset(self) -> None:
-        """Start a new optimizer step: zero the per-view buffers (allocated on first use)."""
+        """Start a new optimizer step (buffers allocated on first use). Nothing is zeroed: a buffer's first part
+        of the step is copied into it, later ones (micro-batches) added; :meth:`parts` zeroes the buffers that
+        got none."""
         if self.buffers is None:
-            self.buffers = {v: [torch.zeros_like(p) for p in self.params] for v in self.views}
-        else:
-            torch._foreach_zero_([b for bufs in self.buffers.values() for b in bufs])
+            self.buffers = {v: [torch.empty_like(p) for p in self.params] for v in self.views}
+        self._filled = {v: [False] * len(self.params) for v in self.views}
         self._inv = None
+
+    def parts(self) -> list[list[torch.Tensor]]:
+        """Each view's buffers, in view order, complete for this step (a buffer no part reached is zeroed)."""
+        empty = [b for v in self.views for b, filled in zip(self.buffers[v], self._filled[v]) if not filled]
+        if empty:
+            torch._foreach_zero_(empty)
+            self._filled = {v: [True] * len(self.params) for v in self.views}
+        return [self.buffers[v] for v in self.views]
 
     def _add(self, view_name: str, position: int, grad: torch.Tensor) -> None:
         if self.buffers is None:
@@ -142,11 +151,18 @@ class SharedAttribution:
         if self._inv is None:  # 1/loss scale, once per step (the GradScaler changes it only after the step)
             inv = self._loss_scale.inverse()
             self._inv = False if inv is None else inv
-        buffer = self.buffers[view_name][position]
-        if self._inv is False:
-            buffer.add_(grad)
-        else:
-            buffer.addcmul_(grad, self._inv.to(grad.dtype))
+        buffer, filled = self.buffers[view_name][position], self._filled[view_name]
+        if filled[position]:
+            if self._inv is False:
+                buffer.add_(grad)
+            else:
+                buffer.addcmul_(grad, self._inv.to(grad.dtype))
+        else:  # the step's first part: one write instead of zeroing, reading the zeros and writing again
+            filled[position] = True
+            if self._inv is False:
+                buffer.copy_(grad)
+            else:
+                torch.mul(grad, self._inv.to(grad.dtype), out=buffer)
 
     # ------------------------------------------------------------------------------------------- hooks
     def new_pass(self) -> None:
@@ -249,8 +265,8 @@ class AttributionPart(StepPart):
         self._shared = SharedAttribution(spec, [tensors.params[i] for i in indices], self._views, guard, loss_scale)
         self._layout, self._dtype, self._notes = tensors.layout, tensors.dtype, notes
         self._buffer = tensors.buffer(rows, len(self._views), len(ATTRIBUTION_ROWS), len(self._indices))
-        local = tensors.local_params()
-        self._dots = tensors.dots_for([local[i] for i in self._indices])
+        local = tensors.local_params()  # the per-view sums, made here: never in the hot path
+        self._sums = kernels.PartSums([local[i] for i in self._indices], len(self._views), tensors.dtype)
 
     def on_forward(self, *, recording: bool, new_step: bool) -> None:
         """A new step's first forward pass starts its buffers; call order counts from the first view again."""
@@ -267,24 +283,13 @@ class AttributionPart(StepPart):
         self._measure(row, None)
 
     def _measure(self, row: int, minus_delta: list[torch.Tensor] | None) -> None:
-        out, buffers = self._buffer[row], self._shared.buffers
-        if buffers is None:  # the shared module never ran with gradients this step
+        out = self._buffer[row]
+        if self._shared.buffers is None:  # the shared module never ran with gradients this step
             out.zero_()
             return
-        parts = [buffers[v] for v in self._views]
-        every_part = [t for part in parts for t in part]
-        distributed.average_over_replicas(every_part, self._layout)
-        out[:, 0].copy_(kernels.sq_norms(every_part, self._dtype).view(len(parts), -1))
-        out[:, 2].zero_()
-        if minus_delta is None:  # a skipped step: no update
-            out[:, 1].fill_(math.nan)
-        for a, part in enumerate(parts):
-            if minus_delta is not None:
-                out[a, 1].copy_(self._dots(part, minus_delta).neg_())
-            for b in range(a + 1, len(parts)):
-                cross = self._dots(part, parts[b])
-                out[a, 2].add_(cross)
-                out[b, 2].add_(cross)
+        parts = self._shared.parts()
+        distributed.average_over_replicas([t for part in parts for t in part], self._layout)
+        out.copy_(self._sums(parts, minus_delta))
 
     def take(self, flushed: "Flushed") -> "Frames":
         parts = self._buffer.take(len(flushed.steps))

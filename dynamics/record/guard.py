@@ -48,7 +48,10 @@ class HookGuard:
             if self.failure is not None or self.closed:
                 return None
             try:
-                with torch.no_grad() if no_grad else contextlib.nullcontext():
+                if no_grad and torch.is_grad_enabled():  # entering no_grad costs more than most hooks' work
+                    with torch.no_grad():
+                        result = hook(*args, **kwargs)
+                else:  # (gradient hooks mostly run with autograd off already)
                     result = hook(*args, **kwargs)
                 return result if returns else None
             except Exception as exc:  # noqa: BLE001 - reported, never swallowed silently

@@ -21,7 +21,6 @@ from . import distributed, kernels
 from .guard import Notes
 from .parts import LossScale, RecordedStep, RecordedTensors, StepRow
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _AT_STEP = "gradient taken at the optimizer step (no backward pass seen)"
 _AT_STEP_UNEXPECTED = ("gradient taken at the optimizer step: no backward pass seen, or the gradients were "
                        "changed after it at a step where no change was expected (clipping or scaling began "
@@ -36,7 +35,9 @@ class StepMeasurements:
         self.buffer = tensors.buffer(rows, len(BUFFER_ROWS), tensors.n)
         self._zero = torch.zeros(1, device=tensors.device, dtype=tensors.dtype)  # "no gradient"
         self.dots = tensors.dots_for(tensors.local_params())  # made here: never in the hot path
-        self._saved: list[torch.Tensor] | None = None  # θ_t, allocated at the first recorded step
+        # θ_t and its measurements: made here, never in the hot path; the copy is allocated at the first
+        # recorded step
+        self._update = kernels.SavedUpdate(tensors.local_params(), tensors.dtype)
         self._bwd_sq: torch.Tensor | None = None       # the backward's ‖g‖² of the open step
         self._eager = True  # measure at backward end: the gradient may change before the step
 
@@ -57,15 +58,12 @@ class StepMeasurements:
         reduction with the parameters (fewer launches)."""
         params = self._t.local_params()
         out = self.buffer[row]
-        grads = None
-        if gradient is None:
-            out[PARAM_SQ].copy_(kernels.sq_norms(params, self._t.dtype))
-        else:
-            grads = self._grads()
-            squares = kernels.sq_norms([*grads, *params], self._t.dtype)
-            out[PRE_SQ].copy_(squares[:self._t.n])
-            out[PARAM_SQ].copy_(squares[self._t.n:])
-        step = RecordedStep(index, row, params, self._save(params), lrs)
+        grads = None if gradient is None else self._grads()
+        param_sq, grad_sq = self._update.save(params, also_norm=grads or ())  # θ_t saved and measured at once
+        out[PARAM_SQ].copy_(param_sq)
+        if grads is not None:
+            out[PRE_SQ].copy_(grad_sq)
+        step = RecordedStep(index, row, params, self._update.saved, lrs)
         if grads is not None:
             self._take_gradient(step, grads, *gradient)
         return step
@@ -94,11 +92,11 @@ class StepMeasurements:
     def after_step(self, step: RecordedStep) -> None:
         """Form −Δθ in the saved copy of θ_t; ‖Δθ‖² and lca, the clipping undone, sums completed over shards."""
         out, grads = self.buffer[step.row], step.grads
-        torch._foreach_sub_(step.saved, step.params)  # θ_t − θ_{t+1} = −Δθ
+        # θ_t − θ_{t+1} = −Δθ formed in the saved copy, measured as it is formed; without a gradient lca is 0
+        update_sq, lca = self._update.form_update(step.params, [None if g is self._zero else g for g in grads])
         step.formed = True
-        out[UPDATE_SQ].copy_(kernels.sq_norms(step.saved, self._t.dtype))
-        # a tensor without a gradient (None here) has lca 0
-        out[LCA].copy_(self.dots([None if g is self._zero else g for g in grads], step.saved).neg_())
+        out[UPDATE_SQ].copy_(update_sq)
+        out[LCA].copy_(lca)
         distributed.sum_over_shards(out, self._t.layout)  # every sum is whole before it is used
         if step.changed:  # undo a per-tensor rescaling (clipping) of the gradient
             ratio = out[GRAD_SQ] / out[PRE_SQ]
@@ -123,21 +121,9 @@ class StepMeasurements:
         """This process's part of each gradient (a zero placeholder where there is none)."""
         return [self._zero if p.grad is None else self._t.local(p.grad) for p in self._t.params]
 
-    def _save(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if self._saved is None:
-            # low-precision tensors keep θ_t in float32, where θ_t − θ_{t+1} of two of them is exact
-            self._saved = [torch.empty_like(p, dtype=torch.float32 if p.dtype in _LOW_PRECISION else p.dtype)
-                           for p in params]
-        if self._t.device.type == "cpu":  # a plain loop: foreach copy is slower than it on CPU
-            for saved, p in zip(self._saved, params):
-                saved.copy_(p)
-        else:
-            torch._foreach_copy_(self._saved, params)
-        return self._saved
-
     def release(self) -> None:
         """Free the copy of θ_t (at close)."""
-        self._saved = None
+        self._update.release()
 
     # --------------------------------------------------------------------------------------- flush
     def step_columns(self, rows: Sequence[StepRow], values: np.ndarray) -> dict[int, dict]:

@@ -108,7 +108,7 @@ def _compare(per_param, reference, rtol=1e-4):
 
 
 @pytest.mark.parametrize("kind", ["conv", "attention", "custom"])
-def test_per_call_attribution_matches_detached_backward(tmp_path, kind):
+def test_per_call_attribution_matches_detached_backward(tmp_path, kind, cache_blocking):
     per_param, reference, recorded, plain = _run(kind, tmp_path)
     _compare(per_param, reference)
     for (n, a), (_, b) in zip(recorded.state_dict().items(), plain.state_dict().items()):
@@ -138,7 +138,7 @@ def test_parts_sum_to_the_tensor_totals(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["conv", "custom"])
-def test_composes_with_accumulation_clipping_and_loss_scaling(tmp_path, kind):
+def test_composes_with_accumulation_clipping_and_loss_scaling(tmp_path, kind, cache_blocking):
     per_param, reference, recorded, plain = _run(kind, tmp_path, micro=2, clip=0.05)
     _compare(per_param, reference)
     per_param, reference, _, _ = _run(kind, tmp_path / "amp", micro=2, clip=0.05, scale=2.0 ** 12)
@@ -164,7 +164,7 @@ def _halves(x):
     return {"cc": torch.arange(n), "mlo": torch.arange(n, 2 * n)}
 
 
-def test_stacked_batch_rows_with_batchnorm_in_training(tmp_path):
+def test_stacked_batch_rows_with_batchnorm_in_training(tmp_path, cache_blocking):
     torch.manual_seed(0)
     model = StackedModel()
     plain = copy.deepcopy(model)

@@ -1,0 +1,128 @@
+"""What the benchmarks share: the benchmark model and batch, one timed training step with hooks for a recorder,
+interleaved rounds in shuffled order, and a line that says what machine (and how loaded) the figures are from.
+
+The benchmark model is the NYU two-view ResNet-22 (widths 16→256, 5.86 M parameters in 138 tensors in the
+``separate`` condition) trained with AdamW on a fixed batch. Timing is per optimizer step (forward, backward,
+step, zero_grad and whatever a recorder adds), synchronised on CUDA.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analyses.models import nyu_model  # noqa: E402
+
+VIEWS = ("cc", "mlo")
+
+
+def make_model(condition: str, device: str, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The benchmark model (same initial weights for every variant) and its AdamW optimizer."""
+    torch.manual_seed(seed)
+    model = nyu_model(condition).to(device)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def make_batch(size: int, batch: int, device: str, g: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """One fixed batch of ``batch`` cases, each view ``size``×``size``, with binary targets."""
+    inputs = {v: torch.randn(batch, 1, size, size, generator=g).to(device) for v in VIEWS}
+    return inputs, torch.randint(0, 2, (batch,), generator=g).float().to(device)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+
+
+class StepHooks:
+    """What a recorder adds to the training step; the default adds nothing (the plain loop)."""
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss_fn(logits, targets)
+
+    def backward(self, loss: torch.Tensor, step: int) -> None:
+        loss.backward()
+
+    def before_step(self, step: int) -> None:
+        """After backward, before optimizer.step()."""
+
+    def after_step(self, step: int, loss: torch.Tensor) -> None:
+        """After optimizer.step() and zero_grad()."""
+
+    def close(self) -> None:
+        """Flush and detach (outside the timed steps)."""
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):  # timing only: the step must have finished on the GPU
+        torch.cuda.synchronize()
+
+
+def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple, steps: int,
+               hooks: StepHooks, counter: list[int]) -> list[float]:
+    """Wall-clock seconds of each of ``steps`` training steps; ``counter`` holds the variant's step index."""
+    x, y = batch
+    device = y.device.type
+    times = []
+    for _ in range(steps):
+        step = counter[0]
+        sync(device)
+        start = time.perf_counter()
+        loss = hooks.loss(model(x), y)
+        hooks.backward(loss, step)
+        hooks.before_step(step)
+        optimizer.step()
+        optimizer.zero_grad()
+        hooks.after_step(step, loss)
+        sync(device)
+        times.append(time.perf_counter() - start)
+        counter[0] += 1
+    return times
+
+
+def interleaved(runs: Mapping[str, Callable[[int], list[float]]], reps: int, steps: int, warmup: int = 2,
+                seed: int = 0) -> dict[str, list[float]]:
+    """Each ``runs[name](n)`` times n steps; every round runs each once, in a fresh shuffled order, so that
+    drift of a shared machine hits all variants alike. Returns every timed step per variant."""
+    for run in runs.values():
+        run(warmup)
+    order, rng = list(runs), random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(reps):
+        rng.shuffle(order)
+        for name in order:
+            times[name] += runs[name](steps)
+    return times
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1e3
+
+
+def machine_line(device: str) -> str:
+    """Processor, cores, torch and threads, and the load averages (others' work on a shared machine)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else cpu
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (f"{where}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"load average {load}")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (pastes into the README as it is)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
