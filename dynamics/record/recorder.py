@@ -129,7 +129,7 @@ class Recorder:
             self.meta["notes"] = self._notes.as_dict()
             if self._guard.failure:
                 self.meta.setdefault("errors", []).append(self._guard.failure)
-            self._run.write_meta()
+            self._run.close()  # compacts, writes meta.json, releases the run's lock
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
