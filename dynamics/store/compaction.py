@@ -23,8 +23,9 @@ FILE_ROWS = 8 * 1024 * 1024   # rows per compacted file: a 234,500-step run of 1
 ROW_GROUP = 1024 * 1024
 
 
-def plan(trusted: Sequence[records.Commit], file_rows: int = FILE_ROWS) -> list[list[records.Commit]]:
+def plan(trusted: Sequence[records.Commit], file_rows: int | None = None) -> list[list[records.Commit]]:
     """Groups of consecutive records to merge (groups of one record are left as they are)."""
+    file_rows = FILE_ROWS if file_rows is None else file_rows
     groups: list[list[records.Commit]] = []
     current: list[records.Commit] = []
     rows = 0
@@ -89,7 +90,7 @@ def merge(run_dir: Path, group: Sequence[records.Commit], *, run_id: str, n_para
 
 
 def compact(run_dir: Path, trusted: Sequence[records.Commit], *, run_id: str, n_params: int,
-            file_rows: int = FILE_ROWS) -> list[records.Commit]:
+            file_rows: int | None = None) -> list[records.Commit]:
     """Merge what :func:`plan` groups, then remove what the new records supersede; returns the trusted records."""
     result = list(trusted)
     for group in plan(trusted, file_rows):

@@ -21,6 +21,9 @@ def _verified(run_dir: Path, meta: dict, tables: Sequence[str]) -> dict[str, pa.
     """Each table's committed parts, verified and concatenated (None: no part). A part that vanished because a
     concurrent compaction merged it is found by reading the commit records again."""
     n_params = len(meta["parameters"])
+    for table in tables:
+        if (run_dir / table).exists() and not (run_dir / table).is_dir():
+            raise RunStoreError(f"{run_dir / table}: not a directory (it should hold the run's {table} parts)")
     for attempt in range(3):
         trusted = records.read_commits(run_dir, meta["run_id"])
         try:

@@ -74,7 +74,9 @@ def read_meta(run_dir: str | os.PathLike) -> dict:
         raise RunStoreError(f"{path}: not a dynamics run ({META_FILE} is a directory)") from None
     except NotADirectoryError:
         raise RunStoreError(f"{run_dir}: not a dynamics run (not a directory)") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise RunStoreError(f"{path}: unreadable metadata ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
         raise RunStoreError(f"{path}: unreadable metadata ({exc})") from exc
     try:
         meta = json.loads(text)

@@ -154,21 +154,22 @@ def _opened(run_dir: Path, lock: WriterLock, resume: bool) -> RunWriter:
     covered = trusted[-1].flushes[1] if trusted else -1
     discarded = []
     for path in records.unreferenced(run_dir, trusted):
-        if path.suffix == ".parquet" and not _merged(path, covered):
+        if path.suffix == ".parquet" and not _merged(path, covered, old_meta["run_id"]):
             discarded.append(_leftover_steps(path))
         compaction._remove(path)
     if discarded:
-        warnings.warn(f"dynamics: {run_dir}: removed parts of a flush that was never committed (the writing "
-                      f"process stopped while writing it): {', '.join(discarded)}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"dynamics: {run_dir}: removed parts that were never committed (of a flush the writing "
+                      f"process did not finish, or copied in): {', '.join(discarded)}", RuntimeWarning, stacklevel=3)
     recovered = [*old_meta.get("recovered", []), *_stale_note(lock, discarded)]
     return RunWriter(run_dir, lock, old_meta["run_id"], old_meta, trusted, recovered)
 
 
-def _merged(path: Path, covered: int) -> bool:
-    """A leftover of a compaction (its flushes are committed in a merged part), not an uncommitted flush."""
+def _merged(path: Path, covered: int, run_id: str) -> bool:
+    """A leftover of this run's compaction (its flushes are committed in a merged part), not an uncommitted
+    flush nor a file from elsewhere."""
     try:
         identity = json.loads((pq.read_schema(path).metadata or {})[parts.KEY])
-        return identity["flushes"][1] <= covered
+        return identity["run_id"] == run_id and identity["flushes"][1] <= covered
     except Exception:  # noqa: BLE001 - unreadable: an interrupted write, reported as discarded
         return False
 
@@ -192,6 +193,8 @@ def compact_run(run_dir: str | Path) -> tuple[int, int]:
     try:
         counts = writer.compact()
         writer.write_meta(writer.old_meta)
+    except OSError as exc:  # a full disk, say: nothing is lost (the old records stay trusted)
+        raise RunStoreError(f"{run_dir}: compaction failed, the parts are kept as they were ({exc})") from exc
     finally:
         writer.release()
     return counts
