@@ -180,8 +180,9 @@ def test_two_live_writers_on_one_run_are_refused(tmp_path):
         child.communicate("go\n", timeout=300)
     assert child.returncode == 0
     pd.testing.assert_frame_equal(dynamics.load(run)[0].iloc[:len(before[0])], before[0])
-    optimizer, rec = _attach(fresh_model(), run, resume=True)  # released at close: the next writer may open it
-    _train(fresh_model(), optimizer, rec, 1)
+    model = fresh_model()
+    optimizer, rec = _attach(model, run, resume=True)  # released at close: the next writer may open it
+    _train(model, optimizer, rec, 1)
     rec.close()
     _assert_whole(run, 7 + 4 + 1)
 
