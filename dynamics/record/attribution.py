@@ -335,6 +335,12 @@ def resolve_attribution(model: nn.Module, views: "ViewSpec", attribute: Mapping)
         spec = {}  # names only: they come back as the views of the attributed modules
     else:
         raise ValueError("attribute= needs views= as a dict or a list of view names, not a callable")
+    declared = list(views)
+    for module, how in resolved.items():
+        unknown = [v for v in views_of(how) if v not in declared]
+        if unknown:  # a misspelt view would become a new view and take the intended view's place
+            raise ValueError(f"attribute=: {type(module).__name__} names view(s) {unknown} that are not in "
+                             f"views= {declared}")
     labels: dict[str, list] = {}
     for module, how in resolved.items():
         labels.setdefault(group_label(how), []).append(module)

@@ -36,6 +36,7 @@ class OpenRun:
     previous_meta: dict | None = None  # resuming: the metadata before this attach (put back if attach fails)
     created: bool = False              # the directory did not exist before this attach
     pending: dict[str, pd.DataFrame] = field(default_factory=dict)
+    unwritten: list[dict[str, pd.DataFrame]] = field(default_factory=list)  # flushes whose commit failed
 
     @property
     def run_dir(self) -> Path | None:
@@ -48,10 +49,26 @@ class OpenRun:
             self.pending[table] = frame
 
     def commit(self) -> None:
-        """Commit the flush being written: every part of it becomes visible, or (on an error) none."""
+        """Commit the flush being written: every part of it becomes visible, or (on an error: a full disk, an
+        interrupt) none, and the flush is kept for :meth:`retry` at close."""
         parts, self.pending = self.pending, {}
         if self.writer is not None and parts:
-            self.writer.commit(parts)
+            try:
+                self.writer.commit(parts)
+            except BaseException:
+                self.unwritten.append(parts)
+                raise
+
+    def retry(self) -> None:
+        """Commit the flushes that failed to, in order (at close: the disk may have room again). One that fails
+        again raises an error naming its steps, which are then lost."""
+        while self.unwritten:
+            parts = self.unwritten.pop(0)
+            try:
+                self.writer.commit(parts)
+            except Exception as exc:
+                steps = [int(s) for frame in parts.values() for s in (frame["step"].min(), frame["step"].max())]
+                raise OSError(f"steps {min(steps)}-{max(steps)} could not be written ({exc})") from exc
 
     def write_meta(self) -> None:
         if self.writer is not None:

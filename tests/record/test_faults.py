@@ -185,12 +185,11 @@ def test_exception_inside_with_propagates_unchanged_even_when_close_fails(tmp_pa
 
     def full(self, frames):
         raise OSError(28, "No space left on device")
-    with pytest.raises(ValueError, match="the user's own") as raised:
+    with pytest.warns(RuntimeWarning, match="No space left"), pytest.raises(ValueError, match="the user's own") as raised:
         with dynamics.attach(model, optimizer, views={"cc": model.cc}, out=tmp_path / "run") as rec:
             _train(model, optimizer, rec, 3)
             monkeypatch.setattr(store.RunWriter, "commit", full)
-            with pytest.warns(RuntimeWarning, match="No space left"):
-                raise ValueError("the user's own")
+            raise ValueError("the user's own")
     assert raised.value.__context__ is None
     meta = dynamics.read_meta(tmp_path / "run")
     assert any("ValueError" in e for e in meta["errors"]) and any("No space left" in e for e in meta["errors"])
@@ -287,10 +286,11 @@ def test_optimizer_without_the_models_parameters_is_an_error_naming_it(tmp_path)
 def test_second_recorder_on_the_same_model_or_optimizer_is_an_error_naming_it(tmp_path):
     model = fresh_model()
     optimizer, first = _attach(model, tmp_path / "first")
-    with pytest.raises(RuntimeError, match=r"model .*TwoView.* is already recorded .*first"):
+    with pytest.raises(RuntimeError, match=r"model .*TwoView is already recorded by an open recorder .*first"):
         _attach(model, tmp_path / "second")
-    with pytest.raises(RuntimeError, match=r"model .*TwoView.* is already recorded"):
-        dynamics.attach(model.cc, optimizer, views={"cc": model.cc[0]}, out=tmp_path / "third")  # a part of it
+    with pytest.raises(RuntimeError, match=r"model .*Sequential is already recorded \(as part of .*TwoView, which"):
+        dynamics.attach(model.cc, torch.optim.SGD(model.cc.parameters(), lr=0.1), views={"cc": model.cc[0]},
+                        out=tmp_path / "third")  # a part of it
     other = fresh_model(1)
     optimizer.add_param_group({"params": list(other.parameters())})
     with pytest.raises(RuntimeError, match=r"optimizer .*SGD.* is already recorded .*first"):
