@@ -88,7 +88,8 @@ class Recorder:
         try:
             if attribute:
                 self._parts.append(AttributionPart(attribute, attributed, tensors, self._guard, scale,
-                                                   options.flush_every, self._notes))
+                                                   options.flush_every, self._notes,
+                                                   {id(m): n for n, m in model.named_modules()}))
             if options.probe is not None:  # run locally, outside DistributedDataParallel
                 self._parts.append(probing.ProbePart(options.probe, options.probe_every, distributed.unwrapped(model),
                                                      tensors, self._measure.dots, self._guard, options.flush_every))

@@ -88,8 +88,10 @@ class _Shared(nn.Module):
             return checkpoint(self.column, x, use_reentrant=True)
         if self.checkpoint == "non_reentrant":
             return checkpoint(self.column, x, use_reentrant=False)
-        if self.checkpoint == "sequential":
-            return checkpoint_sequential(self.column, 2, x, use_reentrant=True)
+        if self.checkpoint == "reentrant_inside":  # the column's input is computed inside the checkpoint
+            return checkpoint(lambda h: self.column(h * 1.0), x, use_reentrant=True)
+        if self.checkpoint.startswith("sequential"):
+            return checkpoint_sequential(self.column, 2, x, use_reentrant=self.checkpoint.endswith("reentrant"))
         return self.column(x)
 
     def forward(self, a, b, detach=None):
@@ -366,17 +368,32 @@ def _reference_parts(model, batches):
     return pd.DataFrame(rows).set_index(["step", "param", "view"]).sort_index()
 
 
-@pytest.mark.parametrize("how", ["reentrant", "non_reentrant", "sequential"])
-def test_attribution_under_activation_checkpointing_is_exact_or_refused(tmp_path, how):
+# checkpointing, what is attributed (the column, or its two linear blocks), and what must happen
+CHECKPOINTS = {
+    "checkpoint(column), reentrant": ("reentrant", "column", "exact"),
+    "checkpoint(column), non-reentrant": ("non_reentrant", "column", "exact"),
+    "checkpoint_sequential, reentrant, blocks attributed": ("sequential_reentrant", "blocks", "exact"),
+    "checkpoint_sequential, non-reentrant, blocks attributed": ("sequential_non_reentrant", "blocks", "exact"),
+    "checkpoint_sequential, reentrant, the Sequential attributed": ("sequential_reentrant", "column", "refused"),
+    "checkpoint_sequential, non-reentrant, the Sequential attributed": ("sequential_non_reentrant", "column",
+                                                                        "refused"),
+    "reentrant, the column's input computed inside the checkpoint": ("reentrant_inside", "column", "refused"),
+}
+
+
+@pytest.mark.parametrize("case", CHECKPOINTS)
+def test_attribution_under_activation_checkpointing_is_exact_or_refused(tmp_path, case):
+    how, attributed, outcome = CHECKPOINTS[case]
     torch.manual_seed(0)
     model = _Shared(how)
     reference = copy.deepcopy(model)
     reference.checkpoint = "none"
     batches = _shared_batches(3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    modules = [model.column] if attributed == "column" else [model.column[0], model.column[2]]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rec = dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
+        rec = dynamics.attach(model, optimizer, views=["cc", "mlo"], attribute={m: ["cc", "mlo"] for m in modules},
                               out=tmp_path / "run")
         for a, b, y in batches:
             ((model(a, b) - y) ** 2).mean().backward()
@@ -385,15 +402,15 @@ def test_attribution_under_activation_checkpointing_is_exact_or_refused(tmp_path
         rec.close()
     meta = dynamics.read_meta(tmp_path / "run")
     refused = [str(w.message) for w in caught if "checkpoint" in str(w.message)]
-    if refused:  # refused: loudly, naming the module and the cause, and nothing wrong is recorded
-        assert "column" in refused[0] and any("checkpoint" in e for e in meta.get("errors", []))
-        per_param, _ = dynamics.load(tmp_path / "run")
+    per_param, _ = dynamics.load(tmp_path / "run")
+    if outcome == "refused":  # loudly, naming the module and the cause, and nothing wrong is recorded
+        assert refused and "'column'" in refused[0] and any("checkpoint" in e for e in meta["errors"])
         assert not per_param["attributed"].any()
         return
-    assert not meta.get("errors") and not any("matched no view" in n for n in meta["notes"])
-    per_param, _ = dynamics.load(tmp_path / "run")
+    assert not refused and not meta.get("errors") and not any("matched no view" in n for n in meta["notes"])
+    assert not any("outside the attributed calls" in n for n in meta["notes"])
     got = (per_param[per_param["attributed"]].astype({"param": str, "view": str})
-           .set_index(["step", "param", "view"]).sort_index())
+           .set_index(["step", "param", "view"])[["grad_sq", "cross"]].sort_index())
     expected = _reference_parts(reference, batches)
     assert list(got.index) == list(expected.index)
     for column in ("grad_sq", "cross"):
