@@ -1,8 +1,9 @@
-"""Command line: ``dynamics report RUNS... --out DIR``, ``dynamics summary RUNS...`` and
-``dynamics export RUNS... --tensorboard DIR``.
+"""Command line: ``dynamics report RUNS... --out DIR``, ``dynamics summary RUNS...``,
+``dynamics export RUNS... --tensorboard DIR`` and ``dynamics compact RUNS...``.
 
 Also reachable as ``python -m dynamics``. Errors in the input (not a run directory, unknown view,
-unknown grouping field) end with a one-line message and exit status 2, not a traceback.
+unknown grouping field, a damaged part) and every OSError (an unreadable folder, a full disk) end with a
+one-line message naming the path and exit status 2, not a traceback.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ _EXAMPLES = """examples:
   dynamics summary runs/* --phase late                  the key imbalance table, late in training
   dynamics summary runs/base-s1 --phase every --csv     every phase, as CSV
   dynamics export runs/* --tensorboard tb/              scalars for TensorBoard (tensorboard --logdir tb/)
+  dynamics compact runs/*                               merge each run's parts into a few files
 """
 
 
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--tensorboard", required=True, metavar="DIR",
                         help="write one TensorBoard run per run directory under DIR")
     export.add_argument("--overwrite", action="store_true", help="replace event files of an earlier export")
+    comp = sub.add_parser("compact", help="merge a run's committed parts into a few files (atomically)")
+    comp.add_argument("runs", nargs="+", help="run directories (globs allowed)")
     return parser
 
 
@@ -65,6 +69,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(runs) -> int:
+    from dynamics.store import compact_run
+
+    for run in runs:
+        before, after = compact_run(run)
+        print(f"{run}: {before} part files -> {after}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from dynamics.store import RunStoreError, expand_runs
@@ -72,10 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "export":
             return _export(args)
+        runs = expand_runs(args.runs)
+        if args.command == "compact":
+            return _compact(runs)
         from dynamics import report as rep  # heavy imports only after argument parsing
 
         by = None if args.by == "run" else args.by
-        runs = expand_runs(args.runs)
         if args.command == "report":
             paths = rep.report(runs, args.out, by=by, views=args.views, progress=not args.no_progress,
                                title=args.title, baseline=args.baseline)
@@ -99,9 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dynamics.report.notices import warning_count_line
         print(warning_count_line(nums.warnings), file=sys.stderr if args.csv else sys.stdout)
         return 0
-    except (ValueError, RunStoreError, FileNotFoundError, FileExistsError, ImportError) as exc:
-        print(f"dynamics: error: {exc}", file=sys.stderr)
+    except (ValueError, RunStoreError, OSError, ImportError) as exc:
+        print(f"dynamics: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: Exception) -> str:
+    """The error on one line, naming the path an OSError is about."""
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in str(exc):
+        text = f"{exc.filename}: {exc}"
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

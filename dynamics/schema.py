@@ -5,9 +5,13 @@ here once; every other module imports them. Pure constants: no torch, no pandas.
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2               # 2: flushes committed by records in commits/, parts carry the run id
 META_FILE = "meta.json"
 TABLES = ("params", "steps", "attribution", "probe")
+COMMITS = "commits"              # the folder of commit records: a flush (or a compaction) is visible once its record is
+LOCK_FILE = "writer.lock"        # the writer lock: owner pid, host, boot and process start
+PARAM_ID = "param_id"            # a part's tensor column: the index into meta.json's parameter table
+
 
 # the per-tensor quantities a run stores (additive over tensors, views, micro-batches and processes)
 QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
@@ -57,3 +61,14 @@ PARAM_FLAGS = ("finite", "has_grad", "attributed")
 # defaults
 SHARED = "shared"                # the group of parameters in no view (fusion, head)
 DEFAULT_CONDITION = "default"    # the condition of a run that names none
+
+# the columns of each table's Parquet parts and their Arrow types; a steps part has further float64 columns
+# (learning rates, probe losses and residuals, logged scalars)
+PART_COLUMNS = {
+    "params": (("step", "int64"), (PARAM_ID, "int32"), *((q, "double") for q in QUANTITIES),
+               ("finite", "bool"), ("has_grad", "bool")),
+    "attribution": (("step", "int64"), (PARAM_ID, "int32"), ("view", "string"),
+                    *((q, "double") for q in ATTRIBUTION_ROWS)),
+    "probe": (("step", "int64"), (PARAM_ID, "int32"), *((probe_lca(r), "double") for r in RULES)),
+    "steps": tuple(zip(STEP_COLUMNS, ("int64", "bool", "bool", "double"))),
+}

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..schema import ATTRIBUTION_ROWS
 from ..store import frames
-from . import distributed, kernels
+from . import distributed, kernels, recompute
 from .parts import Frames, StepPart
 
 if TYPE_CHECKING:
@@ -81,7 +81,10 @@ class _Target:
     by_rows: rows | None
     entries: list[tuple[nn.Module, str, int]]  # (owning submodule, attribute name, index in shared list)
     positions: list[int]                       # the distinct shared-list indices among the entries
-    calls: int = 0                             # calls in the current forward pass
+    name: str = ""                             # its name in the model (for messages)
+    calls: int = 0                             # calls in the current forward pass (given a view in order)
+    grad_calls: int = 0                        # of them, calls with autograd (outside a recomputation)
+    in_call: bool = False                      # while the module's own forward runs
     swapped: bool = False                      # while a call runs with aliases in place of the parameters
     rows_call: tuple | None = None             # while a per-row call runs: its (args, kwargs)
 
@@ -91,7 +94,8 @@ class SharedAttribution:
     swapped in, parts collected) while ``recording`` is set and the recorder is not running autograd itself."""
 
     def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows], params: Sequence[nn.Parameter],
-                 views: Sequence[str], guard: "HookGuard", loss_scale: "LossScale") -> None:
+                 views: Sequence[str], guard: "HookGuard", loss_scale: "LossScale",
+                 names: Mapping[int, str] | None = None) -> None:
         self.params = list(params)               # the shared parameters (recorded tensors), in record order
         self.views = list(views)
         self.recording = False                   # the current step is recorded (set at each forward pass)
@@ -103,14 +107,21 @@ class SharedAttribution:
         self.unattributed_calls = 0              # calls that matched no view (reported in the metadata)
         self._handles: list = []
         self._guarded_add = guard.wrap(self._add)  # wrapped once: every alias's gradient hook calls it
-        self._targets = [self._target(module, how) for module, how in spec.items()]
+        self._deferred = recompute.DeferredCalls()  # calls without autograd, for a checkpoint's recomputation
+        names = names or {}
+        self._targets = [self._target(module, how, names.get(id(module), type(module).__name__))
+                         for module, how in spec.items()]
         for t in self._targets:
             self._handles.append(t.module.register_forward_pre_hook(guard.wrap(self._make_pre(t), no_grad=False),
                                                                     with_kwargs=True))
-            self._handles.append(t.module.register_forward_hook(guard.wrap(self._make_post(t), no_grad=False),
-                                                                with_kwargs=True, always_call=True))
+            self._handles.append(t.module.register_forward_hook(  # the parameters go back even after a failure
+                guard.wrap(self._make_post(t), no_grad=False, always=True), with_kwargs=True, always_call=True))
+            if isinstance(t.module, nn.Sequential):  # checkpoint_sequential calls its children, not it
+                for child in t.module.children():
+                    self._handles.append(child.register_forward_pre_hook(guard.wrap(self._make_child_pre(t),
+                                                                                    no_grad=False)))
 
-    def _target(self, module: nn.Module, how) -> _Target:
+    def _target(self, module: nn.Module, how, label: str) -> _Target:
         entries = []
         for sub in module.modules():
             for name, p in sub._parameters.items():
@@ -118,8 +129,8 @@ class SharedAttribution:
                     entries.append((sub, name, self._position[id(p)]))
         positions = sorted({position for _, _, position in entries})
         if isinstance(how, rows):
-            return _Target(module, None, how, entries, positions)
-        return _Target(module, list(how), None, entries, positions)
+            return _Target(module, None, how, entries, positions, label)
+        return _Target(module, list(how), None, entries, positions, label)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -168,7 +179,8 @@ class SharedAttribution:
     def new_pass(self) -> None:
         """A forward pass of the whole model begins: call order counts from the first view again."""
         for t in self._targets:
-            t.calls = 0
+            t.calls = t.grad_calls = 0
+        self._deferred.clear()
 
     def _view_of_call(self, t: _Target) -> str | None:
         explicit = current_view()
@@ -179,12 +191,12 @@ class SharedAttribution:
 
     def _make_pre(self, t: _Target):
         def pre(module, args, kwargs):
-            if not (torch.is_grad_enabled() and self.recording and not self._guard.quiet):
+            t.in_call = True
+            if not self.recording or self._guard.quiet:
                 return None
-            if t.by_rows is not None:
-                t.rows_call = (args, kwargs)
+            view_name = self._view_of_recorded_call(t, args, kwargs)
+            if view_name is False:  # nothing to attribute in this call
                 return None
-            view_name = self._view_of_call(t)
             if view_name is None:
                 self.unattributed_calls += 1
                 return None
@@ -201,13 +213,45 @@ class SharedAttribution:
             return None
         return pre
 
+    def _view_of_recorded_call(self, t: _Target, args: tuple, kwargs: Mapping) -> str | None | bool:
+        """The view of a call on a recorded step (None: no view), or False when this call carries no gradient
+        to attribute (see :mod:`dynamics.record.recompute`); a per-row call is set up here (False)."""
+        if not torch.is_grad_enabled():  # a reentrant checkpoint's first pass (or an evaluation): remember it
+            if not recompute.in_backward():
+                self._deferred.note(id(t), args, kwargs, None if t.by_rows is not None else self._view_of_call(t))
+            return False
+        if recompute.in_backward():  # a checkpoint's recomputation
+            found, view_name = self._deferred.match(id(t), args, kwargs)
+            if not found:
+                if t.grad_calls:  # non-reentrant: the forward's own call carries the gradient
+                    return False
+                raise RuntimeError(recompute.unmatched(t.name))
+            if t.by_rows is not None:
+                raise RuntimeError(recompute.rows_refused(t.name))
+            return view_name
+        t.grad_calls += 1
+        if t.by_rows is not None:
+            t.rows_call = (args, kwargs)
+            return False
+        return self._view_of_call(t)
+
+    def _make_child_pre(self, t: _Target):
+        def pre(module, args):
+            if t.in_call or not self.recording or self._guard.quiet:
+                return None
+            if not torch.is_grad_enabled() or recompute.in_backward():
+                raise RuntimeError(recompute.bypassed(t.name))
+            return None
+        return pre
+
     def _make_post(self, t: _Target):
         def post(module, args, kwargs, output):
+            t.in_call = False
             if t.swapped:  # always put the real parameters back
                 for sub, name, position in t.entries:
                     sub._parameters[name] = self.params[position]
                 t.swapped = False
-            if t.rows_call is not None:
+            if t.rows_call is not None and self._guard.failure is None and not self._guard.closed:
                 call, t.rows_call = t.rows_call, None
                 self._split_by_rows(t, call, output)
             return None
@@ -259,10 +303,11 @@ class AttributionPart(StepPart):
 
     def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows], indices: Sequence[int],
                  tensors: "RecordedTensors", guard: "HookGuard", loss_scale: "LossScale", rows: int,
-                 notes: "Notes") -> None:
+                 notes: "Notes", names: Mapping[int, str] | None = None) -> None:
         self._indices = list(indices)  # the shared tensors' positions among the recorded tensors
         self._views = list(dict.fromkeys(v for how in spec.values() for v in views_of(how)))
-        self._shared = SharedAttribution(spec, [tensors.params[i] for i in indices], self._views, guard, loss_scale)
+        self._shared = SharedAttribution(spec, [tensors.params[i] for i in indices], self._views, guard, loss_scale,
+                                         names)
         self._layout, self._dtype, self._notes = tensors.layout, tensors.dtype, notes
         self._buffer = tensors.buffer(rows, len(self._views), len(ATTRIBUTION_ROWS), len(self._indices))
         local = tensors.local_params()  # the per-view sums, made here: never in the hot path
@@ -340,6 +385,12 @@ def resolve_attribution(model: nn.Module, views: "ViewSpec", attribute: Mapping)
         spec = {}  # names only: they come back as the views of the attributed modules
     else:
         raise ValueError("attribute= needs views= as a dict or a list of view names, not a callable")
+    declared = list(views)
+    for module, how in resolved.items():
+        unknown = [v for v in views_of(how) if v not in declared]
+        if unknown:  # a misspelt view would become a new view and take the intended view's place
+            raise ValueError(f"attribute=: {type(module).__name__} names view(s) {unknown} that are not in "
+                             f"views= {declared}")
     labels: dict[str, list] = {}
     for module, how in resolved.items():
         labels.setdefault(group_label(how), []).append(module)

@@ -21,7 +21,9 @@ class DeviceBuffer:
         return self.data[row]
 
     def take(self, n: int) -> np.ndarray:
-        """The first ``n`` rows on the host in float64 (one transfer), and those rows reset to NaN."""
-        values = self.data[:n].to("cpu", torch.float64).numpy()
-        self.data[:n].fill_(math.nan)
+        """The first ``n`` rows on the host in float64 (one transfer), and those rows reset to NaN. Works in any
+        grad mode of the caller: the rows are detached (a row written under autograd must not stop a flush)."""
+        with torch.no_grad():
+            values = self.data[:n].detach().to("cpu", torch.float64).numpy()
+            self.data[:n].fill_(math.nan)
         return values

@@ -40,12 +40,13 @@ class HookGuard:
         finally:
             self.quiet_depth -= 1
 
-    def wrap(self, hook: Callable, *, no_grad: bool = True, returns: bool = False) -> Callable:
-        """``hook`` made safe to run inside training: it does nothing once recording stopped or closed, runs
-        without autograd unless ``no_grad=False``, and a failure is reported, not raised. Its result is
-        passed on only with ``returns=True`` (a hook's return value can replace a gradient or an output)."""
+    def wrap(self, hook: Callable, *, no_grad: bool = True, returns: bool = False, always: bool = False) -> Callable:
+        """``hook`` made safe to run inside training: it does nothing once recording stopped or closed (unless
+        ``always``: it puts something back), runs without autograd unless ``no_grad=False``, and a failure is
+        reported, not raised. Its result is passed on only with ``returns=True`` (a hook's return value can
+        replace a gradient or an output)."""
         def guarded(*args, **kwargs):
-            if self.failure is not None or self.closed:
+            if (self.failure is not None or self.closed) and not always:
                 return None
             try:
                 if no_grad and torch.is_grad_enabled():  # entering no_grad costs more than most hooks' work
@@ -55,7 +56,8 @@ class HookGuard:
                     result = hook(*args, **kwargs)
                 return result if returns else None
             except Exception as exc:  # noqa: BLE001 - reported, never swallowed silently
-                self.fail(exc)
+                if self.failure is None:
+                    self.fail(exc)
             return None
         return torch.compiler.disable(guarded)
 

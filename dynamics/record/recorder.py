@@ -11,6 +11,7 @@ between flushes.
 from __future__ import annotations
 
 import datetime as _dt
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ..schema import SHARED
-from . import closures, distributed, logs, refusals, registry, runs, schedules
+from . import closures, distributed, logs, misuse, refusals, registry, runs, schedules
 from . import probe as probing
 from .attribution import AttributionPart, group_label, resolve_attribution, rows, views_of
 from .guard import HookGuard, Notes
@@ -80,11 +81,15 @@ class Recorder:
         self._parts: list[StepPart] = []
         self._handles: list = []
         self._closed = False
+        self._close_errors: list[str] = []
+        self._groups = misuse.GroupWatch(model, optimizer, self._notes)
         guard = self._guard.wrap
+        self._flush_in_loop = guard(self._flush)  # log()'s flush: a failure stops recording, never raises
         try:
             if attribute:
                 self._parts.append(AttributionPart(attribute, attributed, tensors, self._guard, scale,
-                                                   options.flush_every, self._notes))
+                                                   options.flush_every, self._notes,
+                                                   {id(m): n for n, m in model.named_modules()}))
             if options.probe is not None:  # run locally, outside DistributedDataParallel
                 self._parts.append(probing.ProbePart(options.probe, options.probe_every, distributed.unwrapped(model),
                                                      tensors, self._measure.dots, self._guard, options.flush_every))
@@ -111,25 +116,40 @@ class Recorder:
         self.close()
 
     def close(self) -> None:
-        """Flush what is buffered, write the final metadata and remove every hook. Safe to call twice."""
+        """Flush what is buffered, write the final metadata and remove every hook. Safe to call twice, in any
+        grad mode. Never raises for the recorder's own failures (a full disk included): it keeps what it can,
+        warns, and writes the error to ``meta.json["errors"]``; an interrupt still propagates."""
         if self._closed:
             return
         self._closed = self._guard.closed = True
         try:
-            if not self._guard.failure:
-                self._close_skipped()
-            self._flush()  # also after a failure: the steps completed before it are kept
+            with torch.no_grad():
+                if not self._guard.failure:
+                    self._at_close(self._close_skipped)
+                self._at_close(self._run.retry)  # flushes that failed to commit: the disk may have room now
+                self._at_close(self._flush)      # also after a failure: the steps completed before it are kept
         finally:
-            self._remove_hooks()
+            self._at_close(self._remove_hooks)
             registry.unregister(self)
             self._measure.release()
             self.meta["status"] = "closed"
             self.meta["next_step"] = self._tracker.step
             self.meta["closed"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
             self.meta["notes"] = self._notes.as_dict()
+            self._groups.describe(self.meta)
             if self._guard.failure:
                 self.meta.setdefault("errors", []).append(self._guard.failure)
-            self._run.write_meta()
+            self.meta.setdefault("errors", []).extend(self._close_errors)
+            self._at_close(self._run.close)  # compacts, writes meta.json, releases the run's lock
+
+    def _at_close(self, action) -> None:
+        """Run one step of closing; a failure is kept for meta.json and warned about, never raised."""
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - close() must not raise for the recorder's own failures
+            text = f"at close: {type(exc).__name__}: {exc}"
+            self._close_errors.append(text)
+            warnings.warn(f"dynamics: {self.run_dir}: {text}", RuntimeWarning, stacklevel=3)
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -155,11 +175,14 @@ class Recorder:
         """
         if self._closed:
             raise RuntimeError(f"recorder for {self.run_dir} is closed; log() after close() is lost")
+        checked = logs.checked(scalars)
+        if self._guard.failure:  # recording stopped (it was warned about): nothing more is kept
+            return
         tracker = self._tracker
         step = tracker.step if (tracker.open or tracker.step == 0) else tracker.step - 1
-        self._logs.add(step, logs.checked(scalars))
+        self._logs.add(step, checked)
         if self._logs.full:
-            self._flush()
+            self._flush_in_loop()
 
     # ------------------------------------------------------------------------------ events of a step
     def _backward_began(self) -> None:
@@ -189,6 +212,7 @@ class Recorder:
         tracker = self._tracker
         tracker.in_backward, tracker.in_step = False, True
         self._pending = None
+        self._groups.check(tracker.step)
         if not tracker.recording:
             return None
         closure = closures.closure_of(args, kwargs)
@@ -242,6 +266,12 @@ class Recorder:
         tracker = self._tracker
         if not tracker.unstepped():
             return
+        with torch.no_grad():  # also when closed from a forward hook or close() in grad mode
+            self._record_skipped()
+        self._end_step()
+
+    def _record_skipped(self) -> None:
+        tracker = self._tracker
         if tracker.recording:
             row = len(self._rows)
             measured = self._measure.skipped(row)
@@ -249,7 +279,6 @@ class Recorder:
                 part.on_skipped(tracker.step, row)
             self._rows.append(StepRow(tracker.step, True, False, measured, _learning_rates(self.optimizer),
                                       tracker.has_grad()))
-        self._end_step()
 
     def _end_step(self) -> None:
         self._tracker.advance()
@@ -258,8 +287,11 @@ class Recorder:
             self._flush()
 
     def _flush(self) -> None:
-        runs.flush(self._run, self._rows, self._measure, self._parts, self._logs)
-        self._rows = []
+        try:
+            with torch.no_grad():  # whatever the caller's grad mode
+                runs.flush(self._run, self._rows, self._measure, self._parts, self._logs)
+        finally:
+            self._rows = []  # taken from the device buffer either way (a failed commit keeps its parts)
 
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, *, out: str | Path,
@@ -284,6 +316,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     :mod:`dynamics.record.distributed`).
     """
     optimizer, wrappers = refusals.unwrap_optimizer(optimizer)
+    misuse.refuse_second_recorder(model, optimizer)
     options = RecordingOptions(every, flush_every, scaler, probe, probe_every)
     refusals.check_model(model)
     attribute, labelled = resolve_attribution(model, views, attribute or {})
@@ -296,15 +329,16 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     if empty:
         raise ValueError(f"view(s) {empty} own no parameter: give them modules or patterns, or attribute= a "
                          f"shared module to them")
+    group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
+    parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
+                  for info, t in zip(assignment.params, assignment.tensors)]
+    misuse.refuse_foreign_optimizer(optimizer, parameters)  # on every process alike: none waits for another
     layout = distributed.layout_of(model, [p.name for p in assignment.params], assignment.tensors,
                                    attribution=bool(attribute), probe=probe is not None)
     if not layout.records:
         return InactiveRecorder(assignment)
     if probe is not None:
         probing.check(distributed.unwrapped(model), probe)
-    group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
-    parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
-                  for info, t in zip(assignment.params, assignment.tensors)]
     run, error = runs.OpenRun(), None
     if layout.writes:
         try:

@@ -27,3 +27,15 @@ def active_for(module: nn.Module) -> Any | None:
         if model is module or any(m is module for m in model.modules()):
             return recorder
     return None
+
+
+def conflicting(model: nn.Module, optimizer: Any) -> tuple[Any, str] | None:
+    """An open recorder that already records ``model`` (or a module containing it, or one inside it) or
+    ``optimizer``, and which of the two; None when there is none."""
+    inside = set(map(id, model.modules()))
+    for recorder in list(_ACTIVE):
+        if recorder.optimizer is optimizer:
+            return recorder, "optimizer"
+        if id(recorder.model) in inside or any(m is model for m in recorder.model.modules()):
+            return recorder, "model"
+    return None

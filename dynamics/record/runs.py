@@ -1,4 +1,5 @@
-"""The run a recorder writes: opening (or resuming) its directory at attach, and appending each flush to it.
+"""The run a recorder writes: opening (or resuming) its directory at attach, and committing each flush to it
+as one unit (see :mod:`dynamics.store.writer`).
 
 Only the writing process (rank 0) touches the directory; the others keep an :class:`OpenRun` without one.
 """
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import store
-from ..schema import META_FILE, TABLES
+from ..schema import COMMITS, META_FILE, TABLES
 from ..store import frames
 from . import description
 from .logs import NOT_RECORDED, ScalarLog
@@ -26,69 +27,99 @@ from .views import ViewAssignment
 
 @dataclass
 class OpenRun:
-    """A run directory open for writing (``run_dir`` None on a process that does not write), its metadata,
-    the next part number of each table and the step the recording starts at."""
+    """A run directory open for writing through its store writer (``writer`` None on a process that does not
+    write), its metadata, the step the recording starts at and the parts of the flush being written."""
 
-    run_dir: Path | None = None
+    writer: store.RunWriter | None = None
     meta: dict = field(default_factory=dict)
-    next_part: dict[str, int] = field(default_factory=dict)
     start_step: int = 0
     previous_meta: dict | None = None  # resuming: the metadata before this attach (put back if attach fails)
     created: bool = False              # the directory did not exist before this attach
+    pending: dict[str, pd.DataFrame] = field(default_factory=dict)
+    unwritten: list[dict[str, pd.DataFrame]] = field(default_factory=list)  # flushes whose commit failed
+
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self.writer is None else self.writer.run_dir
 
     def write(self, table: str, frame: pd.DataFrame) -> None:
-        """Append ``frame`` to ``table`` as its next part (nothing on a process that does not write)."""
-        if self.run_dir is None:
-            return
-        store.write_part(self.run_dir, table, self.next_part[table], frame)
-        self.next_part[table] += 1
+        """Add ``frame`` to the flush being written as its ``table`` part (nothing on a process that does not
+        write); :meth:`commit` makes the flush's parts visible together."""
+        if self.writer is not None:
+            self.pending[table] = frame
+
+    def commit(self) -> None:
+        """Commit the flush being written: every part of it becomes visible, or (on an error: a full disk, an
+        interrupt) none, and the flush is kept for :meth:`retry` at close."""
+        parts, self.pending = self.pending, {}
+        if self.writer is not None and parts:
+            try:
+                self.writer.commit(parts)
+            except BaseException:
+                self.unwritten.append(parts)
+                raise
+
+    def retry(self) -> None:
+        """Commit the flushes that failed to, in order (at close: the disk may have room again). One that fails
+        again raises an error naming its steps, which are then lost."""
+        while self.unwritten:
+            parts = self.unwritten.pop(0)
+            try:
+                self.writer.commit(parts)
+            except Exception as exc:
+                steps = [int(s) for frame in parts.values() for s in (frame["step"].min(), frame["step"].max())]
+                raise OSError(f"steps {min(steps)}-{max(steps)} could not be written ({exc})") from exc
 
     def write_meta(self) -> None:
-        if self.run_dir is not None:
-            store.write_meta(self.run_dir, self.meta)
+        if self.writer is not None:
+            self.writer.write_meta(self.meta)
+
+    def close(self) -> None:
+        """Compact the parts, write the final metadata and release the run's lock."""
+        if self.writer is not None:
+            self.writer.close(self.meta)
 
     def discard(self) -> None:
         """Undo the opening after a failed attach, so that a retry with the same ``out=`` works: a new run
         leaves no directory behind (a directory that was there and empty stays, empty), a resumed run gets its
-        old metadata back. Nothing else was written yet (parts are written at flushes only)."""
-        if self.run_dir is None:
+        old metadata back; the lock is released. Nothing else was written yet (parts are written at flushes)."""
+        if self.writer is None:
             return
-        if self.previous_meta is not None:
-            store.write_meta(self.run_dir, self.previous_meta)
-            return
-        (self.run_dir / META_FILE).unlink(missing_ok=True)
-        for folder in [*(self.run_dir / table for table in TABLES), *([self.run_dir] if self.created else [])]:
+        run_dir = self.writer.run_dir
+        try:
+            if self.previous_meta is not None:
+                store.write_meta(run_dir, self.previous_meta)
+                return
+            (run_dir / META_FILE).unlink(missing_ok=True)
+        finally:
+            self.writer.release()
+        for folder in [*(run_dir / table for table in (*TABLES, COMMITS)), *([run_dir] if self.created else [])]:
             with contextlib.suppress(OSError):  # only empty folders go
                 folder.rmdir()
 
 
 def open_run(spec: RunSpec, options: RecordingOptions, model: nn.Module, optimizer: torch.optim.Optimizer,
              assignment: ViewAssignment, parameters: list[dict], wrappers: Sequence[str] = ()) -> OpenRun:
-    """Create (or reopen, to resume) the run directory and write its metadata; the run knows its first step.
-    If this fails after the directory was prepared, it is put back as it was."""
+    """Create (or reopen, to resume) the run directory under its writer lock and write its metadata; the run
+    knows its first step. If this fails after the directory was prepared, it is put back as it was."""
     created = not Path(spec.out).exists()
-    run_dir, old_meta, next_part = store.prepare_run_dir(spec.out, resume=spec.resume)
-    run = OpenRun(run_dir, {}, next_part, 0, old_meta, created)
+    writer = store.open_run(spec.out, resume=spec.resume)
+    old_meta = writer.old_meta
+    run = OpenRun(writer, {}, 0, old_meta, created)
     try:
         if old_meta is not None and [p["name"] for p in old_meta["parameters"]] != [p["name"] for p in parameters]:
-            raise store.RunStoreError(f"{run_dir}: cannot resume: the model's recorded parameters differ from "
-                                      f"the run's")
+            raise store.RunStoreError(f"{writer.run_dir}: cannot resume: the model's recorded parameters differ "
+                                      f"from the run's")
         run.meta = description.describe_run(model, optimizer, assignment, parameters, options, spec,
                                             created=(old_meta or {}).get("created"), wrappers=wrappers)
-        if old_meta is not None:
-            run.start_step = int(old_meta.get("next_step") or _next_step_on_disk(run_dir))
+        if old_meta is not None:  # after a crash meta.json has no next_step: continue after the last commit
+            run.start_step = int(old_meta.get("next_step") or writer.next_step)
             run.meta["resumed_at"] = [*old_meta.get("resumed_at", []), run.start_step]
         run.write_meta()
     except BaseException:
         run.discard()
         raise
     return run
-
-
-def _next_step_on_disk(run_dir: Path) -> int:
-    """After a crash meta.json has no next_step: continue after the last step on disk."""
-    last = store.last_step(run_dir)
-    return 0 if last is None else last + 1
 
 
 def flush(run: OpenRun, rows: Sequence[StepRow], measurements: StepMeasurements, parts: Sequence[StepPart],
@@ -110,3 +141,4 @@ def flush(run: OpenRun, rows: Sequence[StepRow], measurements: StepMeasurements,
         columns.setdefault(step, {"step": step, **NOT_RECORDED}).update(values)
     if columns:
         run.write("steps", frames.step_frame(list(columns.values())))
+    run.commit()

@@ -1,7 +1,10 @@
-"""The run store: a run directory of ``meta.json`` and Parquet parts; writing (rundir), the tidy frames the
-recorder's buffers become (frames), reading back as pandas (loading)."""
+"""The run store: a run directory of ``meta.json`` and committed Parquet parts; writing one flush as one unit
+under a writer lock (writer, parts, commits, lock, compaction), the tidy frames the recorder's buffers become
+(frames), reading back as pandas after every check (loading)."""
 from .loading import expand_runs, load, load_probe, load_runs, run_labels
-from .rundir import RunStoreError, last_step, prepare_run_dir, read_meta, write_meta, write_part
+from .lock import LockedRunError
+from .rundir import RunStoreError, read_meta, write_meta
+from .writer import RunWriter, compact_run, open_run
 
-__all__ = ["RunStoreError", "read_meta", "write_meta", "prepare_run_dir", "write_part", "last_step", "load",
-           "load_probe", "load_runs", "expand_runs", "run_labels"]
+__all__ = ["RunStoreError", "LockedRunError", "read_meta", "write_meta", "open_run", "RunWriter", "compact_run",
+           "load", "load_probe", "load_runs", "expand_runs", "run_labels"]

@@ -8,56 +8,89 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 
-from ..schema import DEFAULT_CONDITION, META_FILE, RULES, STEP_COLUMNS, LR_PREFIX, QUANTITIES, is_lr_column, probe_lca
-from .rundir import RunStoreError, parts, read_meta
+from ..schema import (DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PART_COLUMNS, QUANTITIES, RULES, STEP_COLUMNS,
+                      is_lr_column, probe_lca)
+from . import commits as records
+from . import parts
+from .rundir import RunStoreError, read_meta
 
 
-def _read_parts(run_dir: Path, table: str, n_params: int) -> pd.DataFrame | None:
-    """All parts of a table, concatenated; a damaged part, or one naming a tensor the run does not have,
-    raises an error naming the file."""
-    frames = []
-    for path in parts(run_dir, table):
+def _verified(run_dir: Path, meta: dict, tables: Sequence[str]) -> dict[str, pa.Table | None]:
+    """Each table's committed parts, verified and concatenated (None: no part). A part that vanished because a
+    concurrent compaction merged it is found by reading the commit records again."""
+    n_params = len(meta["parameters"])
+    for table in tables:
+        if (run_dir / table).exists() and not (run_dir / table).is_dir():
+            raise RunStoreError(f"{run_dir / table}: not a directory (it should hold the run's {table} parts)")
+    for attempt in range(3):
+        trusted = records.read_commits(run_dir, meta["run_id"])
         try:
-            frames.append(pq.read_table(path).to_pandas())
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise RunStoreError(f"{path}: truncated or corrupt Parquet part ({exc})") from exc
-        ids = frames[-1]["param_id"].to_numpy() if "param_id" in frames[-1] else np.array([], dtype=int)
-        if len(ids) and (ids.min() < 0 or ids.max() >= n_params):
-            raise RunStoreError(f"{path}: parameter ids outside the parameter table of {META_FILE}")
-    if not frames:
-        return None
-    return pd.concat(frames, ignore_index=True)
+            out = {}
+            for table in tables:
+                found = [parts.read_part(run_dir, e, run_id=meta["run_id"], table=table, flushes=c.flushes,
+                                         record=c.name, n_params=n_params)
+                         for c in trusted for e in c.parts.get(table, ())]
+                out[table] = pa.concat_tables(found, promote_options="default") if found else None
+            return out
+        except parts.MissingPartError:
+            if attempt == 2 or records.read_commits(run_dir, meta["run_id"]) == trusted:
+                raise
+    raise AssertionError("unreachable")
 
 
-def _category(values: Iterable, categories: Sequence[str]) -> pd.Categorical:
-    return pd.Categorical(values, categories=list(dict.fromkeys(categories)))
+def _columns(table: pa.Table, names: Iterable[str]) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy() for name in names}
 
 
-def _labelled(raw: pd.DataFrame, info: pd.DataFrame, views: np.ndarray, view_categories: Sequence[str]) -> pd.DataFrame:
-    """step, param, view, layer and depth of each row of a part table, names as categoricals."""
-    ids = raw["param_id"].to_numpy()
-    return pd.DataFrame({
-        "step": raw["step"].astype("int64").to_numpy(),
-        "param": _category(info["name"].to_numpy()[ids], info["name"]),
-        "view": _category(views, view_categories),
-        "layer": _category(info["layer"].to_numpy()[ids], info["layer"]),
-        "depth": info["depth"].to_numpy()[ids].astype("int32"),
-    })
+def _empty_params() -> dict[str, np.ndarray]:
+    return {name: np.array([], dtype={"int64": np.int64, "int32": np.int32, "double": np.float64,
+                                     "bool": bool}[kind]) for name, kind in PART_COLUMNS["params"]}
 
 
-def _split_shared(raw: pd.DataFrame, attribution: pd.DataFrame, group_of: np.ndarray) -> pd.DataFrame:
-    """Replace each attributed tensor's row by one row per view (grad_sq, lca, cross: the view's part)."""
-    ids = attribution["param_id"].unique()
-    whole = raw[raw["param_id"].isin(ids)]
-    per_view = attribution.merge(whole.drop(columns=["grad_sq", "lca"]), on=["step", "param_id"], how="inner",
-                                 validate="many_to_one")
-    per_view["finite"] = per_view["finite"] & np.isfinite(per_view["grad_sq"])
-    per_view["attributed"] = True
-    rest = raw[~raw["param_id"].isin(ids)]
-    rest = rest.assign(attributed=False, cross=np.nan, view=group_of[rest["param_id"].to_numpy()])
-    return pd.concat([rest, per_view], ignore_index=True)
+def _codes(values: Sequence[str], categories: Sequence[str]) -> np.ndarray:
+    """The index of each value in ``categories`` (-1: not a category, NaN in the categorical)."""
+    where = {c: i for i, c in enumerate(categories)}
+    return np.array([where.get(v, -1) for v in values], dtype=np.int32)
+
+
+class _Params:
+    """The per-param table's columns as arrays, before the names are attached; ``labels[codes]`` is each row's
+    view label (integer codes: a million strings would cost more than the rest of loading)."""
+
+    def __init__(self, raw: dict[str, np.ndarray], group_of: Sequence[str]) -> None:
+        self.columns = {**raw, "attributed": np.zeros(len(raw["step"]), bool),
+                        "cross": np.full(len(raw["step"]), np.nan)}
+        self.labels = list(dict.fromkeys(group_of))
+        self.codes = _codes(group_of, self.labels)[raw[PARAM_ID]]
+
+    def split(self, where: str, attribution: pa.Table, n_params: int) -> None:
+        """Replace each attributed tensor's rows by its per-view rows: grad_sq, lca and cross are the view's
+        part, param_sq and update_sq the tensor's; ``finite`` also requires the part to be finite."""
+        raw = self.columns
+        part = _columns(attribution, [c for c, _ in PART_COLUMNS["attribution"] if c != "view"])
+        views = attribution.column("view").combine_chunks().dictionary_encode()
+        key = raw["step"] * n_params + raw[PARAM_ID]
+        order = None if (np.diff(key) > 0).all() else np.argsort(key, kind="stable")
+        sorted_key = key if order is None else key[order]
+        wanted = part["step"] * n_params + part[PARAM_ID]
+        at = np.minimum(np.searchsorted(sorted_key, wanted), max(len(key) - 1, 0))
+        if len(wanted) and (not len(key) or (sorted_key[at] != wanted).any()):
+            raise RunStoreError(f"{where}: attribution rows for steps and tensors the params parts do not have")
+        at = at if order is None else order[at]
+        part.update({"param_sq": raw["param_sq"][at], "update_sq": raw["update_sq"][at],
+                     "finite": raw["finite"][at] & np.isfinite(part["grad_sq"]), "has_grad": raw["has_grad"][at],
+                     "attributed": np.ones(len(at), bool)})
+        rest = ~np.isin(raw[PARAM_ID], np.unique(part[PARAM_ID]))
+        self.columns = {c: np.concatenate([raw[c][rest], part[c]]) for c in raw}
+        names = views.dictionary.to_pylist()
+        self.labels += [v for v in names if v not in self.labels]
+        view_codes = _codes(names, self.labels)[views.indices.to_numpy(zero_copy_only=False)]
+        self.codes = np.concatenate([self.codes[rest], view_codes])
+
+    def present(self) -> set[str]:
+        return {self.labels[i] for i in np.unique(self.codes)}
 
 
 def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,54 +102,103 @@ def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.D
     update_sq are the tensor's (so they repeat across its views); without it, once, under its group label.
     per_step columns: step, recorded, skipped, clip_factor, lr_<group>..., then the scalars given to ``log``.
     Names are categorical; rows are sorted by step, then parameter order, then view.
+
+    Only committed flushes are read, each part verified (checksums, run identity, columns and types, step
+    ranges, no repeated rows); any violation raises :class:`RunStoreError` naming the file.
     """
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
-    info = pd.DataFrame(meta["parameters"])
-    raw = _read_parts(run_dir, "params", len(info))
-    if raw is None:
-        raw = pd.DataFrame({c: pd.Series(dtype=t) for c, t in [("step", "int64"), ("param_id", "int32"),
-                            ("grad_sq", "float64"), ("param_sq", "float64"), ("update_sq", "float64"),
-                            ("lca", "float64"), ("finite", "bool"), ("has_grad", "bool")]})
-    attribution = _read_parts(run_dir, "attribution", len(info)) if split_shared else None
-    if attribution is not None:
-        raw = _split_shared(raw, attribution, info["view"].to_numpy())
-    else:
-        raw = raw.assign(attributed=False, cross=np.nan, view=info["view"].to_numpy()[raw["param_id"].to_numpy()])
-    present = set(raw["view"])
-    view_order = [v for v in meta["views"] if attribution is None or v in present]
-    per_param = _labelled(raw, info, raw["view"].to_numpy(), view_order)
-    for column in QUANTITIES:
-        per_param[column] = raw[column].astype("float64").to_numpy()
-    for column in ("finite", "has_grad", "attributed"):
-        per_param[column] = raw[column].astype("bool").to_numpy()
-    per_param["cross"] = raw["cross"].astype("float64").to_numpy()
-    per_param = per_param.sort_values(["step", "param", "view"], kind="stable", ignore_index=True)
+    info = meta["parameters"]
+    tables = _verified(run_dir, meta, ("params", "steps", "attribution") if split_shared else ("params", "steps"))
+    params = tables["params"]
+    rows = _Params(_empty_params() if params is None else _columns(params, dict(PART_COLUMNS["params"])),
+                   [p["view"] for p in info])
+    if tables.get("attribution") is not None:
+        rows.split(str(run_dir / "attribution"), tables["attribution"], len(info))
+    attributed = tables.get("attribution") is not None
+    view_order = list(dict.fromkeys(v for v in meta["views"] if not attributed or v in rows.present()))
+    view_codes = _codes(rows.labels, view_order)[rows.codes] if len(rows.codes) else rows.codes
+    columns = rows.columns
+    order = _row_order(columns["step"], columns[PARAM_ID], view_codes)
+    if order is not None:
+        columns = {c: v[order] for c, v in columns.items()}
+        view_codes = view_codes[order]
+    per_param = pd.DataFrame({**_labels(info, columns["step"], columns[PARAM_ID]),
+                              "view": pd.Categorical.from_codes(view_codes, categories=view_order)})
+    per_param = per_param[["step", "param", "view", "layer", "depth"]]
+    for column in (*QUANTITIES, "finite", "has_grad", "attributed", "cross"):
+        per_param[column] = columns[column].astype("bool" if column in PARAM_FLAGS else "float64")
+    per_step = _step_table(tables["steps"])
+    _check_recorded(run_dir, per_step, columns["step"])
+    return per_param, per_step
 
-    per_step = _read_parts(run_dir, "steps", len(info))
-    if per_step is None:
+
+def _labels(info: Sequence[dict], steps: np.ndarray, ids: np.ndarray) -> dict:
+    """step, param, layer and depth columns of rows naming tensors by id."""
+    layers = list(dict.fromkeys(p["layer"] for p in info))
+    return {"step": steps.astype("int64"),
+            "param": pd.Categorical.from_codes(ids, categories=[p["name"] for p in info]),
+            "layer": pd.Categorical.from_codes(_codes([p["layer"] for p in info], layers)[ids], categories=layers),
+            "depth": np.array([p["depth"] for p in info], dtype=np.int32)[ids]}
+
+
+def _row_order(step: np.ndarray, ids: np.ndarray, view_codes: np.ndarray) -> np.ndarray | None:
+    """The permutation sorting rows by step, tensor, view (a missing view last); None when already sorted."""
+    views = np.where(view_codes < 0, np.iinfo(np.int32).max, view_codes)
+    if len(step) < 2:
+        return None
+    same = (np.diff(step) == 0) & (np.diff(ids) == 0)
+    ascending = (np.diff(step) > 0) | ((np.diff(step) == 0) & (np.diff(ids) > 0)) | (same & (np.diff(views) > 0))
+    return None if ascending.all() else np.lexsort((views, ids, step))
+
+
+def _step_table(steps: pa.Table | None) -> pd.DataFrame:
+    """The per-step table: one row per step, the fixed columns first, then learning rates, then the rest."""
+    if steps is None:
         per_step = pd.DataFrame({"step": pd.Series(dtype="int64"), "recorded": pd.Series(dtype="bool"),
                                  "skipped": pd.Series(dtype="bool"), "clip_factor": pd.Series(dtype="float64")})
+    else:
+        per_step = steps.to_pandas()
     per_step = _merge_step_rows(per_step)
     fixed = [c for c in STEP_COLUMNS if c in per_step]
     lrs = sorted((c for c in per_step if is_lr_column(c)), key=lambda c: int(c[len(LR_PREFIX):]))
     scalars = [c for c in per_step if c not in fixed and c not in lrs]
-    per_step = per_step[fixed + lrs + scalars].sort_values("step", kind="stable", ignore_index=True)
-    return per_param, per_step
+    return per_step[fixed + lrs + scalars].sort_values("step", kind="stable", ignore_index=True)
+
+
+def _check_recorded(run_dir: Path, per_step: pd.DataFrame, param_steps: np.ndarray) -> None:
+    """The params table holds exactly the steps the steps table calls recorded."""
+    recorded = per_step.loc[per_step["recorded"], "step"].to_numpy()
+    measured = np.unique(param_steps)
+    if len(recorded) != len(measured) or (recorded != measured).any():
+        only_params = np.setdiff1d(measured, recorded)[:5].tolist()
+        only_steps = np.setdiff1d(recorded, measured)[:5].tolist()
+        raise RunStoreError(f"{run_dir}: the params parts and the steps parts disagree on the recorded steps "
+                            f"(in params only: {only_params}; in steps only: {only_steps})")
 
 
 def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
     """The probe's path-integrated lca per step and tensor: step, param, view, layer, depth, lca_first,
     lca_trapezoid, lca_simpson. The per-step losses and residuals are columns of ``load(...)[1]``."""
     run_dir = Path(run_dir)
-    info = pd.DataFrame(read_meta(run_dir)["parameters"])
-    raw = _read_parts(run_dir, "probe", len(info))
-    if raw is None:
+    meta = read_meta(run_dir)
+    info = meta["parameters"]
+    probe = _verified(run_dir, meta, ("probe",))["probe"]
+    if probe is None:
         raise RunStoreError(f"{run_dir}: no probe was recorded (attach(..., probe=ProbeBatch(...)))")
-    out = _labelled(raw, info, info["view"].to_numpy()[raw["param_id"].to_numpy()], info["view"])
+    raw = _columns(probe, [c for c, _ in PART_COLUMNS["probe"]])
+    order = _row_order(raw["step"], raw[PARAM_ID], np.zeros(len(raw["step"]), np.int32))
+    if order is not None:
+        raw = {c: v[order] for c, v in raw.items()}
+    ids = raw[PARAM_ID]
+    views = list(dict.fromkeys(p["view"] for p in info))
+    out = pd.DataFrame({**_labels(info, raw["step"], ids),
+                        "view": pd.Categorical.from_codes(_codes([p["view"] for p in info], views)[ids],
+                                                          categories=views)})
+    out = out[["step", "param", "view", "layer", "depth"]]
     for column in map(probe_lca, RULES):
-        out[column] = raw[column].astype("float64").to_numpy()
-    return out.sort_values(["step", "param"], kind="stable", ignore_index=True)
+        out[column] = raw[column].astype("float64")
+    return out
 
 
 def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:

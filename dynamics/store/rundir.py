@@ -1,102 +1,113 @@
-"""The run directory: ``meta.json`` plus append-only Parquet parts, written atomically (the loaders are in
-:mod:`dynamics.store.loading`).
+"""The run directory and its ``meta.json``; the writer is :mod:`dynamics.store.writer`, the loaders are in
+:mod:`dynamics.store.loading`.
 
 Layout::
 
-    RUN/meta.json                     schema version, views, parameter table, model/optimizer, config, ...
-    RUN/params/part-000000.parquet    one row per recorded step × parameter tensor (ids, not names)
-    RUN/steps/part-000000.parquet     one row per recorded (or logged) step
+    RUN/meta.json                       schema version, run id, views, parameter table, model/optimizer, ...
+    RUN/writer.lock                     while a writer has the run open: its pid, host, boot and start time
+    RUN/commits/000000-000000.json      one record per committed flush (or per compaction of flushes a-b)
+    RUN/params/part-000000.parquet      one row per recorded step × parameter tensor (ids, not names)
+    RUN/steps/part-000000.parquet       one row per recorded (or logged) step
+    RUN/attribution/, RUN/probe/        the per-view parts of shared tensors, the probe's per-tensor lca
 
-Every file is written to a temporary name and renamed, so a killed process leaves only complete parts (and at
-worst a stray ``*.tmp`` file, which loading ignores). Loading never unpickles: JSON and Parquet only.
+A flush is visible when, and only when, its commit record is: parts are written (temporary name, fsync,
+rename) before it, and a part no record names is ignored by the loaders and removed when the run is resumed
+or compacted. Loading never unpickles: JSON and Parquet only.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
+from typing import Any, Callable
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from ..schema import META_FILE, SCHEMA_VERSION, TABLES
-
-_PART = re.compile(r"^part-(\d{6})\.parquet$")
+from ..schema import META_FILE, SCHEMA_VERSION
 
 
 class RunStoreError(ValueError):
     """A run directory or one of its files cannot be used; the message names the path."""
 
 
-def _write_atomically(path: Path, write) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)``, fsync, rename over ``path``; a failure leaves ``path`` as it was and no temporary file."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_meta(run_dir: Path, meta: dict) -> None:
     """Write ``meta.json`` atomically."""
     text = json.dumps(meta, indent=1, sort_keys=False, default=str)
-    _write_atomically(run_dir / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomically(Path(run_dir) / META_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_meta(run_dir: str | os.PathLike) -> dict:
-    """The run's metadata; a missing or unreadable ``meta.json`` raises an error naming it."""
+    """The run's metadata, checked: a missing, unreadable or incomplete ``meta.json`` raises an error naming it
+    and what is wrong."""
     path = Path(run_dir) / META_FILE
-    if not path.is_file():
-        raise RunStoreError(f"{path}: not a dynamics run (no {META_FILE})")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunStoreError(f"{path}: not a dynamics run (no {META_FILE})") from None
+    except IsADirectoryError:
+        raise RunStoreError(f"{path}: not a dynamics run ({META_FILE} is a directory)") from None
+    except NotADirectoryError:
+        raise RunStoreError(f"{run_dir}: not a dynamics run (not a directory)") from None
+    except OSError as exc:
+        raise RunStoreError(f"{path}: unreadable metadata ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise RunStoreError(f"{path}: unreadable metadata ({exc})") from exc
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise RunStoreError(f"{path}: unreadable metadata ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
-        raise RunStoreError(f"{path}: unsupported schema version {meta.get('schema_version') if isinstance(meta, dict) else meta!r}")
+        found = meta.get("schema_version") if isinstance(meta, dict) else meta
+        raise RunStoreError(f"{path}: unsupported schema version {found!r} (this dynamics reads {SCHEMA_VERSION})")
+    problem = meta_problem(meta)
+    if problem:
+        raise RunStoreError(f"{path}: {problem}")
     return meta
 
 
-def parts(run_dir: Path, table: str) -> list[Path]:
-    """The committed part files of one table, in order."""
-    folder = run_dir / table
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _PART.match(p.name))
-
-
-def prepare_run_dir(out: str | os.PathLike, *, resume: bool) -> tuple[Path, dict | None, dict[str, int]]:
-    """Create (or, with ``resume``, reopen) a run directory; never overwrite an existing run silently.
-
-    Returns the path, the existing metadata when resuming, and the next part number per table.
-    """
-    run_dir = Path(out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunStoreError(f"{run_dir}: exists and is not a directory")
-    old_meta = None
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not resume:
-            raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True "
-                                f"to append to it, or choose another out=")
-        old_meta = read_meta(run_dir)
-    for table in TABLES:
-        (run_dir / table).mkdir(parents=True, exist_ok=True)
-    next_part = {t: (int(_PART.match(p[-1].name).group(1)) + 1 if (p := parts(run_dir, t)) else 0) for t in TABLES}
-    return run_dir, old_meta, next_part
-
-
-def write_part(run_dir: Path, table: str, number: int, frame: pd.DataFrame) -> Path:
-    """Write one Parquet part atomically and return its path."""
-    path = run_dir / table / f"part-{number:06d}.parquet"
-    arrow = pa.Table.from_pandas(frame, preserve_index=False)
-    _write_atomically(path, lambda tmp: pq.write_table(arrow, tmp))
-    return path
-
-
-def last_step(run_dir: Path) -> int | None:
-    """The largest step in the run's per-step parts (read as one column), or None when there are none."""
-    found = [pq.read_table(path, columns=["step"]).column("step") for path in parts(run_dir, "steps")]
-    steps = [int(pc.max(column).as_py()) for column in found if len(column)]
-    return max(steps) if steps else None
+def meta_problem(meta: dict) -> str | None:
+    """What keeps ``meta`` from describing a run's tables, or None."""
+    if not isinstance(meta.get("run_id"), str) or not meta["run_id"]:
+        return "no run id ('run_id')"
+    views = meta.get("views")
+    if not isinstance(views, list) or not all(isinstance(v, str) for v in views):
+        return "no list of views ('views')"
+    params = meta.get("parameters")
+    if not isinstance(params, list) or not params:
+        return "no parameter table ('parameters')"
+    for i, p in enumerate(params):
+        if not isinstance(p, dict):
+            return f"parameter table entry {i} is not an object"
+        for key, kind in (("name", str), ("view", str), ("layer", str), ("depth", int)):
+            if not isinstance(p.get(key), kind) or isinstance(p.get(key), bool):
+                return f"parameter table entry {i} has no {kind.__name__} {key!r}"
+    names = [p["name"] for p in params]
+    if len(set(names)) != len(names):
+        return "parameter table names a tensor twice"
+    return None

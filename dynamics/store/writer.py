@@ -1,0 +1,200 @@
+"""The one writer of a run directory: opens (or resumes) it under the writer lock, commits each flush as one
+unit, compacts, and closes. The recorder is its only caller during training; ``dynamics compact`` uses it too.
+
+Resuming a run first trusts only its commit records (:mod:`dynamics.store.commits`): parts of a flush that a
+killed process did not commit are removed, and said so (a warning, and ``meta.json["recovered"]``, with their
+steps), as is a stale lock taken over. The run continues after its last committed step.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import uuid
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ..schema import COMMITS, LOCK_FILE, META_FILE, TABLES
+from . import commits as records
+from . import compaction, parts
+from .lock import WriterLock
+from .rundir import RunStoreError, read_meta, write_meta
+
+_OURS = {*TABLES, COMMITS, LOCK_FILE}
+
+
+def _check_folders(run_dir: Path) -> None:
+    """Each table's folder and the commits folder are directories (created when missing)."""
+    for folder in (*TABLES, COMMITS):
+        path = run_dir / folder
+        if path.exists() and not path.is_dir():
+            raise RunStoreError(f"{path}: exists and is not a directory (it holds the run's {folder} files)")
+        path.mkdir(exist_ok=True)
+
+
+def _leftover_steps(path: Path) -> str:
+    """What an uncommitted part held, from its footer (for the record of what a resume discarded)."""
+    try:
+        identity = json.loads((pq.read_schema(path).metadata or {})[parts.KEY])
+        return f"{path.parent.name}/{path.name} (steps {identity['steps'][0]}-{identity['steps'][1]})"
+    except Exception:  # noqa: BLE001 - a half-written file: its name is all there is
+        return f"{path.parent.name}/{path.name} (unreadable)"
+
+
+class RunWriter:
+    """Holds the run's lock from :func:`open_run` until :meth:`close` (or :meth:`release`)."""
+
+    def __init__(self, run_dir: Path, lock: WriterLock, run_id: str, old_meta: dict | None,
+                 trusted: list[records.Commit], recovered: list[dict]) -> None:
+        self.run_dir, self.run_id, self.old_meta = run_dir, run_id, old_meta
+        self._lock, self._commits, self._recovered = lock, trusted, recovered
+        self._n_params = len(old_meta["parameters"]) if old_meta else 0
+
+    @property
+    def next_step(self) -> int:
+        """One past the last committed step (where a resumed run continues when its metadata has no next_step)."""
+        return records.next_step(self._commits)
+
+    @property
+    def files(self) -> int:
+        """How many part files the trusted records name."""
+        return len(records.committed_files(self._commits))
+
+    def write_meta(self, meta: dict) -> None:
+        """Write ``meta.json``, adding (in place) the run id and what resuming recovered."""
+        meta["run_id"] = self.run_id
+        if self._recovered:
+            meta["recovered"] = self._recovered
+        self._n_params = len(meta.get("parameters") or ())
+        write_meta(self.run_dir, meta)
+
+    def commit(self, frames: Mapping[str, pd.DataFrame]) -> None:
+        """Write one flush: every frame as a part of its table, then the record that makes them visible. On any
+        failure (a full disk, an interrupt) the parts written so far are removed and the error is raised."""
+        frames = {t: f for t, f in frames.items() if len(f)}
+        if not frames:
+            return
+        flush = self._commits[-1].flushes[1] + 1 if self._commits else 0
+        entries: dict[str, list[parts.PartEntry]] = {}
+        try:
+            for table, frame in frames.items():
+                arrow = parts.to_arrow(table, frame)
+                entries[table] = [parts.write_part(
+                    self.run_dir, f"{table}/part-{flush:06d}.parquet", [arrow], arrow.schema, run_id=self.run_id,
+                    table=table, flushes=(flush, flush), steps=parts.step_range(arrow), rows=arrow.num_rows)]
+            parts.fsync_tables(self.run_dir, [e.file for es in entries.values() for e in es])
+            commit = records.write_commit(self.run_dir, self.run_id, (flush, flush), entries)
+        except BaseException:
+            for es in entries.values():
+                for e in es:
+                    compaction._remove(self.run_dir / e.file)
+            raise
+        self._commits.append(commit)
+
+    def compact(self) -> tuple[int, int]:
+        """Merge the committed parts into a few files (see :mod:`dynamics.store.compaction`); files before, after."""
+        before = self.files
+        self._commits = compaction.compact(self.run_dir, self._commits, run_id=self.run_id, n_params=self._n_params)
+        return before, self.files
+
+    def close(self, meta: dict) -> None:
+        """Compact, write the final ``meta.json`` and release the lock (also when writing fails). A failed
+        compaction loses nothing (the parts stay as committed): it is written to ``meta["errors"]``."""
+        try:
+            try:
+                self.compact()
+            except (OSError, RunStoreError) as exc:
+                meta.setdefault("errors", []).append(f"compaction failed, parts kept as written: {exc}")
+                warnings.warn(f"dynamics: {self.run_dir}: compaction failed, parts kept as written: {exc}",
+                              RuntimeWarning, stacklevel=2)
+            self.write_meta(meta)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let go of the lock without writing anything (attach failed after opening the run). Idempotent."""
+        self._lock.release()
+
+
+def open_run(out: str | Path, *, resume: bool) -> RunWriter:
+    """Create a run directory, or with ``resume`` reopen one, and take its writer lock; never overwrite a run."""
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunStoreError(f"{run_dir}: exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
+        raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True "
+                            f"to append to it, or choose another out=")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock.acquire(run_dir)
+    try:
+        return _opened(run_dir, lock, resume)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _opened(run_dir: Path, lock: WriterLock, resume: bool) -> RunWriter:
+    has_meta = (run_dir / META_FILE).exists()
+    if has_meta and not resume:  # created by another process since the check above
+        raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True")
+    if not has_meta:
+        strangers = sorted(p.name for p in run_dir.iterdir() if p.name not in _OURS)
+        committed = (run_dir / COMMITS).is_dir() and any((run_dir / COMMITS).iterdir())
+        if strangers or committed:
+            raise RunStoreError(f"{run_dir / META_FILE}: not a dynamics run (no {META_FILE}; it holds "
+                                f"{(strangers or [COMMITS])[:5]})")
+        _check_folders(run_dir)
+        return RunWriter(run_dir, lock, uuid.uuid4().hex, None, [], _stale_note(lock, []))
+    old_meta = read_meta(run_dir)
+    trusted = records.read_commits(run_dir, old_meta["run_id"])
+    _check_folders(run_dir)
+    covered = trusted[-1].flushes[1] if trusted else -1
+    discarded = []
+    for path in records.unreferenced(run_dir, trusted):
+        if path.suffix == ".parquet" and not _merged(path, covered, old_meta["run_id"]):
+            discarded.append(_leftover_steps(path))
+        compaction._remove(path)
+    if discarded:
+        warnings.warn(f"dynamics: {run_dir}: removed parts that were never committed (of a flush the writing "
+                      f"process did not finish, or copied in): {', '.join(discarded)}", RuntimeWarning, stacklevel=3)
+    recovered = [*old_meta.get("recovered", []), *_stale_note(lock, discarded)]
+    return RunWriter(run_dir, lock, old_meta["run_id"], old_meta, trusted, recovered)
+
+
+def _merged(path: Path, covered: int, run_id: str) -> bool:
+    """A leftover of this run's compaction (its flushes are committed in a merged part), not an uncommitted
+    flush nor a file from elsewhere."""
+    try:
+        identity = json.loads((pq.read_schema(path).metadata or {})[parts.KEY])
+        return identity["run_id"] == run_id and identity["flushes"][1] <= covered
+    except Exception:  # noqa: BLE001 - unreadable: an interrupted write, reported as discarded
+        return False
+
+
+def _stale_note(lock: WriterLock, discarded: list[str]) -> list[dict]:
+    """What opening the run found and set right, for meta.json["recovered"] (empty when nothing)."""
+    if not lock.stale and not discarded:
+        return []
+    note: dict = {"at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+    if lock.stale:
+        note["stale_lock"] = {k: lock.stale.get(k) for k in ("pid", "host", "since")}
+    if discarded:
+        note["discarded_uncommitted"] = discarded
+    return [note]
+
+
+def compact_run(run_dir: str | Path) -> tuple[int, int]:
+    """``dynamics compact``: merge a closed (or crashed) run's parts; refused while a live writer has it open."""
+    read_meta(run_dir)  # a run, not a folder to create
+    writer = open_run(run_dir, resume=True)
+    try:
+        counts = writer.compact()
+        writer.write_meta(writer.old_meta)
+    except OSError as exc:  # a full disk, say: nothing is lost (the old records stay trusted)
+        raise RunStoreError(f"{run_dir}: compaction failed, the parts are kept as they were ({exc})") from exc
+    finally:
+        writer.release()
+    return counts
