@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import (StepHooks, interleaved, loss_fn, machine_line, make_batch, make_model,  # noqa: E402
-                    markdown_table, median_ms, time_steps)
+from timing import (CLOCK, StepHooks, add_common_arguments, interleaved, loss_fn, machine_line,  # noqa: E402
+                    make_batch, make_model, markdown_table, median_ms, set_clock, time_steps)
 
 
 class Dynamics(StepHooks):
@@ -166,15 +166,13 @@ def _setup(names: list[str], tmp: Path, batch, device: str) -> tuple[dict, dict,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=96, help="input image side (pixels)")
-    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per peer and round")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--only", nargs="+", choices=list(PEERS), help="time these peers (plain is always timed)")
+    add_common_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    set_clock(args.clock, args.device)
     os.environ.setdefault("WANDB_SILENT", "true")
     batch = make_batch(args.size, args.batch, args.device, torch.Generator().manual_seed(0))
     names = ["plain", *(n for n in (args.only or PEERS) if n != "plain")]
@@ -188,7 +186,7 @@ def main() -> None:
                 h.close()
     median = {name: median_ms(t) for name, t in times.items()}
     print(f"two-view ResNet-22 (widths 16-256), batch {args.batch} x 2 views x {args.size}x{args.size}, AdamW, "
-          f"{args.device}, {args.reps} rounds x {args.steps} steps, shuffled; median step")
+          f"{args.device}, {args.reps} rounds x {args.steps} steps, shuffled, {args.clock} clock; median step")
     print(f"before: {before}\nafter:  {machine_line(args.device)}\n")
     rows = [[name, f"{median[name]:.1f}", f"{median[name] / median['plain']:.2f}×", PEERS[name][1]]
             for name in names if name in median]

@@ -23,6 +23,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analyses.models import nyu_model  # noqa: E402
 
 VIEWS = ("cc", "mlo")
+CLOCK = {"clock": time.perf_counter}  # set_clock("process"): CPU time of this process (all its threads)
+
+
+def set_clock(name: str, device: str) -> None:
+    """``wall`` (default) or ``process``: on a shared machine the process's CPU time leaves out the time the
+    process waits for a core (use it with ``--threads 1``: idle threads of a pool can spin and count)."""
+    if name not in ("wall", "process"):
+        raise ValueError(f"clock must be wall or process, got {name!r}")
+    if name == "process" and device != "cpu":
+        raise ValueError("the process clock measures CPU time: use it with the cpu device")
+    CLOCK["clock"] = time.process_time if name == "process" else time.perf_counter
 
 
 def make_model(condition: str, device: str, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -75,7 +86,7 @@ def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     for _ in range(steps):
         step = counter[0]
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK["clock"]()
         loss = hooks.loss(model(x), y)
         hooks.backward(loss, step)
         hooks.before_step(step)
@@ -83,7 +94,7 @@ def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         optimizer.zero_grad()
         hooks.after_step(step, loss)
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK["clock"]() - start)
         counter[0] += 1
     return times
 
@@ -105,6 +116,16 @@ def interleaved(runs: Mapping[str, Callable[[int], list[float]]], reps: int, ste
 
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
+
+
+def add_common_arguments(parser) -> None:
+    """The options every benchmark of the model takes."""
+    parser.add_argument("--size", type=int, default=96, help="input image side (pixels)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="wall clock, or this process's CPU time (robust on a shared machine; with --threads 1)")
 
 
 def machine_line(device: str) -> str:
