@@ -5,7 +5,9 @@ reference; on the log scale for ratios, so a factor) with its 95% Student-t inte
 conditions hold the same seeds (each seed shares its data split and initialisation draw across conditions),
 else Welch's t; the t-test p-value, Holm-corrected across every comparison of the table (one report = one
 family); the exact permutation p-value beside it (sign-flip when paired); and the minimum detectable difference
-at 80% power for the observed spread and n, so that a reader can tell a null from an underpowered one.
+at 80% power for the observed spread and n, so that a reader can tell a null from an underpowered one: at
+α (``mdd``) and at α / m for the m comparisons of the table (``mdd_family``: the level at which Holm's
+procedure is sure to reject, so the difference the corrected report would detect).
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from .cleaning import check_columns
-from .inference import difference, holm
+from .inference import difference, holm, min_detectable_difference
 
 __all__ = ["compare_conditions", "COLUMNS"]
 
 COLUMNS = ["quantity", "scale", "reference", "group", "design", "n_reference", "n_group", "reference_mean",
-           "group_mean", "difference", "lo", "hi", "p", "p_holm", "p_exact", "p_exact_min", "mdd", "alpha", "power"]
+           "group_mean", "difference", "lo", "hi", "se", "df", "p", "p_holm", "p_exact", "p_exact_min", "mdd",
+           "mdd_family", "alpha", "power"]
 
 
 def _paired_by_seed(ref: pd.DataFrame, other: pd.DataFrame) -> bool:
@@ -47,8 +50,8 @@ def _compare(ref: pd.DataFrame, other: pd.DataFrame, log: bool, level: float, al
     return {"design": res["method"], "n_reference": res["n_a"], "n_group": res["n_b"],
             "reference_mean": float(back(np.nanmean(ra))) if np.isfinite(ra).any() else np.nan,
             "group_mean": float(back(np.nanmean(rb))) if np.isfinite(rb).any() else np.nan,
-            "difference": res["difference"], "lo": res["lo"], "hi": res["hi"], "p": res["p"],
-            "p_exact": res["p_exact"], "p_exact_min": res["p_exact_min"], "mdd": res["mdd"]}
+            "difference": res["difference"], "lo": res["lo"], "hi": res["hi"], "se": res["se"], "df": res["df"],
+            "p": res["p"], "p_exact": res["p_exact"], "p_exact_min": res["p_exact_min"], "mdd": res["mdd"]}
 
 
 def compare_conditions(values: pd.DataFrame, *, reference: str | None = None, order: Sequence[str] | None = None,
@@ -59,7 +62,8 @@ def compare_conditions(values: pd.DataFrame, *, reference: str | None = None, or
     ``quantity``, ``value`` and optionally ``scale`` (``"log"``: compared as log(value); the difference is then
     a log factor). ``reference``: the reference group (default: the first of ``order``, else the first group
     in the table). Returns :data:`COLUMNS`; ``difference``, ``lo``, ``hi`` and ``mdd`` are on the compared
-    scale (log units for ``scale == "log"``). ``p_holm``: Holm-adjusted over all rows.
+    scale (log units for ``scale == "log"``). ``p_holm``: Holm-adjusted over all rows; ``mdd``: the minimum
+    detectable difference at ``power`` and ``alpha``; ``mdd_family``: the same at ``alpha`` / (rows with a p).
     """
     check_columns(values, ["run", "group", "seed", "quantity", "value"], "values")
     if values.empty:
@@ -79,6 +83,9 @@ def compare_conditions(values: pd.DataFrame, *, reference: str | None = None, or
             rows.append({"quantity": quantity, "scale": "log" if log else "linear", "reference": reference,
                          "group": group, **_compare(ref, other, log, level, alpha, power), "alpha": alpha,
                          "power": power})
-    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "p_holm"])
+    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "mdd_family")])
     out.insert(COLUMNS.index("p_holm"), "p_holm", holm(out["p"].to_numpy(float)) if len(out) else [])
+    m = max(1, int(np.isfinite(out["p"].to_numpy(float)).sum()))
+    family = [min_detectable_difference(se, df, alpha=alpha / m, power=power) for se, df in zip(out["se"], out["df"])]
+    out.insert(COLUMNS.index("mdd_family"), "mdd_family", family)
     return out

@@ -9,7 +9,7 @@ import pandas as pd
 
 __all__ = ["num", "pct", "with_ci", "p_text", "p_eq", "runs_word", "ALPHA", "T_OVER_RUNS", "test_text",
            "format_summary", "format_shares", "format_comparisons", "comparison_value", "metric_display",
-           "utilization_display", "verdict"]
+           "utilization_display", "verdict", "detectable"]
 
 ALPHA = 0.05
 T_OVER_RUNS = "95% t-interval over runs"
@@ -51,12 +51,14 @@ def p_eq(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
-def test_text(p: float, p_min: float, n: int) -> str:
-    """An exact test's p-value, or words when the runs are too few for the test to reach ``ALPHA``."""
+def test_text(p: float, p_min: float, n: int, unit: str = "run") -> str:
+    """An exact test's p-value, or words when the ``n`` runs (or pairs: ``unit``) are too few for the test to
+    reach ``ALPHA``."""
+    units = f"{n} {unit}{'s' if n != 1 else ''}"
     if n < 2 or not np.isfinite(p):
-        return f"no test: {runs_word(n)}"
+        return f"no test: {units}"
     if p_min > ALPHA:
-        return f"not testable with {runs_word(n)} (smallest exact p {p_min:.2g})"
+        return f"not testable with {units} (smallest exact p {p_min:.2g})"
     return p_text(p)
 
 
@@ -97,14 +99,37 @@ def comparison_value(x: float, row, *, difference: bool = False) -> str:
     return f"{x:+.3g}" if difference else num(x)
 
 
+def _magnitude(x: float, row) -> str:
+    """A detectable difference as a size: ``×a or ×b`` for ratios (either direction), unsigned otherwise."""
+    if not np.isfinite(x):
+        return "–"
+    if row.scale == "log":
+        return f"×{np.exp(-x):.3g} or ×{np.exp(x):.3g}"
+    return comparison_value(x, row, difference=True).lstrip("+")
+
+
+def detectable(row) -> str:
+    """The minimum detectable difference at 80% power: at α and after the correction for the table's m
+    comparisons (α / m, where Holm is sure to reject)."""
+    return f"{_magnitude(row.mdd, row)} at α = {ALPHA:g}, {_magnitude(row.mdd_family, row)} after correction"
+
+
 def verdict(row) -> str:
     """``differs`` when the Holm-adjusted p is below ``ALPHA``; else a null with its detectable difference."""
     if not np.isfinite(row.p):
         return "not testable: too few runs"
     if row.p_holm < ALPHA:
         return f"differs (Holm p < {ALPHA:g})"
-    mdd = comparison_value(row.mdd, row, difference=True).lstrip("+")
-    return f"no difference detected; detectable: {mdd} or more"
+    return "no difference detected"
+
+
+def _exact(row) -> str:
+    """The exact permutation p of one comparison: over the pairs when paired by seed, else over the runs."""
+    if not np.isfinite(row.p_exact):
+        return "–"
+    if str(row.design).startswith("paired"):
+        return test_text(row.p_exact, row.p_exact_min, row.n_reference, "pair")
+    return test_text(row.p_exact, row.p_exact_min, row.n_reference + row.n_group)
 
 
 def format_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -112,9 +137,6 @@ def format_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
     exact permutation p, the minimum detectable difference at 80% power and the verdict in words."""
     rows = []
     for r in comparisons.itertuples(index=False):
-        mdd = comparison_value(r.mdd, r, difference=True).lstrip("+")
-        if r.scale == "log" and np.isfinite(r.mdd):
-            mdd = f"×{np.exp(-r.mdd):.3g} or ×{np.exp(r.mdd):.3g}"
         diff = comparison_value(r.difference, r, difference=True)
         ci = (f" [{comparison_value(r.lo, r, difference=True)}, {comparison_value(r.hi, r, difference=True)}]"
               if np.isfinite(r.lo) else " (no CI)")
@@ -122,9 +144,8 @@ def format_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
                      "reference value": comparison_value(r.reference_mean, r),
                      "condition value": comparison_value(r.group_mean, r),
                      "difference [95% CI]": diff + ci, "p (t)": p_text(r.p), "p (Holm)": p_text(r.p_holm),
-                     "p (exact permutation)": test_text(r.p_exact, r.p_exact_min, r.n_reference + r.n_group)
-                     if np.isfinite(r.p_exact) else "–",
-                     "detectable difference (80% power)": mdd, "verdict": verdict(r)})
+                     "p (exact permutation)": _exact(r),
+                     "detectable difference (80% power)": detectable(r), "verdict": verdict(r)})
     return pd.DataFrame(rows)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..schema import DEFAULT_CONDITION
-from .display import ALPHA, comparison_value, num, p_eq, pct, runs_word
+from .display import ALPHA, comparison_value, detectable, num, p_eq, pct, runs_word
 
 __all__ = ["findings"]
 
@@ -112,9 +112,9 @@ def _comparisons(comparisons: pd.DataFrame | None) -> list[str]:
         if r.p_holm < ALPHA:
             out.append(f"{head} {stats}: a difference.")
         else:
-            mdd = comparison_value(r.mdd, r, difference=True).lstrip("+")
-            out.append(f"{head} {stats}: no difference detected; with this spread and these runs only a difference "
-                       f"of {mdd} or more would be detected with 80% power (α = {ALPHA:g}).")
+            out.append(f"{head} {stats}: no difference detected; with this spread and these runs a difference "
+                       f"would be detected with 80% power only from {detectable(r)} for the "
+                       f"{len(comparisons)} comparisons.")
     return out
 
 

@@ -1,14 +1,15 @@
 """Writers: one :class:`Document` (title, lead, findings, tables, figures) to Markdown and to self-contained HTML.
 
 Every string that comes from a run is escaped here, once, by the writer of each format: names are data, never
-markup. In Markdown: HTML-significant characters become entities, backslashes, brackets, backticks, pipes,
-``#``, ``*``, ``_`` and ``!`` are backslash-escaped and newlines become spaces, so no name can start a heading,
-a link, an image, code, emphasis or a table cell.
+markup. In Markdown: HTML-significant characters become entities, backslashes, backticks, pipes, ``#``, ``*``,
+``!``, ``_`` (where it could emphasise) and brackets (where they could link) are backslash-escaped and newlines
+become spaces, so no name can start a heading, a link, an image, code, emphasis or a table cell.
 """
 from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,18 +39,22 @@ class Document:
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-_MD_SPECIAL = "\\`*[]#|!"
+_MD_SPECIAL = "\\`*#|!"
+_LINK = re.compile(r"\]\s*[(\[]")  # what makes brackets a link or an image: "](" or "]["
 
 
 def md_text(text: Any) -> str:
     """``text`` as literal Markdown: entities for ``& < >``, a backslash before each Markdown-significant
-    character (``_`` only where it could delimit emphasis: not between two letters or digits), newlines (and
-    carriage returns) as spaces."""
+    character, newlines (and carriage returns) as spaces. ``_`` is escaped only where it could delimit emphasis
+    (not between two letters or digits); brackets only when the text holds ``](`` or ``][`` (else they cannot
+    link: no line of the report starts with a bracket, so no link definition can be made), which keeps
+    intervals such as ``2.4 [1.1, 5.0]`` readable."""
     out = html.escape(str(text), quote=False).replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    special = _MD_SPECIAL + ("[]" if _LINK.search(out) else "")
     chars = []
     for i, c in enumerate(out):
         inner = c == "_" and 0 < i < len(out) - 1 and out[i - 1].isalnum() and out[i + 1].isalnum()
-        chars.append("\\" + c if c in _MD_SPECIAL or (c == "_" and not inner) else c)
+        chars.append("\\" + c if c in special or (c == "_" and not inner) else c)
     return "".join(chars)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .. import analysis

@@ -60,3 +60,15 @@ def test_holm_across_every_comparison_and_reference_choice():
 def test_one_run_per_condition_gives_no_number():
     out = compare_conditions(values([0.8], [0.9], seeds_other=(0,))).iloc[0]
     assert out.design.startswith("Welch") and math.isnan(out.p) and math.isnan(out.lo) and math.isnan(out.mdd)
+
+
+def test_detectable_difference_at_alpha_and_after_correction():
+    from dynamics.analysis import min_detectable_difference
+    v = pd.concat([values([0.85, 0.86, 0.88], [0.84, 0.87, 0.90]),
+                   values([1.0, 2.0, 3.0], [2.0, 3.5, 5.0], quantity="other")], ignore_index=True)
+    out = compare_conditions(v).set_index("quantity").loc["test_auc"]
+    se = np.std(np.array([0.84, 0.87, 0.90]) - np.array([0.85, 0.86, 0.88]), ddof=1) / math.sqrt(3)
+    assert out.se == pytest.approx(se) and out.df == 2
+    assert out.mdd == pytest.approx(min_detectable_difference(se, 2, alpha=0.05))
+    assert out.mdd_family == pytest.approx(min_detectable_difference(se, 2, alpha=0.025))  # 2 comparisons
+    assert out.mdd_family > out.mdd

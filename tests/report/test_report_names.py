@@ -65,7 +65,8 @@ def written(runs, tmp_path_factory):
 
 
 def test_md_text_escapes_every_markdown_significant_character():
-    assert md_text("[x](y)") == "\\[x\\](y)"
+    assert md_text("[x](y)") == "\\[x\\](y)" and md_text("![i] [r]") == "\\!\\[i\\] \\[r\\]"
+    assert md_text("2.4 [1.1, 5.0]") == "2.4 [1.1, 5.0]"  # brackets that cannot link stay readable
     assert md_text("a\nb\r\nc") == "a b c"
     assert md_text("`#|!*") == "\\`\\#\\|\\!\\*"
     assert md_text("test_auc _u_") == "test_auc \\_u\\_"  # intra-word underscores cannot emphasise
