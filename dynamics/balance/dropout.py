@@ -73,8 +73,14 @@ class ModalityDropout(nn.Module):
         self.generator = generator
         self.last_present: dict[str, torch.Tensor] = {}
         self._boundaries: dict[torch.device, torch.Tensor] = {}
-        self._tracking = False
+        self._tracking: weakref.finalize | None = None  # holds the step tracker (phase) once logging began
         self._anchor: weakref.ref | None = None  # the model module the recorder is found from (hook mode)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles start afresh: no step tracker held, no fusion module they were hooked to."""
+        state = self.__dict__.copy()
+        state.update(_tracking=None, _anchor=None, _boundaries={})
+        return state
 
     def extra_repr(self) -> str:
         return f"views={self.views}, p={self.p}, weights={[round(w, 4) for w in self.weights]}"
@@ -111,10 +117,9 @@ class ModalityDropout(nn.Module):
         """The step's present counts into the attached recorder (not for passes inside an optimizer step)."""
         if not torch.is_grad_enabled():
             return
-        if not self._tracking:  # know from now on whether a pass runs inside optimizer.step() (the probe's)
-            self._tracking = True
+        if self._tracking is None:  # know from now on whether a pass runs inside optimizer.step() (the probe's)
             phase.acquire()
-            weakref.finalize(self, phase.release)
+            self._tracking = weakref.finalize(self, phase.release)
         if phase.inside_step():
             return
         anchor = self if self._anchor is None else self._anchor()
@@ -122,6 +127,13 @@ class ModalityDropout(nn.Module):
         if rec is not None:
             scalars = {balance_column(PRESENT_PREFIX, v): c for v, c in self.last_present.items()}
             log_at_backward_end(outputs, rec, scalars, lambda text: None)
+
+
+    def release_tracker(self) -> None:
+        """Give the step tracker back now rather than when this module is collected."""
+        if self._tracking is not None:
+            self._tracking()  # a finalizer runs once: release() is called exactly once
+            self._tracking = None
 
 
 class DropoutHandle(Intervention):
@@ -134,6 +146,10 @@ class DropoutHandle(Intervention):
         self.dropout, self._input = dropout, fusion_input
         dropout._anchor = weakref.ref(fusion)
         self._keep(fusion.register_forward_pre_hook(self._pre_forward))
+
+    def remove(self) -> None:
+        self.dropout.release_tracker()
+        super().remove()
 
     def _pre_forward(self, module: nn.Module, args: tuple):
         if self._removed or not module.training:

@@ -1,8 +1,9 @@
 """Where the interventions act: the views' representations at a fusion module's input, and each view's branch.
 
 A fusion module receives either one positional argument per view (``fusion(h_cc, h_mlo)``) or one tensor that
-concatenates the views along dimension 1 (``head(torch.cat([h_cc, h_mlo], 1))``: give the widths, or the views
-have equal widths). :class:`FusionInput` splits such arguments into one tensor per view and joins them back.
+concatenates the views along dimension 1 (``head(torch.cat([h_cc, h_mlo], 1))``). The widths of a concatenation
+are given, or read from the output shapes of the views' branch modules at each pass (``observe``), or else
+taken to be equal. :class:`FusionInput` splits such arguments into one tensor per view and joins them back.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class FusionInput:
         if len(self.views) < 2 or len(set(self.views)) != len(self.views):
             raise ValueError(f"need at least two distinct view names, got {self.views}")
         self.name = type(module).__name__
+        self._observed: dict[str, int] = {}
         if widths is None:
             self.widths: list[int] | None = None
         else:
@@ -36,6 +38,18 @@ class FusionInput:
             self.widths = [int(w) for w in widths]
             if len(self.widths) != len(self.views) or any(w < 1 for w in self.widths):
                 raise ValueError(f"widths must be one positive width per view {self.views}, got {widths}")
+
+    def observe(self, branches: Mapping[str, Branch]) -> list:
+        """Learn the widths from the branch modules' outputs (dimension 1) at every pass; returns the hook
+        handles. Branches given as parameter lists cannot be observed."""
+        handles = []
+        for view, branch in branches.items():
+            if self.widths is None and isinstance(branch, nn.Module):
+                def seen(module, args, out, view=str(view)):
+                    if isinstance(out, torch.Tensor) and out.dim() >= 2:
+                        self._observed[view] = out.shape[1]
+                handles.append(branch.register_forward_hook(seen))
+        return handles
 
     def concatenated(self, args: tuple) -> bool:
         """True when the views arrive as one concatenated tensor, False for one argument per view."""
@@ -56,6 +70,11 @@ class FusionInput:
             return list(args[:len(self.views)])
         x = args[0]
         widths = self.widths
+        if widths is None and len(self._observed) == len(self.views):
+            widths = [self._observed[v] for v in self.views]
+            if sum(widths) != x.shape[1]:
+                raise ValueError(f"{self.name}: input width {x.shape[1]} is not the sum of the branches' output "
+                                 f"widths {self._observed}; give widths=")
         if widths is None:
             if x.shape[1] % len(self.views):
                 raise ValueError(f"{self.name}: input width {x.shape[1]} does not split equally into the views "

@@ -120,6 +120,8 @@ class OGMGE(Intervention):
         if empty:
             raise ValueError(f"select= keeps no parameter of the branch(es) {empty}")
         super().__init__(fusion)
+        for handle in self._input.observe(branches):
+            self._keep(handle)
         self.alpha, self.noise, self.start, self.stop, self.rule = float(alpha), bool(noise), start, stop, rule
         self._unimodal, self._seed = unimodal, seed
         self.step = 0

@@ -57,6 +57,8 @@ class Rebalance(Intervention):
         self.views = list(named)
         self._input = FusionInput(fusion, self.views, widths)
         super().__init__(fusion)
+        for handle in self._input.observe(branches):
+            self._keep(handle)
         self._params = [[p for _, p in named[v]] for v in self.views]
         self.threshold, self.every, self.steps, self.warmup, self.mode = threshold, every, steps, warmup, mode
         self._rng = random.Random(seed)
