@@ -12,6 +12,7 @@ count of samples in which each view was present is logged as ``present_<view>`` 
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Mapping, Sequence
 
@@ -22,7 +23,7 @@ from ..record import registry
 from ..schema import PRESENT_PREFIX, balance_column
 from . import phase
 from .fusion import FusionInput
-from .handle import Intervention, log_at_backward_end
+from .handle import Intervention, eager, log_at_backward_end
 
 
 def dropout_masks(n: int, p: float, boundaries: torch.Tensor, n_views: int, *,
@@ -113,8 +114,10 @@ class ModalityDropout(nn.Module):
         self._log_counts(out)
         return dict(zip(self.views, out)) if as_dict else (type(reps)(out) if isinstance(reps, tuple) else out)
 
+    @torch.compiler.disable
     def _log_counts(self, outputs: list[torch.Tensor]) -> None:
-        """The step's present counts into the attached recorder (not for passes inside an optimizer step)."""
+        """The step's present counts into the attached recorder (not for passes inside an optimizer step);
+        always eager, so that a compiled model's graph does not trace the bookkeeping."""
         if not torch.is_grad_enabled():
             return
         if self._tracking is None:  # know from now on whether a pass runs inside optimizer.step() (the probe's)
@@ -126,8 +129,12 @@ class ModalityDropout(nn.Module):
         rec = None if anchor is None else registry.active_for(anchor)
         if rec is not None:
             scalars = {balance_column(PRESENT_PREFIX, v): c for v, c in self.last_present.items()}
-            log_at_backward_end(outputs, rec, scalars, lambda text: None)
+            log_at_backward_end(outputs, rec, scalars, self._warn_once)
 
+    def _warn_once(self, text: str) -> None:
+        if not getattr(self, "_warned", False):
+            self._warned = True
+            warnings.warn(f"dynamics.balance (modality dropout): {text}", RuntimeWarning, stacklevel=2)
 
     def release_tracker(self) -> None:
         """Give the step tracker back now rather than when this module is collected."""
@@ -145,7 +152,7 @@ class DropoutHandle(Intervention):
         super().__init__(fusion)
         self.dropout, self._input = dropout, fusion_input
         dropout._anchor = weakref.ref(fusion)
-        self._keep(fusion.register_forward_pre_hook(self._pre_forward))
+        self._keep(fusion.register_forward_pre_hook(eager(self._pre_forward)))
 
     def remove(self) -> None:
         self.dropout.release_tracker()

@@ -68,6 +68,12 @@ class Intervention:
             warnings.warn(f"dynamics.balance ({self.kind}): {text}", RuntimeWarning, stacklevel=3)
 
 
+def eager(hook: Callable) -> Callable:
+    """A hook that always runs eagerly: where the user compiles the model, dynamo leaves it alone (its host-side
+    state would break the graph and recompile at every change)."""
+    return torch.compiler.disable(hook)
+
+
 def log_safely(rec: Any, scalars: dict, warn: Callable[[str], None]) -> None:
     try:
         rec.log(**scalars)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..schema import OGM_COEF_PREFIX, OGM_SCORE_PREFIX, balance_column
 from .fusion import Branch, FusionInput, branch_parameters
-from .handle import Intervention
+from .handle import Intervention, eager
 
 RULES = ("shifted", "authors")
 Unimodal = Callable[[nn.Module, list[torch.Tensor]], Sequence[torch.Tensor]]
@@ -130,12 +130,12 @@ class OGMGE(Intervention):
         self._sums: torch.Tensor | None = None           # Σ over the step's passes of [k; s]
         self._passes = 0
         self._generators: dict[torch.device, torch.Generator] = {}
-        self._keep(fusion.register_forward_hook(self._after_fusion))
+        self._keep(fusion.register_forward_hook(eager(self._after_fusion)))
         if loss is not None:
-            self._keep(loss.register_forward_pre_hook(self._before_loss))
+            self._keep(loss.register_forward_pre_hook(eager(self._before_loss)))
         for i, v in enumerate(self.views):
             for _, p in chosen[v]:
-                self._keep(p.register_hook(self._grad_hook(i)))
+                self._keep(p.register_hook(eager(self._grad_hook(i))))
         self._keep(optimizer.register_step_pre_hook(self._pre_step))
         self._keep(optimizer.register_step_post_hook(self._post_step))
 

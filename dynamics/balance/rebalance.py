@@ -23,7 +23,7 @@ from torch import nn
 
 from ..schema import REBALANCE_SPEED_PREFIX, REBALANCED_PREFIX, balance_column
 from .fusion import Branch, FusionInput, branch_parameters
-from .handle import Intervention
+from .handle import Intervention, eager
 
 MODES = ("guided", "random")
 
@@ -71,7 +71,7 @@ class Rebalance(Intervention):
         self._speeds: torch.Tensor | None = None
         self.schedule: list[tuple[int, str]] = []
         self.reads = 0                         # host reads of the accumulated speeds so far
-        self._keep(fusion.register_forward_pre_hook(self._pre_forward))
+        self._keep(fusion.register_forward_pre_hook(eager(self._pre_forward)))
         self._keep(optimizer.register_step_pre_hook(self._pre_step))
         self._keep(optimizer.register_step_post_hook(self._post_step))
 
