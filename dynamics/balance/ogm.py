@@ -179,11 +179,11 @@ class OGMGE(Intervention):
                                        "handle.targets(y) before backward()")
                 return None
             out = grad * self.coef[view].to(grad.dtype)
-            if self.noise:
+            if self.noise:  # + N(0, 1) · (std g + 1e-8), in place on the new tensor
                 spread = grad.std() if grad.numel() > 1 else torch.zeros((), device=grad.device, dtype=grad.dtype)
                 noise = torch.randn(grad.shape, generator=self._generator(grad.device), device=grad.device,
                                     dtype=grad.dtype)
-                out = out + noise * (spread + 1e-8)
+                out.addcmul_(noise, spread + 1e-8)
             return out
         return hook
 
