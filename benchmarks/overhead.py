@@ -11,6 +11,7 @@ timed twice: inside the training loop (in the optimizer's hooks, where the recor
 after backward) and alone, on the same tensors.
 
 A benchmark, not a test: ``python benchmarks/overhead.py`` (or ``make benchmark``); ``--help`` for options.
+``--interventions`` times dynamics.balance's interventions instead (see ``benchmarks/interventions.py``).
 """
 from __future__ import annotations
 
@@ -175,8 +176,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--residuals", action="store_true", help="also print the probe's residuals per rule")
+    parser.add_argument("--interventions", action="store_true", help="time dynamics.balance's interventions")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="--interventions: wall clock, or this process's CPU time (CPU only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.interventions:
+        import interventions
+        interventions.main(args)
+        return
     g = torch.Generator().manual_seed(0)
     batch = make_batch(args.size, args.batch, args.device, g)
     probe_x, probe_y = make_batch(args.size, args.batch, args.device, g)

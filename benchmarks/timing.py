@@ -67,15 +67,16 @@ def sync(device: str) -> None:
 
 
 def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple, steps: int,
-               hooks: StepHooks, counter: list[int]) -> list[float]:
-    """Wall-clock seconds of each of ``steps`` training steps; ``counter`` holds the variant's step index."""
+               hooks: StepHooks, counter: list[int], clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Seconds of each of ``steps`` training steps by ``clock`` (wall clock; ``time.process_time`` for this
+    process's CPU time); ``counter`` holds the variant's step index."""
     x, y = batch
     device = y.device.type
     times = []
     for _ in range(steps):
         step = counter[0]
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         loss = hooks.loss(model(x), y)
         hooks.backward(loss, step)
         hooks.before_step(step)
@@ -83,7 +84,7 @@ def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         optimizer.zero_grad()
         hooks.after_step(step, loss)
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
         counter[0] += 1
     return times
 
