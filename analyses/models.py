@@ -6,11 +6,13 @@ Three conditions (Wu et al., MIDL 2020):
 - ``shared``: one module ``column`` applied to each view in turn, first view first (CC, then MLO), so one set
   of weights sees both views. For feature views of different widths (mfeat) a per-view linear ``stem``
   (``<view>_stem``) maps each view to the common width first; everything after the stem is shared.
-- ``dropout``: separate columns plus modality dropout. In training, each sample independently loses one
-  view's representation with probability ``p`` (which view: a fair coin), never both. Rescaling: inverted
-  dropout per view — each view is dropped with probability p/2, so every kept representation is multiplied
-  by 1/(1 − p/2). Its expectation then equals the evaluation-time representation and evaluation needs no
-  change (no rescaling in eval mode).
+- ``dropout``: separate columns plus modality dropout (``dynamics.balance.ModalityDropout``) on the
+  representations before concatenation. In training, each sample independently loses one view's
+  representation with probability ``p`` (which view: a fair coin), never both. Rescaling: inverted dropout
+  per view — each view is dropped with probability p/2, so every kept representation is multiplied by
+  1/(1 − p/2). Its expectation then equals the evaluation-time representation and evaluation needs no
+  change (no rescaling in eval mode). With a recorder attached, the counts of present views are logged
+  into the run at every step by the dropout module itself.
 
 Every model takes ``inputs = {view: tensor}`` and returns one logit per sample. In training it adds Gaussian
 input noise (std 0.01, the NYU setting) to image inputs and records ``last_present = {view: count}``: how many
@@ -22,6 +24,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from dynamics.balance import ModalityDropout
 
 CONDITIONS = ("separate", "shared", "dropout")
 
@@ -116,6 +120,7 @@ class TwoViewModel(nn.Module):
                 setattr(self, f"{v}_column", make_column(v))
             feat = getattr(self, f"{views[0]}_column").out_features
         self.head = nn.Sequential(nn.Linear(2 * feat, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.dropout = ModalityDropout(self.views, p_drop) if condition == "dropout" else None
         self.last_present: dict[str, torch.Tensor] = {}
 
     def represent(self, view: str, x: torch.Tensor) -> torch.Tensor:
@@ -135,22 +140,12 @@ class TwoViewModel(nn.Module):
             if self.training and self.input_noise > 0:
                 x = x + self.input_noise * torch.randn_like(x)
             reps.append(self.represent(v, x))
-        n = reps[0].shape[0]
-        ones = torch.ones(n, device=reps[0].device)
-        keep = [ones, ones]
-        if self.training and self.condition == "dropout" and self.p_drop > 0:
-            keep = modality_dropout_masks(n, self.p_drop, reps[0].device)
-            scale = 1.0 / (1.0 - self.p_drop / 2)
-            reps = [r * (k * scale).unsqueeze(1).to(r.dtype) for r, k in zip(reps, keep)]
-        self.last_present = {v: k.sum().detach() for v, k in zip(self.views, keep)}
+        if self.dropout is not None:
+            reps = self.dropout(reps)
+            self.last_present = self.dropout.last_present
+        else:
+            self.last_present = {v: torch.ones(r.shape[0], device=r.device).sum() for v, r in zip(self.views, reps)}
         return self.head(torch.cat(reps, dim=1)).squeeze(1)
-
-
-def modality_dropout_masks(n: int, p: float, device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """Two 0/1 masks of length ``n``: with probability ``p`` a sample loses exactly one view (fair coin)."""
-    drop = torch.rand(n, device=device) < p
-    first = torch.rand(n, device=device) < 0.5
-    return [(~(drop & first)).float(), (~(drop & ~first)).float()]
 
 
 def nyu_model(condition: str, views: tuple[str, str] = ("cc", "mlo"), width: float = 1.0, p_drop: float = 0.25,

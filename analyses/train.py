@@ -3,7 +3,7 @@
 A plain loop: AdamW, linear warm-up then cosine decay per step, optional AMP (bfloat16 autocast on CPU,
 float16 with a GradScaler on CUDA). Per epoch, validation ROC AUC and accuracy are logged into the run
 right after the epoch's last optimizer step; in the dropout condition the number of samples in which each
-view was present is logged at every step. The best-validation checkpoint is saved with ``torch.save`` and
+view was present is logged at every step (by ``dynamics.balance.ModalityDropout``, inside the model). The best-validation checkpoint is saved with ``torch.save`` and
 reloaded with ``weights_only=True`` for the test set; test metrics and each view's utilization go into
 ``results.json`` and ``utilization.*`` in the run directory.
 
@@ -253,10 +253,7 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
                     scaler.scale(loss).backward()
                 else:
                     loss.backward()
-                scalars = {"loss": loss.detach()}
-                if cfg.condition == "dropout":
-                    scalars.update({f"present_{v}": c for v, c in net.last_present.items()})
-                rec.log(**scalars)
+                rec.log(loss=loss.detach())  # the dropout module logs its present-view counts itself
                 if scaler is not None:
                     scaler.step(opt)
                     scaler.update()

@@ -11,12 +11,14 @@ timed twice: inside the training loop (in the optimizer's hooks, where the recor
 after backward) and alone, on the same tensors.
 
 A benchmark, not a test: ``python benchmarks/overhead.py`` (or ``make benchmark``); ``--help`` for options.
+``--interventions`` times dynamics.balance's interventions instead (see ``benchmarks/interventions.py``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -25,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dynamics  # noqa: E402
 from dynamics.schema import PROBE_CHANGE, RULES, probe_residual  # noqa: E402
-from timing import (CLOCK, StepHooks, add_common_arguments, interleaved, loss_fn, machine_line,  # noqa: E402
-                    make_batch, make_model, markdown_table, median_ms, set_clock, time_steps)
+from timing import (StepHooks, interleaved, loss_fn, machine_line, make_batch, make_model,  # noqa: E402
+                    markdown_table, median_ms, time_steps)
 
 SEPARATE, SHARED = "separate", "shared"
 
@@ -114,12 +116,12 @@ def _floor_alone(condition: str, device: str, views: int) -> "callable":
     def run(n: int) -> list[float]:
         times = []
         for _ in range(n):
-            start = CLOCK["clock"]()
+            start = time.perf_counter()
             ops.pre()
             ops.post()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            times.append(CLOCK["clock"]() - start)
+            times.append(time.perf_counter() - start)
         return times
     return run
 
@@ -167,13 +169,22 @@ def _table(median: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=96, help="input image side (pixels)")
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--residuals", action="store_true", help="also print the probe's residuals per rule")
-    add_common_arguments(parser)
+    parser.add_argument("--interventions", action="store_true", help="time dynamics.balance's interventions")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="--interventions: wall clock, or this process's CPU time (CPU only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    set_clock(args.clock, args.device)
+    if args.interventions:
+        import interventions
+        interventions.main(args)
+        return
     g = torch.Generator().manual_seed(0)
     batch = make_batch(args.size, args.batch, args.device, g)
     probe_x, probe_y = make_batch(args.size, args.batch, args.device, g)
@@ -187,8 +198,7 @@ def main() -> None:
         residuals = _residuals(closers) if args.residuals else None
     n_tensors = sum(1 for _ in make_model(SEPARATE, "cpu")[0].parameters())
     print(f"two-view ResNet-22 (widths 16-256), {n_tensors} tensors, batch {args.batch} x 2 views x "
-          f"{args.size}x{args.size}, {args.device}, {args.reps} rounds x {args.steps} steps, shuffled, "
-          f"{args.clock} clock")
+          f"{args.size}x{args.size}, {args.device}, {args.reps} rounds x {args.steps} steps, shuffled")
     print(f"before: {before}\nafter:  {machine_line(args.device)}")
     print("floor = (floor ops) - (plain) in the same rounds; added = variant - plain (shared: - plain shared)\n")
     print(_table({name: median_ms(t) for name, t in times.items()}))

@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analyses.models import nyu_model  # noqa: E402
 
 VIEWS = ("cc", "mlo")
+
+
 CLOCK = {"clock": time.perf_counter}  # set_clock("process"): CPU time of this process (all its threads)
 
 
@@ -34,6 +36,7 @@ def set_clock(name: str, device: str) -> None:
     if name == "process" and device != "cpu":
         raise ValueError("the process clock measures CPU time: use it with the cpu device")
     CLOCK["clock"] = time.process_time if name == "process" else time.perf_counter
+
 
 
 def make_model(condition: str, device: str, seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -78,15 +81,17 @@ def sync(device: str) -> None:
 
 
 def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple, steps: int,
-               hooks: StepHooks, counter: list[int]) -> list[float]:
-    """Wall-clock seconds of each of ``steps`` training steps; ``counter`` holds the variant's step index."""
+               hooks: StepHooks, counter: list[int], clock: Callable[[], float] | None = None) -> list[float]:
+    """Seconds of each of ``steps`` training steps by ``clock`` (wall clock; ``time.process_time`` for this
+    process's CPU time); ``counter`` holds the variant's step index."""
+    clock = clock or CLOCK["clock"]
     x, y = batch
     device = y.device.type
     times = []
     for _ in range(steps):
         step = counter[0]
         sync(device)
-        start = CLOCK["clock"]()
+        start = clock()
         loss = hooks.loss(model(x), y)
         hooks.backward(loss, step)
         hooks.before_step(step)
@@ -94,7 +99,7 @@ def time_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         optimizer.zero_grad()
         hooks.after_step(step, loss)
         sync(device)
-        times.append(CLOCK["clock"]() - start)
+        times.append(clock() - start)
         counter[0] += 1
     return times
 
@@ -126,6 +131,7 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--clock", choices=("wall", "process"), default="wall",
                         help="wall clock, or this process's CPU time (robust on a shared machine; with --threads 1)")
+
 
 
 def machine_line(device: str) -> str:

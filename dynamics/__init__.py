@@ -19,6 +19,7 @@ from .store import RunStoreError, load, load_probe, load_runs, read_meta
 # name -> (module, attribute or None for the module itself), imported when first used
 _LAZY = {
     "analysis": ("dynamics.analysis", None),
+    "balance": ("dynamics.balance", None),
     "metrics": ("dynamics.analysis.metrics", None),
     "plots": ("dynamics.report.figures", None),
     "report": ("dynamics.report", None),
@@ -32,7 +33,7 @@ _LAZY = {
 
 __all__ = ["attach", "Recorder", "InactiveRecorder", "view", "rows", "ProbeBatch", "load", "load_probe",
            "load_runs", "read_meta", "RunStoreError", "norms", "learning_speed", "shares", "utilization",
-           "save_utilization", "load_utilization", "analysis", "plots", "metrics", "report"]
+           "save_utilization", "load_utilization", "analysis", "balance", "plots", "metrics", "report"]
 
 
 def __getattr__(name: str) -> Any:

@@ -72,3 +72,18 @@ PART_COLUMNS = {
     "probe": (("step", "int64"), (PARAM_ID, "int32"), *((probe_lca(r), "double") for r in RULES)),
     "steps": tuple(zip(STEP_COLUMNS, ("int64", "bool", "bool", "double"))),
 }
+
+# per-step scalars the interventions of dynamics.balance log into the run (one column per view)
+PRESENT_PREFIX = "present_"                  # modality dropout: samples of the batch in which the view was kept
+REBALANCED_PREFIX = "rebalanced_"            # re-balancing: 1 on steps whose fusion input favoured the view, else 0
+REBALANCE_SPEED_PREFIX = "rebalance_speed_"  # re-balancing: the view's accumulated learning speed, at check steps
+OGM_COEF_PREFIX = "ogm_coef_"                # OGM-GE: the coefficient k of the view's branch gradient
+OGM_SCORE_PREFIX = "ogm_score_"              # OGM-GE: the view's unimodal score (mean probability of the target)
+BALANCE_PREFIXES = (PRESENT_PREFIX, REBALANCED_PREFIX, REBALANCE_SPEED_PREFIX, OGM_COEF_PREFIX, OGM_SCORE_PREFIX)
+
+
+def balance_column(prefix: str, view: str) -> str:
+    """The per-step column of one intervention quantity (a prefix above) for one view."""
+    if prefix not in BALANCE_PREFIXES:
+        raise ValueError(f"unknown intervention column prefix {prefix!r}; choose from {BALANCE_PREFIXES}")
+    return f"{prefix}{view}"

@@ -42,11 +42,22 @@ MODULES = {
     "plots": ["publication_style", "figsize", "view_palette", "view_lines", "grad_norm_plot",
               "loss_reduction_plot", "share_area_plot", "ratio_heatmap", "condition_plot", "dynamics_facets",
               "save_figure"],
+    "balance": ["modality_dropout", "ModalityDropout", "rebalance", "ogm_ge", "FusionInput", "dropout_masks",
+                "decide", "scores", "coefficients", "unimodal_outputs"],
     "metrics": ["roc_auc", "accuracy", "bootstrap_ci", "average_ranks", "t_half_width", "percentile_interval"],
     "report": ["ReportData", "load_report_data", "summary_table", "format_summary", "findings", "build_report",
                "report"],
 }
 RECORDER_METHODS = ["log", "close", "coverage", "step", "__enter__", "__exit__"]
+# the parameters of the interventions, written out by hand like FUNCTIONS
+BALANCE = {
+    "modality_dropout": ["fusion", "views", "*", "p", "weights", "generator"],
+    "ModalityDropout": ["views", "p", "*", "weights", "generator"],
+    "rebalance": ["fusion", "optimizer", "branches", "*", "widths", "threshold", "every", "steps", "warmup", "mode",
+                  "seed"],
+    "ogm_ge": ["fusion", "optimizer", "branches", "*", "loss", "widths", "alpha", "noise", "start", "stop", "rule",
+               "select", "seed", "unimodal"],
+}
 
 
 def _parameters(obj) -> list[str]:
@@ -69,6 +80,16 @@ def test_public_module_keeps_its_names(name):
     module = getattr(dynamics, name)
     missing = [n for n in MODULES[name] if not callable(getattr(module, n, None))]
     assert not missing, f"dynamics.{name} lost {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(BALANCE))
+def test_interventions_keep_their_parameters(name):
+    assert _parameters(getattr(dynamics.balance, name)) == BALANCE[name]
+
+
+def test_intervention_handles_are_removable_context_managers():
+    for cls in (dynamics.balance.DropoutHandle, dynamics.balance.Rebalance, dynamics.balance.OGMGE):
+        assert all(callable(getattr(cls, m, None)) for m in ("remove", "__enter__", "__exit__")), cls.__name__
 
 
 def test_every_listed_name_resolves_and_nothing_else_is_promised():

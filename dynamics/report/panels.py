@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from . import figures as plots  # noqa: E402
 from .style import ROW_HEIGHT, plain, report_figsize  # noqa: E402
 from .tables import outcome_metrics  # noqa: E402,F401  (kept importable here: the conditions panel's choice)
+from .interventions import intervention_figure  # noqa: E402
 
 if TYPE_CHECKING:
     from .computed import ReportNumbers
@@ -183,5 +184,6 @@ def conditions_figure(nums: ReportNumbers) -> Figure:
 
 def report_figures(nums: ReportNumbers) -> list[Figure]:
     """Every figure of the report, in the order the report shows them."""
+    shown = intervention_figure(nums.data.per_step, nums.view_dynamics, group_of=nums.group_of, palette=nums.palette)
     return [dynamics_figure(nums), matched_ratio_figure(nums), share_figure(nums), conditional_speed_figure(nums),
-            conditions_figure(nums)]
+            conditions_figure(nums), *([shown] if shown is not None else [])]

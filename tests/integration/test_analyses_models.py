@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from analyses.models import ResNet22Column, modality_dropout_masks, mlp_model, nyu_model
+from analyses.models import ResNet22Column, mlp_model, nyu_model
 
 
 def _inputs(n=4, size=64):
@@ -52,14 +52,6 @@ def test_mlp_shared_shares_body_not_stems():
     assert m({"fou": torch.randn(3, 76), "mor": torch.randn(3, 6)}).shape == (3,)
     s = mlp_model("separate", {"fou": 76, "mor": 6}, hidden=16)
     assert s.fou_column.stem.in_features == 76
-
-
-def test_dropout_masks_never_drop_both_and_rate_is_p():
-    torch.manual_seed(0)
-    a, b = modality_dropout_masks(100_000, 0.4)
-    assert torch.all(a + b >= 1)
-    assert (2 - a - b).mean().item() == pytest.approx(0.4, abs=0.01)
-    assert (1 - a).mean().item() == pytest.approx(0.2, abs=0.01)
 
 
 def test_dropout_model_counts_present_views_and_rescales():

@@ -1,0 +1,168 @@
+"""Conditional-learning-speed re-balancing (Wu et al., ICML 2022), adapted to late fusion.
+
+Each view's branch has a learning speed μ_v = Σ‖g‖² / Σ‖θ‖² per optimizer step (sums over the branch's tensors
+that have a gradient; g is the gradient the optimizer uses). Over the regular steps it accumulates to
+S_v = Σ_t μ_v(t). Every ``every`` steps from ``warmup`` on, outside a re-balancing window, S is read (one host
+transfer) and d = log10(max S / min S); when d > ``threshold`` the next ``steps`` optimizer steps re-balance
+the slowest view s: at the fusion input every other view's representation is replaced by its running mean
+(detached), so the prediction varies with view s alone and its branch must carry it. Re-balancing steps add
+nothing to S. ``mode="random"`` is the control: at every decision point one of {no re-balancing, each view}
+is drawn uniformly (no speeds are read); a drawn view is re-balanced for the next ``steps`` steps.
+
+Logged per step into an attached recorder: ``rebalanced_<view>`` (1 on the steps re-balanced for the view,
+else 0) and, at the steps where S is read, ``rebalance_speed_<view>`` = S_v.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..schema import REBALANCE_SPEED_PREFIX, REBALANCED_PREFIX, balance_column
+from .fusion import Branch, FusionInput, branch_parameters
+from .handle import Intervention, eager
+
+MODES = ("guided", "random")
+
+
+def decide(speeds: Sequence[float], threshold: float) -> tuple[int | None, float]:
+    """The view to re-balance (index of the slowest) when log10(max S / min S) exceeds ``threshold``, and d."""
+    if any(not (s > 0) or math.isinf(s) for s in speeds):
+        return None, math.nan  # no gradient yet, or non-finite: no decision
+    d = math.log10(max(speeds) / min(speeds))
+    return (min(range(len(speeds)), key=lambda i: speeds[i]) if d > threshold else None), d
+
+
+class Rebalance(Intervention):
+    """:func:`rebalance`'s handle; ``schedule`` lists (step, view) for every re-balancing step so far."""
+
+    kind = "re-balancing"
+
+    def __init__(self, fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch], *,
+                 widths: Mapping[str, int] | Sequence[int] | None, threshold: float, every: int, steps: int,
+                 warmup: int, mode: str, seed: int) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value, low in (("every", every, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be >= 0 (a log10 ratio), got {threshold!r}")
+        named = branch_parameters(branches)
+        self.views = list(named)
+        self._input = FusionInput(fusion, self.views, widths)
+        super().__init__(fusion)
+        for handle in self._input.observe(branches):
+            self._keep(handle)
+        self._params = [[p for _, p in named[v]] for v in self.views]
+        self.threshold, self.every, self.steps, self.warmup, self.mode = threshold, every, steps, warmup, mode
+        self._rng = random.Random(seed)
+        self.step = 0                          # optimizer steps since attached
+        self.current: int | None = None       # the view re-balanced at this step (index), None: a regular step
+        self._left = 0
+        self._decision: tuple[int | None] | None = None  # taken at a pre-step hook, applied at the post-step
+        self._means: list[torch.Tensor] | None = None
+        self._n_means = 0
+        self._speeds: torch.Tensor | None = None
+        self.schedule: list[tuple[int, str]] = []
+        self.reads = 0                         # host reads of the accumulated speeds so far
+        self._keep(fusion.register_forward_pre_hook(eager(self._pre_forward)))
+        self._keep(optimizer.register_step_pre_hook(self._pre_step))
+        self._keep(optimizer.register_step_post_hook(self._post_step))
+
+    # ------------------------------------------------------------------------------------------ forward
+    def _pre_forward(self, module: nn.Module, args: tuple):
+        if not module.training or not self._active():
+            return None
+        parts = self._input.split(args)
+        with torch.no_grad():
+            batch_means = [p.detach().float().mean(0) for p in parts]
+            if self._means is None:
+                self._means = [m.clone() for m in batch_means]
+            else:  # the running mean over all training passes so far (the current one included)
+                n = self._n_means
+                for mean, new in zip(self._means, batch_means):
+                    mean.mul_(n).add_(new).div_(n + 1)
+            self._n_means += 1
+        if self.current is None:
+            return None
+        swapped = [p if i == self.current else
+                   self._means[i].to(p.dtype).expand(p.shape).contiguous() for i, p in enumerate(parts)]
+        return self._input.join(args, swapped)
+
+    # --------------------------------------------------------------------------------- optimizer steps
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        if self._removed:
+            return
+        if self.current is None:
+            self._accumulate()
+        scalars = {balance_column(REBALANCED_PREFIX, v): float(i == self.current) for i, v in enumerate(self.views)}
+        if self.current is not None:
+            self.schedule.append((self.step, self.views[self.current]))
+        due = self.step >= self.warmup and (self.step - self.warmup) % self.every == 0
+        if due and self.mode == "random":  # a new draw replaces an open window
+            choice = self._rng.randrange(len(self.views) + 1)
+            self._decision = (None if choice == len(self.views) else choice,)
+        elif due and self.current is None:
+            speeds = self._speeds.tolist() if self._speeds is not None else [0.0] * len(self.views)
+            self.reads += 1
+            view, _ = decide(speeds, self.threshold)
+            self._decision = (view,) if view is not None else None
+            scalars.update({balance_column(REBALANCE_SPEED_PREFIX, v): s for v, s in zip(self.views, speeds)})
+        self._log(**scalars)
+
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        if self._removed:
+            return
+        if self.current is not None:
+            self._left -= 1
+            if self._left <= 0:
+                self.current = None
+        if self._decision is not None:  # the decision taken at this step's pre-hook holds from the next step
+            (self.current,) = self._decision
+            self._left = self.steps if self.current is not None else 0
+            self._decision = None
+        self.step += 1
+
+    def _accumulate(self) -> None:
+        """S_v += Σ‖g‖² / Σ‖θ‖² over each branch's tensors that have a gradient: one device accumulation."""
+        with torch.no_grad():
+            rates = []
+            for params in self._params:
+                with_grad = [p for p in params if p.grad is not None]
+                if not with_grad:
+                    rates.append(None)
+                    continue
+                g = torch.stack(torch._foreach_norm([p.grad for p in with_grad])).double().square().sum()
+                w = torch.stack(torch._foreach_norm(with_grad)).double().square().sum()
+                rates.append(g / w)
+            if all(r is None for r in rates):
+                return
+            device = next(r.device for r in rates if r is not None)
+            rate = torch.stack([torch.zeros((), dtype=torch.float64, device=device) if r is None else r
+                                for r in rates])
+            if self._speeds is None:
+                self._speeds = rate
+            else:
+                self._speeds.add_(rate)
+
+
+def rebalance(fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch], *,
+              widths: Mapping[str, int] | Sequence[int] | None = None, threshold: float = 0.01, every: int = 1,
+              steps: int = 5, warmup: int = 0, mode: str = "guided", seed: int = 0) -> Rebalance:
+    """Re-balance training toward the view whose branch learns slowest (see the module docstring).
+
+    ``fusion``: the module whose input holds the views' representations (one argument per view, or one
+    concatenated tensor; ``widths`` for unequal widths); ``branches``: view → module (or parameters) of
+    that view's branch, in the order the fusion module receives the views. ``every``: steps between reads of
+    the speeds (the authors check at every regular step: 1); ``steps``: length of a re-balancing window
+    (authors: 5); ``threshold``: on log10(max S / min S) (authors: 0.01); ``warmup``: steps before the first
+    decision (the authors start at epoch 2). Returns the removable handle.
+    """
+    return Rebalance(fusion, optimizer, branches, widths=widths, threshold=threshold, every=every, steps=steps,
+                     warmup=warmup, mode=mode, seed=seed)
