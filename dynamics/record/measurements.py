@@ -65,17 +65,17 @@ class StepMeasurements:
             out[PRE_SQ].copy_(grad_sq)
         step = RecordedStep(index, row, params, self._update.saved, lrs)
         if grads is not None:
-            self._take_gradient(step, grads, *gradient)
+            self._take_gradient(step, out, grads, *gradient)
         return step
 
     def gradient(self, step: RecordedStep, *, opened: bool, changed: bool) -> None:
         """The optimizer's gradient of ``step``, measured on its own (after a closure has run)."""
-        grads = self._grads()
-        self.buffer[step.row][PRE_SQ].copy_(kernels.sq_norms(grads, self._t.dtype))
-        self._take_gradient(step, grads, opened, changed)
+        grads, out = self._grads(), self.buffer[step.row]
+        out[PRE_SQ].copy_(kernels.sq_norms(grads, self._t.dtype))
+        self._take_gradient(step, out, grads, opened, changed)
 
-    def _take_gradient(self, step: RecordedStep, grads: list[torch.Tensor], opened: bool, changed: bool) -> None:
-        out = self.buffer[step.row]
+    def _take_gradient(self, step: RecordedStep, out: torch.Tensor, grads: list[torch.Tensor], opened: bool,
+                       changed: bool) -> None:
         if opened and not changed:  # the optimizer sees the backward's gradient untouched
             out[GRAD_SQ].copy_(out[PRE_SQ])
             self._eager = self._scale.scaler is not None
@@ -119,7 +119,8 @@ class StepMeasurements:
     # ------------------------------------------------------------------------------------- helpers
     def _grads(self) -> list[torch.Tensor]:
         """This process's part of each gradient (a zero placeholder where there is none)."""
-        return [self._zero if p.grad is None else self._t.local(p.grad) for p in self._t.params]
+        local, zero = self._t.local, self._zero
+        return [zero if p.grad is None else local(p.grad) for p in self._t.params]
 
     def release(self) -> None:
         """Free the copy of θ_t (at close)."""

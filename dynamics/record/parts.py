@@ -37,6 +37,10 @@ class LossScale:
         return None if scale is None else scale.reciprocal()
 
 
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 @dataclass(frozen=True)
 class RecordedTensors:
     """The recorded parameter tensors (in record order), where they live and how they are reduced."""
@@ -45,18 +49,18 @@ class RecordedTensors:
     layout: distributed.Layout
     device: torch.device
     dtype: torch.dtype  # of every reduction and buffer
+    n: int = field(init=False)
+    # this process's part of a tensor (its shard under ``fully_shard``, else the tensor itself); a plain
+    # attribute, as it is called per tensor several times a step
+    local: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n", len(self.params))
+        object.__setattr__(self, "local", distributed.local if self.layout.sharded else _identity)
 
     @classmethod
     def of(cls, params: Sequence[nn.Parameter], layout: distributed.Layout) -> "RecordedTensors":
         return cls(list(params), layout, device_of(params), kernels.reduce_dtype(params))
-
-    @property
-    def n(self) -> int:
-        return len(self.params)
-
-    def local(self, t: torch.Tensor) -> torch.Tensor:
-        """This process's part of ``t`` (its shard under ``fully_shard``, else ``t`` itself)."""
-        return distributed.local(t) if self.layout.sharded else t
 
     def local_params(self) -> list[torch.Tensor]:
         return [self.local(p) for p in self.params]
