@@ -42,8 +42,8 @@ def main() -> None:
         st = np.arange(start, min(start + args.flush_every, args.steps), dtype=np.int64)
         k = len(st) * n
         writer.commit({
-            "params": pd.DataFrame({"step": np.repeat(st, n), "param_id": np.tile(np.arange(n, dtype=np.int32), len(st)),
-                                    "grad_sq": rng.random(k), "param_sq": rng.random(k), "update_sq": rng.random(k),
+            "params": pd.DataFrame({"step": np.repeat(st, n),
+                                    "param_id": np.tile(np.arange(n, dtype=np.int32), len(st)), "grad_sq": rng.random(k), "param_sq": rng.random(k), "update_sq": rng.random(k),
                                     "lca": rng.standard_normal(k), "finite": True, "has_grad": True}),
             "steps": pd.DataFrame({"step": st, "recorded": True, "skipped": False, "clip_factor": np.nan,
                                    "lr_0": 0.1, "loss": rng.random(len(st))})})
@@ -58,7 +58,8 @@ def main() -> None:
     per_param, per_step = dynamics.load(run)
     loaded = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.steps} steps x {n} tensors ({len(per_param):,} rows): {before} part files written in {written:.1f} s; "
+    print(f"{args.steps} steps x {n} tensors ({len(per_param):,} rows): {before} part files written in "
+          f"{written:.1f} s; "
           f"compacted at close into {after} files in {compacted:.1f} s (peak memory {peak_writing:.0f} MiB); "
           f"loaded in {loaded:.1f} s (peak {peak:.0f} MiB)")
     if args.keep is None:

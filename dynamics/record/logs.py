@@ -55,8 +55,10 @@ class ScalarLog:
         """Per step, each scalar's mean over its values (tensors read in one transfer); the log is emptied."""
         tensors = [v for names in self._values.values() for vs in names.values() for v in vs
                    if isinstance(v, torch.Tensor)]
-        with torch.no_grad():  # whatever the caller's grad mode
-            host = iter(torch.stack([t.detach().to(torch.float64) for t in tensors]).cpu().tolist()) if tensors else iter(())
+        host = iter(())
+        if tensors:
+            with torch.no_grad():  # whatever the caller's grad mode
+                host = iter(torch.stack([t.detach().to(torch.float64) for t in tensors]).cpu().tolist())
         out = {step: {name: float(np.mean([next(host) if isinstance(v, torch.Tensor) else v for v in vs]))
                       for name, vs in names.items()}
                for step, names in self._values.items()}

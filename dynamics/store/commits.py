@@ -143,7 +143,8 @@ def unreferenced(run_dir: Path, commits: Sequence[Commit]) -> list[Path]:
             continue
         for path in sorted(directory.iterdir()):
             name = f"{folder}/{path.name}"
-            if name not in keep and path.is_file() and (path.suffix in (".parquet", ".tmp") or _RECORD.match(path.name)):
+            ours = path.suffix in (".parquet", ".tmp") or _RECORD.match(path.name)
+            if name not in keep and path.is_file() and ours:
                 found.append(path)
     return found
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..schema import (DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PART_COLUMNS, QUANTITIES, RULES, STEP_COLUMNS,
-                      is_lr_column, probe_lca)
+from ..schema import (DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PART_COLUMNS, QUANTITIES, RULES,
+                      STEP_COLUMNS, is_lr_column, probe_lca)
 from . import commits as records
 from . import parts
 from .rundir import RunStoreError, read_meta

@@ -174,8 +174,8 @@ def _check_rows(path: Path, arrow: pa.Table, table: str, entry: PartEntry, n_par
         views = pc.dictionary_encode(arrow.column("view")).combine_chunks()
         key = key * max(len(views.dictionary), 1) + views.indices.to_numpy(zero_copy_only=False)
     if not (np.diff(key) > 0).all() and pd.Index(key).has_duplicates:
-        raise RunStoreError(f"{path}: repeated rows (the same step and tensor{' and view' if table == 'attribution' else ''} "
-                            f"more than once)")
+        what = "step, tensor and view" if table == "attribution" else "step and tensor"
+        raise RunStoreError(f"{path}: repeated rows (the same {what} more than once)")
     if table == "params" or table == "probe":
         n_steps = np.count_nonzero(np.diff(steps)) + 1 if (np.diff(steps) >= 0).all() else len(np.unique(steps))
         if n_steps * n_params != arrow.num_rows:

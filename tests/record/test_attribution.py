@@ -221,7 +221,7 @@ def test_attribute_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="needs a list of view names"):
         dynamics.attach(model, opt, views=["cc", "mlo"], attribute={model.column: "cc"}, out=tmp_path / "b")
     with pytest.raises(ValueError, match="claimed by two views"):
-        dynamics.attach(model, opt, views={"cc": model.column}, attribute={model.column: ["cc", "mlo"]},
+        dynamics.attach(model, opt, views={"cc": model.column, "mlo": []}, attribute={model.column: ["cc", "mlo"]},
                         out=tmp_path / "c")
 
 

@@ -187,7 +187,8 @@ def test_exception_inside_with_propagates_unchanged_even_when_close_fails(tmp_pa
 
     def full(self, frames):
         raise OSError(28, "No space left on device")
-    with pytest.warns(RuntimeWarning, match="No space left"), pytest.raises(ValueError, match="the user's own") as raised:
+    full_disk = pytest.warns(RuntimeWarning, match="No space left")
+    with full_disk, pytest.raises(ValueError, match="the user's own") as raised:
         with dynamics.attach(model, optimizer, views={"cc": model.cc}, out=tmp_path / "run") as rec:
             _train(model, optimizer, rec, 3)
             monkeypatch.setattr(store.RunWriter, "commit", full)
@@ -207,13 +208,22 @@ def _fill(folder, keep=4096):
     return ballast
 
 
+def _mounted_tmpfs(mount, size) -> bool:
+    """Mount a tmpfs of ``size`` at ``mount``: only as root, and not when DYNAMICS_TEST_NO_TMPFS is set (to run
+    the fallback)."""
+    if os.geteuid() != 0 or os.environ.get("DYNAMICS_TEST_NO_TMPFS"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True).returncode == 0
+
+
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 2 MiB tmpfs when this process may mount one, else None (the tests then make writes fail)."""
+    """A 2 MiB tmpfs when this process may mount one), else None (the tests then make
+    writes fail as on a full disk)."""
     mount = tmp_path / "small"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode:
+    if not _mounted_tmpfs(mount, "2m"):
         yield None
         return
     try:

@@ -116,8 +116,10 @@ KILL_POINTS = {
     "at the steps part's rename": (("replace", r"/steps/", "before", 3), 6, True),
     "every part written, before the commit record": (("replace", r"/commits/", "before", 3), 6, True),
     "right after the commit record": (("replace", r"/commits/", "after", 3), 9, False),
-    "at close, before the compacted parts' record": (("replace", r"/commits/0+-0*[1-9]\d*\.json$", "before", 1), 20, False),
-    "at close, compacted, before the old parts are removed": (("unlink", r"/params/part-\d+\.parquet$", "before", 1), 20, False),
+    "at close, before the compacted parts' record":
+        (("replace", r"/commits/0+-0*[1-9]\d*\.json$", "before", 1), 20, False),
+    "at close, compacted, before the old parts are removed":
+        (("unlink", r"/params/part-\d+\.parquet$", "before", 1), 20, False),
     "at close, while writing meta.json": (("replace", r"meta\.json$", "before", 2), 20, False),
 }
 
@@ -172,7 +174,8 @@ def test_two_live_writers_on_one_run_are_refused(tmp_path):
     before = dynamics.load(run)
     child = _start_holder(run, resume=True)
     try:
-        with pytest.raises(RunStoreError, match=rf"another writer holds this run \(pid {child.pid} on host .*writer\.lock"):
+        holder = rf"another writer holds this run \(pid {child.pid} on host .*writer\.lock"
+        with pytest.raises(RunStoreError, match=holder):
             _attach(fresh_model(), run, resume=True)
         with pytest.raises(RunStoreError, match="another writer"):
             dynamics.store.compact_run(run)
@@ -233,13 +236,21 @@ def test_lock_of_a_live_process_or_another_host_is_never_taken_over(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- disk full
+def _mounted_tmpfs(mount, size) -> bool:
+    """Mount a tmpfs of ``size`` at ``mount``: only as root, and not when DYNAMICS_TEST_NO_TMPFS is set (to run
+    the fallback)."""
+    if os.geteuid() != 0 or os.environ.get("DYNAMICS_TEST_NO_TMPFS"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True).returncode == 0
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB file system (tmpfs, when this process may mount one), else None."""
     mount = tmp_path / "small"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode:
+    if not _mounted_tmpfs(mount, "1m"):
         yield None
         return
     try:
