@@ -124,7 +124,11 @@ def min_detectable_difference(se: float, df: float, *, alpha: float = 0.05, powe
     the spread or df is unknown."""
     if not (np.isfinite(se) and np.isfinite(df) and se > 0 and df > 0):
         return float("nan")
-    hi = stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df) + 3.0  # power there is well above ``power``
+    hi = stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df) + 3.0
+    while _power(hi, df, alpha) < power:  # heavy tails at df = 1 and small alpha need a wider bracket
+        hi *= 2.0
+        if hi > 1e12:
+            return float("inf")
     ncp = optimize.brentq(lambda k: _power(k, df, alpha) - power, 0.0, hi, xtol=1e-10)
     return float(ncp * se)
 
