@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--tensors", type=int, default=138)
     ap.add_argument("--flush-every", type=int, default=100)
     ap.add_argument("--keep", type=Path)
+    ap.add_argument("--no-load", action="store_true", help="skip loading (the tables of a long run are large)")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="dynamics-store-"))
     run = root / "run"
@@ -54,14 +55,14 @@ def main() -> None:
     compacted = time.perf_counter() - t0
     peak_writing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     after = sum(1 for t in ("params", "steps") for _ in (run / t).iterdir())
-    t0 = time.perf_counter()
-    per_param, per_step = dynamics.load(run)
-    loaded = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{args.steps} steps x {n} tensors ({len(per_param):,} rows): {before} part files written in "
-          f"{written:.1f} s; "
-          f"compacted at close into {after} files in {compacted:.1f} s (peak memory {peak_writing:.0f} MiB); "
-          f"loaded in {loaded:.1f} s (peak {peak:.0f} MiB)")
+    print(f"{args.steps} steps x {n} tensors ({args.steps * n:,} rows): {before} part files written in "
+          f"{written:.1f} s; compacted at close into {after} files in {compacted:.1f} s (peak memory "
+          f"{peak_writing:.0f} MiB)")
+    if not args.no_load:
+        t0 = time.perf_counter()
+        dynamics.load(run)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"loaded in {time.perf_counter() - t0:.1f} s (peak memory {peak:.0f} MiB)")
     if args.keep is None:
         shutil.rmtree(root)
 
