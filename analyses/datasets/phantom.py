@@ -18,11 +18,19 @@ How one case is built (all in one batched torch pass, deterministic from ``seed`
 4. Lesions. Malignant cases carry a spiculated mass (an irregular sphere with thin radiating spicules), a
    cluster of calcifications (tiny, very dense voxels), or both; a fraction of benign cases carry a smooth,
    well-circumscribed round mass. Lesion contrast scales with ``1 - difficulty``.
-5. Projections. CC: line integral of attenuation along z. MLO: line integral along the oblique direction
-   (0, sin θ, cos θ), θ ≈ 45° (jittered per case), by trilinear sampling of the volume along rays.
-6. Detector. Images are scaled to about [0, 1] and get additive Gaussian noise (std grows with difficulty).
+5. Visibility per view. Independently in each view, a lesion is occult with probability ``occult`` (as when
+   dense tissue or the projection angle hides it in one view only): each view then carries information the
+   other lacks, so a model that uses both views can beat either alone.
+6. Projections. Projection is linear, so the lesion-free volume and the lesion are projected apart and the
+   lesion is added to each view's image times its visibility in that view. CC: line integral along z. MLO:
+   line integral along the oblique direction (0, sin θ, cos θ), θ ≈ 45° (jittered per case), by bilinear
+   sampling along rays. The oblique rays cross more tissue, so the MLO lesion is scaled by ``mlo_gain`` to
+   match the two views' difficulty (calibrated so that single-view models reach about the same test AUC).
+7. Detector. Images are scaled to about [0, 1] and get additive Gaussian noise (std grows with difficulty).
 
-Images are cached on disk as float16 under ``root/phantom/<key>.npz``, where ``key`` hashes every parameter.
+Generation runs on one intra-op thread whatever the caller's setting: multi-threaded reductions sum in a
+different order, and the images must not depend on the machine's thread count. Images are cached on disk as
+float16 under ``root/phantom/<key>.npz``, where ``key`` hashes every parameter and the generator's version.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ import torch.nn.functional as F
 from analyses.datasets.common import TwoViewData, TwoViewSplits, stratified_split
 
 CHUNK = 128  # cases generated per batch; case i depends only on (seed, i // CHUNK), never on n
+VERSION = 2  # of the generator: 2 added per-view occlusion, the MLO gain and one-thread generation
 DEFAULT_ROOT = Path(os.environ.get("DYNAMICS_DATA", "data"))
 
 
@@ -55,9 +64,18 @@ class PhantomConfig:
     difficulty: float = 0.5       # 0 easy … 1 hard: lowers lesion contrast, raises noise
     density: tuple[float, float] = (0.1, 0.6)
     mlo_angle: float = 45.0
+    occult: float = 0.25          # chance, per view and independently, that a lesion is invisible in that view
+    mlo_gain: float = 1.0         # MLO lesion contrast relative to CC (matches the views' difficulty)
+
+    def __post_init__(self) -> None:
+        for name in ("prevalence", "benign_mass", "difficulty", "occult"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"PhantomConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.n < 1 or self.size < 16:
+            raise ValueError(f"PhantomConfig needs n >= 1 and size >= 16, got n={self.n}, size={self.size}")
 
     def key(self) -> str:
-        blob = json.dumps({"v": 1, **asdict(self)}, sort_keys=True)
+        blob = json.dumps({"v": VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -154,7 +172,8 @@ def _chunk(cfg: PhantomConfig, index: int, b: int) -> tuple[np.ndarray, np.ndarr
     lesion = contrast * (has_spic.view(b, 1) * spic_mass + has_round.view(b, 1) * round_mass)
     bi = torch.arange(b).view(b, 1).expand_as(pidx[0])
     lesion = lesion * inside.expand(b, -1, -1, -1)[(bi, *pidx)]
-    vol.index_put_((bi, *pidx), lesion, accumulate=True)
+    les = torch.zeros_like(vol)  # the lesion alone: projected apart, added per view times its visibility
+    les.index_put_((bi, *pidx), lesion, accumulate=True)
     # spicules: 10 thin lines from the mass centre, drawn as points along each line
     k, m = 10, 3 * s // 8
     dirs = torch.randn(b, k, 3, generator=g)
@@ -163,25 +182,30 @@ def _chunk(cfg: PhantomConfig, index: int, b: int) -> tuple[np.ndarray, np.ndarr
     steps = torch.linspace(0.3, 1.0, m).view(1, 1, m, 1)
     pts = centre.view(b, 1, 1, 3) + dirs.view(b, k, 1, 3) * lengths.view(b, k, 1, 1) * steps
     val = (contrast * 0.8 * has_spic.float()).view(b, 1, 1).expand(b, k, m) / (m / (s / 4))
-    _splat(vol, pts.reshape(b, k * m, 3), val.reshape(b, k * m), s)
+    _splat(les, pts.reshape(b, k * m, 3), val.reshape(b, k * m), s)
     # calcifications: 6–14 tiny very dense specks within a small cluster
     nc = 14
     offs = torch.randn(b, nc, 3, generator=g) * 0.025
     cpts = centre.view(b, 1, 3) + offs
     keep = (torch.arange(nc).view(1, nc) < torch.randint(6, nc + 1, (b, 1), generator=g)) & has_calc.view(b, 1)
-    _splat(vol, cpts, keep.float() * 6.0 * (1.0 - 0.6 * hard), s)
+    _splat(les, cpts, keep.float() * 6.0 * (1.0 - 0.6 * hard), s)
 
-    # 5. projections
-    cc = vol.sum(dim=1) / s  # (b, Y, X), line integral along z
-    mlo = _project_oblique(vol, theta, s)
+    # 5. visibility per view, independently
+    seen = (torch.rand(b, 2, generator=g) >= cfg.occult).float()
+    vis_cc, vis_mlo = seen[:, 0].view(b, 1, 1), cfg.mlo_gain * seen[:, 1].view(b, 1, 1)
 
-    # 6. detector: scale to about [0, 1], add noise
+    # 6. projections (linear: background and lesion apart)
+    cc = (vol.sum(dim=1) + vis_cc * les.sum(dim=1)) / s  # (b, Y, X), line integral along z
+    mlo = _project_oblique(vol, theta, s) + vis_mlo * _project_oblique(les, theta, s)
+
+    # 7. detector: scale to about [0, 1], add noise
     noise = 0.02 + 0.06 * hard
     cc = cc / 0.35 + noise * torch.randn(cc.shape, generator=g)
     mlo = mlo / 0.35 + noise * torch.randn(mlo.shape, generator=g)
     lesion_kind = has_spic.long() + 2 * has_calc.long() + 4 * has_round.long()
+    visible = (seen[:, 0] > 0).long() + 2 * (seen[:, 1] > 0).long()  # bit 1: seen in CC, bit 2: in MLO
     return (cc.numpy().astype(np.float16), mlo.numpy().astype(np.float16),
-            malignant.numpy().astype(np.int64), lesion_kind.numpy())
+            malignant.numpy().astype(np.int64), lesion_kind.numpy(), visible.numpy())
 
 
 def _project_oblique(vol: torch.Tensor, theta: torch.Tensor, s: int) -> torch.Tensor:
@@ -220,10 +244,17 @@ def _patch(centre: torch.Tensor, p: int, s: int) -> tuple[tuple[torch.Tensor, ..
 
 
 def generate(cfg: PhantomConfig) -> dict[str, np.ndarray]:
-    """All ``cfg.n`` cases in memory: ``cc``, ``mlo`` (n, S, S) float16, ``y`` (n,), ``lesion`` bit flags."""
-    parts = [_chunk(cfg, i, CHUNK) for i in range(-(-cfg.n // CHUNK))]  # full chunks: case i never depends on n
-    cc, mlo, y, lesion = (np.concatenate(p)[:cfg.n] for p in zip(*parts))
-    return {"cc": cc, "mlo": mlo, "y": y, "lesion": lesion}
+    """All ``cfg.n`` cases in memory: ``cc``, ``mlo`` (n, S, S) float16, ``y`` (n,), ``lesion`` bit flags
+    (1 spiculated mass, 2 calcifications, 4 benign round mass), ``visible`` (1: the lesion shows in CC, 2: in
+    MLO). One intra-op thread throughout, restored afterwards: the images never depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # full chunks: case i never depends on n
+        parts = [_chunk(cfg, i, CHUNK) for i in range(-(-cfg.n // CHUNK))]
+    finally:
+        torch.set_num_threads(threads)
+    cc, mlo, y, lesion, visible = (np.concatenate(p)[:cfg.n] for p in zip(*parts))
+    return {"cc": cc, "mlo": mlo, "y": y, "lesion": lesion, "visible": visible}
 
 
 def load_arrays(cfg: PhantomConfig, root: str | Path = DEFAULT_ROOT) -> dict[str, np.ndarray]:
