@@ -36,14 +36,14 @@ from analyses.train import DATASETS, TrainConfig, build_data, train
 
 # Defaults sized so that `make reproduce` (every data set's grid) fits in 15 minutes on 2 CPU cores.
 QUICK = {
-    "phantom": dict(epochs=14, n_cases=3000, image_size=64, batch_size=64, lr=1e-3),
+    "phantom": dict(epochs=14, n_cases=3000, image_size=48, difficulty=0.25, batch_size=64, lr=1e-3),
     "digits": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
     "mfeat": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
     "cbis-ddsm": dict(epochs=10, image_size=128, batch_size=32),
     "vindr-mammo": dict(epochs=10, image_size=128, batch_size=32),
 }
 FULL = {  # the grid recommended for a paper (GPU or patience): more data, larger images, more seeds/epochs
-    "phantom": dict(epochs=40, n_cases=12000, image_size=128, batch_size=64, lr=1e-3),
+    "phantom": dict(epochs=40, n_cases=12000, image_size=128, difficulty=0.25, batch_size=64, lr=1e-3),
     "digits": dict(epochs=100, batch_size=64, lr=1e-3, hidden=128),
     "mfeat": dict(epochs=100, batch_size=64, lr=1e-3, hidden=128),
     "cbis-ddsm": dict(epochs=40, image_size=256, batch_size=16),

@@ -368,7 +368,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> None:
     res = train(parse_args(argv))
     if "test_auc" in res:  # rank 0 (or the only process)
-        print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=1, default=float))
+        print(json.dumps({k: v for k, v in res.items() if k not in ("history", "test_scores")}, indent=1, default=float))
 
 
 if __name__ == "__main__":

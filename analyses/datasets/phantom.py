@@ -24,8 +24,9 @@ How one case is built (all in one batched torch pass, deterministic from ``seed`
 6. Projections. Projection is linear, so the lesion-free volume and the lesion are projected apart and the
    lesion is added to each view's image times its visibility in that view. CC: line integral along z. MLO:
    line integral along the oblique direction (0, sin θ, cos θ), θ ≈ 45° (jittered per case), by bilinear
-   sampling along rays. The oblique rays cross more tissue, so the MLO lesion is scaled by ``mlo_gain`` to
-   match the two views' difficulty (calibrated so that single-view models reach about the same test AUC).
+   sampling along rays. ``mlo_gain`` scales the MLO lesion, to match the two views' difficulty where they
+   differ; at the reproduction's setting (48×48, difficulty 0.25) 1.0 matched them: single-view ResNet-22
+   models reached test AUC 0.837 (CC) and 0.835 (MLO), seed 0, 14 epochs.
 7. Detector. Images are scaled to about [0, 1] and get additive Gaussian noise (std grows with difficulty).
 
 Generation runs on one intra-op thread whatever the caller's setting: multi-threaded reductions sum in a
@@ -243,27 +244,41 @@ def _patch(centre: torch.Tensor, p: int, s: int) -> tuple[tuple[torch.Tensor, ..
     return (iz.clamp(0, nz - 1), iy.clamp(0, s - 1), ix.clamp(0, s - 1)), pts
 
 
-def generate(cfg: PhantomConfig) -> dict[str, np.ndarray]:
-    """All ``cfg.n`` cases in memory: ``cc``, ``mlo`` (n, S, S) float16, ``y`` (n,), ``lesion`` bit flags
-    (1 spiculated mass, 2 calcifications, 4 benign round mass), ``visible`` (1: the lesion shows in CC, 2: in
-    MLO). One intra-op thread throughout, restored afterwards: the images never depend on the thread count."""
+def _chunk_one_thread(cfg: PhantomConfig, index: int) -> tuple[np.ndarray, ...]:
+    """One chunk on one intra-op thread (restored afterwards): the images never depend on the thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:  # full chunks: case i never depends on n
-        parts = [_chunk(cfg, i, CHUNK) for i in range(-(-cfg.n // CHUNK))]
+    try:
+        return _chunk(cfg, index, CHUNK)
     finally:
         torch.set_num_threads(threads)
+
+
+def generate(cfg: PhantomConfig, workers: int = 1) -> dict[str, np.ndarray]:
+    """All ``cfg.n`` cases in memory: ``cc``, ``mlo`` (n, S, S) float16, ``y`` (n,), ``lesion`` bit flags
+    (1 spiculated mass, 2 calcifications, 4 benign round mass), ``visible`` (1: the lesion shows in CC, 2: in
+    MLO). Each chunk is generated on one thread; ``workers`` > 1 spreads the chunks over processes (the same
+    images: a chunk depends only on the seed and its index)."""
+    indices = range(-(-cfg.n // CHUNK))  # full chunks: case i never depends on n
+    if workers > 1 and len(indices) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+        with ProcessPoolExecutor(min(workers, len(indices)), mp_context=get_context("spawn")) as pool:
+            parts = list(pool.map(_chunk_one_thread, [cfg] * len(indices), indices))
+    else:
+        parts = [_chunk_one_thread(cfg, i) for i in indices]
     cc, mlo, y, lesion, visible = (np.concatenate(p)[:cfg.n] for p in zip(*parts))
     return {"cc": cc, "mlo": mlo, "y": y, "lesion": lesion, "visible": visible}
 
 
-def load_arrays(cfg: PhantomConfig, root: str | Path = DEFAULT_ROOT) -> dict[str, np.ndarray]:
-    """The cached arrays for ``cfg``, generating and writing them on first use (atomic rename)."""
+def load_arrays(cfg: PhantomConfig, root: str | Path = DEFAULT_ROOT, workers: int | None = None) -> dict[str, np.ndarray]:
+    """The cached arrays for ``cfg``, generating and writing them on first use (atomic rename; ``workers``
+    processes, default one per CPU core up to 2)."""
     path = Path(root) / "phantom" / f"{cfg.key()}.npz"
     if path.exists():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
-    arrays = generate(cfg)
+    arrays = generate(cfg, workers=min(2, os.cpu_count() or 1) if workers is None else workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)

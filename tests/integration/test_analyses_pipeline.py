@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 import dynamics
+from analyses import findings as F
 from analyses import reproduce
 from analyses.train import TrainConfig, train
 
@@ -31,16 +32,31 @@ def test_reproduce_grid_smoke_mfeat(tmp_path):
                          "--runs", str(tmp_path / "runs"), "--out", str(out), "--no-progress", "--jobs", "2"])
     assert rc == 0
     df = pd.read_csv(out / "results.csv")
-    assert sorted(df["condition"].unique()) == ["dropout", "separate", "shared"] and len(df) == 6
-    assert (out / "report.md").exists() and (out / "test_auc.md").exists() and (out / "timing.json").exists()
+    expected = ["only-fou", "only-mor", "separate", "shared", "dropout-0.25", "dropout-0.5", "rebalance",
+                "rebalance-random", "ensemble"]
+    assert list(dict.fromkeys(df["condition"])) == expected and len(df) == 2 * len(expected)
+    for name in ("report.md", "test_auc.md", "timing.json", "findings.json", "findings.md", "shares.csv"):
+        assert (out / name).exists(), name
+    found = json.loads((out / "findings.json").read_text())
+    assert found["seeds"] == [0, 1] and set(found["conditions"]) == set(expected[2:-1])
+    assert found["conditions"]["shared"]["vs_separate"]["design"].startswith("paired t by seed (2 pairs)")
+    assert found["checks"] == [] and found["passed"]  # mfeat is reported, not gated
     meta = dynamics.read_meta(tmp_path / "runs" / "mfeat" / "shared-seed1")
     assert meta["condition"] == "shared" and meta["seed"] == 1
 
 
-def test_t_interval_matches_hand_value():
-    m, lo, hi = reproduce.t_interval([1.0, 2.0, 3.0])
-    # mean 2, sd 1, t(0.975, 2) = 4.302653 → half width 4.302653 / sqrt(3)
-    assert m == 2.0 and hi - m == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5) and m - lo == pytest.approx(hi - m)
+def test_reproduce_gate_stops_the_joint_grid(tmp_path, monkeypatch):
+    """A failed check stops the grid before any joint model trains, and the findings say so."""
+    monkeypatch.setitem(reproduce.GATES, "mfeat", F.Gate(min_single=1.01))  # no model reaches AUC 1.01
+    out = tmp_path / "fig"
+    rc = reproduce.main(["--dataset", "mfeat", "--seeds", "2", "--max-steps", "2", "--epochs", "1",
+                         "--runs", str(tmp_path / "runs"), "--out", str(out), "--no-progress", "--jobs", "1"])
+    assert rc == 0
+    df = pd.read_csv(out / "results.csv")
+    assert set(df["condition"]) == {"only-fou", "only-mor", "ensemble"}
+    found = json.loads((out / "findings.json").read_text())
+    assert not found["passed"] and found["conditions"] == {} and "not run" in found["notes"][0]
+    assert "**FAILED**" in (out / "findings.md").read_text()
 
 
 def test_two_step_shared_run_attributes_the_shared_column_to_both_views(tmp_path):
