@@ -100,10 +100,15 @@ def single_view_checks(table: pd.DataFrame, views: Sequence[str], gate: Gate) ->
             "passed": all(c["passed"] for c in checks)}
 
 
-def verdict(difference_: float, p_holm: float, mdd: float) -> str:
-    """A comparison in words: better or worse than the reference at Holm-corrected 5%, or an honest null."""
+def verdict(difference_: float, p_holm: float, mdd: float, p_exact_min: float = 0.0) -> str:
+    """A comparison in words: better or worse than the reference at Holm-corrected 5%, or an honest null.
+
+    Where even the exact (sign-flip) test over these runs cannot reach α (2 seeds: its smallest p is 0.5), a
+    small t-test p rests on the normality assumption alone: then no verdict is given."""
     if not np.isfinite(p_holm):
         return "cannot tell (too few runs for a test)"
+    if p_exact_min > ALPHA:
+        return f"too few seeds to tell (the exact test's smallest p is {p_exact_min:.2g})"
     if p_holm < ALPHA:
         return "better than separate" if difference_ > 0 else "worse than separate"
     return f"no difference detected (smallest detectable: {mdd:.3f})"
@@ -150,7 +155,7 @@ def conditions_block(table: pd.DataFrame, joint: Sequence[str], views: Sequence[
             r = comp.loc[c]
             block["vs_separate"] = {"difference": r["difference"], "lo": r["lo"], "hi": r["hi"], "p": r["p"],
                                     "p_holm": r["p_holm"], "mdd": r["mdd"], "mdd_holm": r["mdd_family"],
-                                    "design": r["design"], "verdict": verdict(r["difference"], r["p_holm"], r["mdd"])}
+                                    "design": r["design"], "p_exact": r["p_exact"], "verdict": verdict(r["difference"], r["p_holm"], r["mdd"], r["p_exact_min"])}
         out[c] = block
     return out
 

@@ -142,6 +142,8 @@ def test_verdict_states_the_detectable_difference_for_a_null():
     assert F.verdict(0.01, 0.4, 0.034).endswith("smallest detectable: 0.034)")
     assert F.verdict(-0.05, 0.01, 0.02) == "worse than separate"
     assert "cannot tell" in F.verdict(0.0, math.nan, math.nan)
+    # 2 seeds: a t-test p of 0.02 with df = 1, but the exact sign-flip test cannot go below 0.5
+    assert F.verdict(-0.007, 0.02, 0.001, p_exact_min=0.5).startswith("too few seeds to tell")
 
 
 def test_dominant_share_reads_the_reports_shares():
