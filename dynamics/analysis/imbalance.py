@@ -103,7 +103,8 @@ def _views_of_every_run(per_param: pd.DataFrame) -> list[str]:
     order = view_order(per_param)
     if "run" not in per_param.columns:
         return order
-    present = per_param.groupby("run", observed=True)["view"].agg(lambda v: set(v.astype(str)))
+    pairs = per_param[["run", "view"]].drop_duplicates()  # one row per run and view: a set per run is cheap
+    present = pairs.groupby("run", observed=True)["view"].agg(lambda v: set(v.astype(str)))
     common = set.intersection(*present.tolist()) if len(present) else set()
     return [v for v in order if v in common]
 

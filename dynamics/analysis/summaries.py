@@ -57,6 +57,7 @@ def run_groups(per_param: pd.DataFrame, by: str | None) -> pd.DataFrame:
     df = with_run(per_param)
     if by is not None and by not in df.columns:
         raise ValueError(f"cannot group by {by!r}: no such column in per_param (columns: {list(df.columns)})")
+    df = df[list(dict.fromkeys(["run", by or "run"]))].drop_duplicates()  # a row per run (two: two groups)
     group = df["run"].astype(str) if by is None else df[by].astype(str)
     groups = pd.DataFrame({"run": df["run"].astype(str), "group": group}).drop_duplicates()
     if groups["run"].duplicated().any():

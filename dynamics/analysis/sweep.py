@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,49 +82,46 @@ class _Reduction:
         self.runs.append(label)
         if not len(rows.view_codes):  # nothing recorded: as absent from per_param as in load_runs
             return
-        kept = _usable_rows(label, rows)
-        steps = np.unique(rows.columns["step"])  # the phases cut the full recorded range
+        layers = _layer_sums(label, rows)
+        recorded = rows.per_step["recorded"].to_numpy(bool)
+        steps = rows.per_step["step"].to_numpy(np.int64)[recorded]  # the params' steps (read_rows checks), sorted
         phases = _assign_phase(pd.Series(steps), pd.Series(np.zeros(len(steps))), self.n_phases).codes
-
-        def phase_of(step: np.ndarray) -> np.ndarray:
-            return phases[np.searchsorted(steps, step)]
         order = rows.view_order
-        views = _view_sums(kept, rows).to_pandas()
+        views = _view_sums(layers).to_pandas()
         views = views.assign(view=pd.Categorical.from_codes(views["view"], categories=order),
-                             phase=pd.Categorical.from_codes(phase_of(views["step"].to_numpy()),
+                             phase=pd.Categorical.from_codes(phases[np.searchsorted(steps, views["step"])],
                                                              categories=phase_labels(self.n_phases)))
         self.views.append(tag_run(views, label, rows.meta))
-        norms = kept.group_by(["view", "depth", "step"]).aggregate([("grad_sq", "sum", _SUM)])
-        norms = norms.append_column("norm", pc.sqrt(norms["grad_sq_sum"])).drop_columns("grad_sq_sum")
-        present = norms.group_by(["view", "depth"]).aggregate([]).to_pandas()
-        self.depths.append(pd.DataFrame({"run": label, "view": [order[v] for v in present["view"]],
-                                         "depth": present["depth"]}))
+        norms, present = _depth_norms(layers, len(order), steps)
+        view, depth = np.nonzero(present.any(axis=2))
+        self.depths.append(pd.DataFrame({"run": label, "view": np.array(order, dtype=object)[view], "depth": depth}))
         for a, b in itertools.combinations(range(len(order)), 2):
-            self._match(len(self.runs) - 1, label, norms, (order[a], order[b]), (a, b), phase_of)
+            self._match(label, (order[a], order[b]), norms[[a, b]], present[a] & present[b], steps, phases)
 
-    def _match(self, run: int, label: str, norms: pa.Table, pair: tuple[str, str], codes: tuple[int, int],
-               phase_of: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Depth i of the pair's first view against depth i of its second, at every step both have it."""
-        sides = [norms.filter(pc.equal(norms["view"], c)).drop_columns("view") for c in codes]
-        both = sides[0].rename_columns(["depth", "step", "a"]).join(sides[1].rename_columns(["depth", "step", "b"]),
-                                                                     keys=["depth", "step"], join_type="inner")
-        if not both.num_rows:
+    def _match(self, label: str, pair: tuple[str, str], norms: np.ndarray, both: np.ndarray, steps: np.ndarray,
+               phases: np.ndarray) -> None:
+        """Depth i of the pair's first view against depth i of its second (``norms``: both views' depth x step
+        norms), at every step both have it (``both``)."""
+        if not both.any():
             return
         if pair not in self.pairs:
             self.pairs.append(pair)
-        step, a, b = (both[c].to_numpy() for c in ("step", "a", "b"))
-        sums = both.append_column("phase", pa.array(phase_of(step))).group_by(["depth", "phase"]).aggregate(
-            [("a", "sum"), ("b", "sum"), ("a", "count")]).to_pandas()
-        self.layers.append(pd.DataFrame({"run": label, "view_a": pair[0], "view_b": pair[1], "depth": sums["depth"],
-                                         "phase": np.array(phase_labels(self.n_phases))[sums["phase"]],
-                                         "sum_a": sums["a_sum"], "sum_b": sums["b_sum"], "n": sums["a_count"]}))
+        parts = []
+        for phase in range(self.n_phases):
+            inside = both & (phases == phase)[None, :]
+            n = inside.sum(axis=1)
+            depth = np.nonzero(n)[0]
+            parts.append(pd.DataFrame({"depth": depth, "phase": phase_labels(self.n_phases)[phase],
+                                       "sum_a": np.where(inside, norms[0], 0.0).sum(axis=1)[depth],
+                                       "sum_b": np.where(inside, norms[1], 0.0).sum(axis=1)[depth], "n": n[depth]}))
+        self.layers.append(pd.concat(parts, ignore_index=True).assign(run=label, view_a=pair[0], view_b=pair[1]))
         with np.errstate(divide="ignore", invalid="ignore"):
-            log2 = np.log2(a / b)
-        finite = np.isfinite(log2)
-        self.ratios.append(pa.table({"run": np.full(finite.sum(), run, np.int32),
-                                     "pair": np.full(finite.sum(), self.pairs.index(pair), np.int32),
-                                     "depth": both["depth"].to_numpy()[finite], "step": step[finite],
-                                     "log2_ratio": log2[finite]}))
+            log2 = np.log2(norms[0] / norms[1])
+        depth, step = np.nonzero(both & np.isfinite(log2))
+        self.ratios.append(pa.table({"run": np.full(len(depth), len(self.runs) - 1, np.int32),
+                                     "pair": np.full(len(depth), self.pairs.index(pair), np.int32),
+                                     "depth": depth.astype(np.int32), "step": steps[step],
+                                     "log2_ratio": log2[depth, step]}))
 
     def result(self) -> Sweep:
         if not self.views:
@@ -143,35 +140,43 @@ class _Reduction:
                      self.runs, self.pairs)
 
 
-def _usable_rows(label: str, rows: RunRows) -> pa.Table:
-    """One run's usable rows (:func:`~dynamics.analysis.cleaning.usable`) of a view, as Arrow: view (code into
-    ``rows.view_order``), layer, depth, step and the stored quantities (a non-finite update_sq or lca null)."""
+def _layer_sums(label: str, rows: RunRows) -> pa.Table:
+    """One run's sums per view (code into ``rows.view_order``), layer, depth and recorded step over its usable
+    rows (:func:`~dynamics.analysis.cleaning.usable`; a non-finite update_sq or lca counts as missing), null
+    where the layer has none, with ``norm`` = √Σ‖g‖²."""
     c = rows.columns
     skipped = _skipped_steps(rows.per_step, [label])["step"].to_numpy(np.int64)
     keep = usable(c["step"], bad_rows(c["grad_sq"], c["param_sq"], c["finite"]), skipped, c["has_grad"])
-    keep &= rows.view_codes >= 0
-    _, layer_of, depth_of = param_layers(rows.meta["parameters"])
-    ids = c[PARAM_ID][keep]
-    return pa.table({"view": rows.view_codes[keep], "layer": layer_of[ids], "depth": depth_of[ids],
-                     "step": c["step"][keep], "grad_sq": c["grad_sq"][keep], "param_sq": c["param_sq"][keep],
-                     **{q: pa.array(finite_or_nan(c[q][keep]), from_pandas=True) for q in ("update_sq", "lca")}})
-
-
-def _view_sums(kept: pa.Table, rows: RunRows) -> pa.Table:
-    """Per view and recorded step: ``used``, the sums of the quantities over the usable rows (null: none) and
-    ``layer_grad_norm``."""
-    sums = kept.group_by(["view", "step"]).aggregate([(q, "sum", _SUM) for q in QUANTITIES])
-    sums = sums.rename_columns([c.removesuffix("_sum") for c in sums.column_names])
-    layer = kept.group_by(["view", "layer", "step"]).aggregate([("grad_sq", "sum")])
-    layer = layer.append_column("norm", pc.sqrt(layer["grad_sq_sum"])).group_by(["view", "step"]).aggregate(
-        [("norm", "mean")]).rename_columns(["view", "step", "layer_grad_norm"])
     recorded = rows.view_codes >= 0
-    every = pa.table({"view": rows.view_codes[recorded], "step": rows.columns["step"][recorded]})
-    every = every.group_by(["view", "step"]).aggregate([])
-    out = every.join(sums, keys=["view", "step"], join_type="left outer").join(layer, keys=["view", "step"],
-                                                                               join_type="left outer")
-    out = out.append_column("used", pc.is_valid(out["grad_sq"]))
-    return out.sort_by([("view", "ascending"), ("step", "ascending")])
+    keep, ids = keep[recorded], c[PARAM_ID][recorded]
+    _, layer_of, depth_of = param_layers(rows.meta["parameters"])
+    values = {q: np.where(keep, finite_or_nan(c[q][recorded]), np.nan) for q in QUANTITIES}
+    table = pa.table({"view": rows.view_codes[recorded], "layer": layer_of[ids], "depth": depth_of[ids],
+                      "step": c["step"][recorded], **{q: pa.array(v, from_pandas=True) for q, v in values.items()}})
+    layers = table.group_by(["view", "layer", "depth", "step"]).aggregate([(q, "sum", _SUM) for q in QUANTITIES])
+    layers = layers.rename_columns([n.removesuffix("_sum") for n in layers.column_names])
+    return layers.append_column("norm", pc.sqrt(layers["grad_sq"]))
+
+
+def _view_sums(layers: pa.Table) -> pa.Table:
+    """Per view and recorded step: the sums of the quantities (null: no usable row), ``layer_grad_norm`` (mean
+    over the layers with usable rows of their norms) and ``used``."""
+    sums = layers.group_by(["view", "step"]).aggregate([*((q, "sum", _SUM) for q in QUANTITIES), ("norm", "mean")])
+    sums = sums.rename_columns([{"norm_mean": "layer_grad_norm"}.get(n, n.removesuffix("_sum"))
+                                for n in sums.column_names])
+    sums = sums.append_column("used", pc.is_valid(sums["grad_sq"]))
+    return sums.sort_by([("view", "ascending"), ("step", "ascending")])
+
+
+def _depth_norms(layers: pa.Table, n_views: int, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per view, depth and step (of ``steps``), dense: √ of the depth's Σ‖g‖² over the usable rows, and whether
+    the depth has usable rows there."""
+    used = layers.filter(pc.is_valid(layers["grad_sq"]))
+    view, depth, step, sq = (used[c].to_numpy() for c in ("view", "depth", "step", "grad_sq"))
+    shape = (n_views, int(depth.max()) + 1 if len(depth) else 0, len(steps))
+    flat = np.ravel_multi_index((view, depth, np.searchsorted(steps, step)), shape)
+    total = np.bincount(flat, weights=sq, minlength=int(np.prod(shape))).reshape(shape)
+    return np.sqrt(total), np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape) > 0
 
 
 def sweep_layer_means(sweep: Sweep, pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:

@@ -288,7 +288,7 @@ def concat_runs(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Tables of :func:`tag_run` stacked, ``run`` and ``condition`` categorical in the order the runs came."""
     out = pd.concat(frames, ignore_index=True)
     for column in ("run", "condition"):
-        out[column] = pd.Categorical(out[column], categories=list(dict.fromkeys(out[column])))
+        out[column] = pd.Categorical(out[column], categories=list(pd.unique(out[column])))
     return out
 
 
