@@ -1,4 +1,4 @@
-"""Time `dynamics report` on a synthetic run of 10,000 steps x 100 tensors (issue 4: target < 30 s), or with
+"""Time `dynamics report` on a synthetic run of 10,000 steps x 100 tensors (target < 15 s), or with
 ``--sweep`` on 200 runs of 2,000 steps x 140 tensors (issue 16: targets < 60 s and < 4 GB).
 
 Each run is written through the store's writer as the recorder writes it (committed flushes of 100 steps,
@@ -102,7 +102,7 @@ def main() -> None:
     elapsed, cpu1 = time.perf_counter() - t0, os.times()
     cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
-    goal = "< 60 s, < 4 GB" if args.sweep else "< 30 s"
+    goal = "< 60 s, < 4 GB" if args.sweep else "< 15 s"
     print(f"`dynamics report <{target}> --out ... --no-progress`: {elapsed:.1f} s wall clock, {cpu:.1f} s CPU "
           f"(the figure to compare on a shared machine), peak memory {peak:.2f} GiB (target {goal})")
     if args.keep is None:

@@ -40,10 +40,8 @@ def _write(run_dir: Path, meta: dict, params: pd.DataFrame, steps: pd.DataFrame,
         pick = {"params": params, "steps": steps, "attribution": attribution}
         writer.commit({t: f[f["step"].isin(chunk)] for t, f in pick.items() if f is not None})
     if compact:
-        writer.close(meta)
-    else:
-        writer.write_meta(meta)
-        writer.release()
+        writer.close(meta)  # compacts the parts
+    writer.release()  # idempotent
     return run_dir
 
 
