@@ -90,6 +90,27 @@ def _skipped_steps(per_step: pd.DataFrame | None, runs: list[str]) -> pd.DataFra
     return pd.DataFrame({"run": [runs[0]] * len(ps), "step": ps["step"]})
 
 
+def bad_rows(grad_sq: np.ndarray, param_sq: np.ndarray, finite: np.ndarray | None = None) -> np.ndarray:
+    """Rows whose step is dropped for every view: a non-finite ‖g‖² or ‖θ‖², or a row the recorder marked so."""
+    bad = ~np.isfinite(grad_sq) | ~np.isfinite(param_sq)
+    return bad if finite is None else bad | ~finite
+
+
+def usable(keys: np.ndarray, bad: np.ndarray, skipped: np.ndarray, has_grad: np.ndarray) -> np.ndarray:
+    """The rows :func:`clean` keeps, on arrays: ``keys`` name each row's (run, step), ``bad`` (:func:`bad_rows`)
+    and the keys ``skipped`` drop their steps whole, ``has_grad`` false drops the row alone."""
+    keep = has_grad.copy()
+    if bad.any() or len(skipped):
+        drop = np.union1d(keys[bad], skipped)
+        keep &= ~np.isin(keys, drop[drop >= 0])
+    return keep
+
+
+def finite_or_nan(values: np.ndarray) -> np.ndarray:
+    """A non-finite ``update_sq`` or ``lca`` (e.g. the last step's, whose update is unknown) as missing."""
+    return np.where(np.isfinite(values), values, np.nan)
+
+
 def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_phases: int = 3) -> pd.DataFrame:
     """Rows usable for analysis (see the module docstring), with ``run``/``condition``/``seed`` and ``phase``."""
     check_columns(per_param, REQUIRED, "per_param")
@@ -97,19 +118,17 @@ def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_ph
         raise ValueError(f"n_phases must be >= 1, got {n_phases}")
     df = with_run(per_param)
     df = df.assign(phase=_assign_phase(df["step"], df["run"], n_phases))  # on the full recorded range
-    bad = ~np.isfinite(df["grad_sq"].to_numpy(float)) | ~np.isfinite(df["param_sq"].to_numpy(float))
-    if "finite" in df.columns:
-        bad |= ~df["finite"].fillna(False).to_numpy(bool)
-    keep = np.ones(len(df), bool)
+    bad = bad_rows(df["grad_sq"].to_numpy(float), df["param_sq"].to_numpy(float),
+                   df["finite"].fillna(False).to_numpy(bool) if "finite" in df.columns else None)
     runs = pd.Index([str(r) for r in pd.unique(df["run"].astype(str))])
     skipped = _skipped_steps(per_step, list(runs))
+    keys = skipped_keys = np.zeros(0, np.int64)
     if bad.any() or len(skipped):
         base = int(max(df["step"].max(), skipped["step"].max() if len(skipped) else 0)) + 1
         keys = _step_keys(df["run"], df["step"], runs, base)
-        drop = np.union1d(keys[bad], _step_keys(skipped["run"], skipped["step"].astype(np.int64), runs, base))
-        keep &= ~np.isin(keys, drop[drop >= 0])
-    if "has_grad" in df.columns:
-        keep &= df["has_grad"].fillna(False).to_numpy(bool)
+        skipped_keys = _step_keys(skipped["run"], skipped["step"].astype(np.int64), runs, base)
+    has_grad = df["has_grad"].fillna(False).to_numpy(bool) if "has_grad" in df.columns else np.ones(len(df), bool)
+    keep = usable(keys, bad, skipped_keys, has_grad)
     if len(df) == 0:
         raise ValueError("per_param has no rows: nothing was recorded")
     if not keep.any():
@@ -119,7 +138,7 @@ def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_ph
     for q in ("update_sq", "lca"):
         v = df[q].to_numpy(float)
         if not np.isfinite(v).all():
-            fix[q] = np.where(np.isfinite(v), v, np.nan)
+            fix[q] = finite_or_nan(v)
     return df.assign(**fix) if fix else df.copy()
 
 

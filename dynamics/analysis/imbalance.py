@@ -32,6 +32,9 @@ def _run_info(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("run", observed=True)[["condition", "seed"]].first().reset_index()
 
 
+_VIEW_STEP = ["run", "view", "step"]
+
+
 def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
                   n_phases: int = 3, cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per run, view and step: norms, learning speed, loss-change allocation and loss-reduction share.
@@ -47,12 +50,23 @@ def view_dynamics(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None,
     Every group, the shared one included, is treated alike.
     """
     df = clean(per_param, per_step, n_phases=n_phases) if cleaned is None else cleaned
-    keys = ["run", "view", "step"]
-    sums = df.groupby(keys, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
+    sums = df.groupby(_VIEW_STEP, observed=True, sort=True)[list(QUANTITIES)].sum(min_count=1)
     layer = df.groupby(["run", "view", "layer", "step"], observed=True)["grad_sq"].sum()
-    layer_mean = mean_layer_norm(layer, ["run", "view", "step"])
+    sums["layer_grad_norm"] = mean_layer_norm(layer, _VIEW_STEP).reindex(sums.index)
+    return _dynamics(sums, df)
+
+
+def view_dynamics_from_sums(sums: pd.DataFrame) -> pd.DataFrame:
+    """:func:`view_dynamics` from sums already taken over the usable rows: one row per run, view and step with
+    ``run``, ``view``, ``step``, ``phase``, ``condition``, ``seed``, the sums of the stored quantities and
+    ``layer_grad_norm`` (the used rows of :attr:`dynamics.analysis.sweep.Sweep.views`)."""
+    return _dynamics(sums.set_index(_VIEW_STEP).sort_index()[[*QUANTITIES, "layer_grad_norm"]], sums)
+
+
+def _dynamics(sums: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """The view dynamics from per (run, view, step) sums (sorted index) and the rows they were taken over."""
     derived = from_sums(sums)
-    out = pd.DataFrame({"grad_norm": derived.pop("grad_norm"), "layer_grad_norm": layer_mean.reindex(sums.index),
+    out = pd.DataFrame({"grad_norm": derived.pop("grad_norm"), "layer_grad_norm": sums["layer_grad_norm"],
                         **derived})
     out["cum_lca"] = out["lca"].fillna(0.0).groupby(level=["run", "view"], observed=True).cumsum()
     out["loss_reduction"] = -out["cum_lca"]
@@ -89,7 +103,8 @@ def _views_of_every_run(per_param: pd.DataFrame) -> list[str]:
     order = view_order(per_param)
     if "run" not in per_param.columns:
         return order
-    present = per_param.groupby("run", observed=True)["view"].agg(lambda v: set(v.astype(str)))
+    pairs = per_param[["run", "view"]].drop_duplicates()  # one row per run and view: a set per run is cheap
+    present = pairs.groupby("run", observed=True)["view"].agg(lambda v: set(v.astype(str)))
     common = set.intersection(*present.tolist()) if len(present) else set()
     return [v for v in order if v in common]
 

@@ -18,7 +18,8 @@ from .derived import loss_share
 from .imbalance import matched_pairs, per_run_layer_ratio, view_dynamics, view_pairs
 from .inference import INTERVAL, sign_flip_test, t_interval
 
-__all__ = ["run_summary", "mean_ci", "run_groups", "pair_runs", "view_shares", "imbalance_summary"]
+__all__ = ["run_summary", "mean_ci", "run_groups", "matched_layer_means", "pair_runs", "view_shares",
+           "imbalance_summary"]
 
 
 def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
@@ -56,6 +57,7 @@ def run_groups(per_param: pd.DataFrame, by: str | None) -> pd.DataFrame:
     df = with_run(per_param)
     if by is not None and by not in df.columns:
         raise ValueError(f"cannot group by {by!r}: no such column in per_param (columns: {list(df.columns)})")
+    df = df[list(dict.fromkeys(["run", by or "run"]))].drop_duplicates()  # a row per run (two: two groups)
     group = df["run"].astype(str) if by is None else df[by].astype(str)
     groups = pd.DataFrame({"run": df["run"].astype(str), "group": group}).drop_duplicates()
     if groups["run"].duplicated().any():
@@ -64,19 +66,30 @@ def run_groups(per_param: pd.DataFrame, by: str | None) -> pd.DataFrame:
     return groups.reset_index(drop=True)
 
 
-def pair_runs(rs: pd.DataFrame, matched: pd.DataFrame) -> pd.DataFrame:
+def matched_layer_means(matched: pd.DataFrame) -> pd.DataFrame:
+    """Per pair of views, phase (and ``all``), run and matched depth: ``a`` and ``b`` averaged over the phase's
+    steps. ``matched``: :func:`dynamics.analysis.matched_pairs`; its ``attrs`` are kept."""
+    md = matched.assign(run=matched["run"].astype(str), phase=matched["phase"].astype(str))
+    md = pd.concat([md, md.assign(phase="all")], ignore_index=True)
+    keys = ["view_a", "view_b", "phase", "run", "depth"]
+    out = md.groupby(keys, observed=True, sort=False)[["a", "b"]].mean().reset_index()
+    out.attrs.update(matched.attrs)
+    return out
+
+
+def pair_runs(rs: pd.DataFrame, matched: pd.DataFrame | None = None, *,
+              layers: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per run, phase and pair of views: ``grad_ratio`` (ratio of the views' mean gradient norms), and over
     the matched layers ``log_ratio`` (mean over layers of ln(a/b), each layer's a and b averaged over the
     phase's steps), ``n_layers`` and ``n_a_greater``. ``rs``: :func:`run_summary`; ``matched``:
-    :func:`dynamics.analysis.matched_pairs` of the same tables."""
+    :func:`dynamics.analysis.matched_pairs` of the same tables, or ``layers``: its :func:`matched_layer_means`
+    (e.g. :func:`dynamics.analysis.sweep.matched_layer_means` of runs reduced one at a time)."""
     gn = rs.assign(run=rs["run"].astype(str), phase=rs["phase"].astype(str), view=rs["view"].astype(str))
     gn = gn.set_index(["run", "phase", "view"])["grad_norm"]
-    md = matched.assign(run=matched["run"].astype(str), phase=matched["phase"].astype(str))
-    md = pd.concat([md, md.assign(phase="all")], ignore_index=True)
-    layers = md.groupby(["view_a", "view_b", "phase", "run", "depth"], observed=True, sort=False)[["a", "b"]].mean()
+    layers = matched_layer_means(matched) if layers is None else layers
     rows = []
-    for (a, b, phase), sub in layers.groupby(level=["view_a", "view_b", "phase"], sort=False):
-        per_run = per_run_layer_ratio(sub.reset_index())
+    for (a, b, phase), sub in layers.groupby(["view_a", "view_b", "phase"], sort=False):
+        per_run = per_run_layer_ratio(sub)
         for r in per_run.itertuples(index=False):
             ga, gb = gn.get((r.run, phase, a), np.nan), gn.get((r.run, phase, b), np.nan)
             rows.append({"run": r.run, "phase": phase, "view_a": a, "view_b": b, "grad_ratio": ga / gb,
@@ -163,7 +176,8 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
                       by: str | None = "condition", views: Sequence[str] | None = None,
                       shared: str = SHARED, n_phases: int = 3, level: float = 0.95,
                       order: Sequence[str] | None = None, vd: pd.DataFrame | None = None,
-                      md: pd.DataFrame | None = None, **_ignored) -> pd.DataFrame:
+                      md: pd.DataFrame | None = None, layers: pd.DataFrame | None = None,
+                      **_ignored) -> pd.DataFrame:
     """The key table: one row per group (``by``; ``None`` = per run), phase and pair of views (every pair of
     :func:`dynamics.analysis.view_pairs`), the run as the unit of every statistic.
 
@@ -176,16 +190,18 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
     ``n_a_greater`` (matched layers x runs: description only), ``interval`` and ``test`` (the methods).
     Intervals: Student t over runs at ``level`` (NaN with one run). Groups in ``order`` (default: as the runs
     appear). ``vd``/``md``: :func:`view_dynamics` / :func:`dynamics.analysis.matched_pairs` of the same tables
-    when the caller has them. Bootstrap arguments of earlier versions are accepted and ignored.
+    when the caller has them (``layers``: their :func:`matched_layer_means` instead of ``md``). Bootstrap
+    arguments of earlier versions are accepted and ignored.
     """
     groups = run_groups(per_param, by)
     pairs = view_pairs(per_param, views, shared)
     rs = run_summary(per_param, per_step, n_phases=n_phases, vd=vd)
-    if md is None:
+    if layers is None and md is None:
         md = matched_pairs(per_param, per_step, views=views, shared=shared, n_phases=n_phases)
-    elif "view_a" not in md.columns:  # one pair's matched_depth table
+    elif layers is None and "view_a" not in md.columns:  # one pair's matched_depth table
         md = md.assign(view_a=md.attrs.get("view_a"), view_b=md.attrs.get("view_b"))
-    pr = pair_runs(rs, md).merge(groups, on="run")
+    layers = matched_layer_means(md) if layers is None else layers
+    pr = pair_runs(rs, layers=layers).merge(groups, on="run")
     shares = view_shares(rs, groups, shared=shared, level=level, order=order, n_phases=n_phases)
     rs = rs.assign(run=rs["run"].astype(str)).merge(groups, on="run")
     rows = []
@@ -200,5 +216,5 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
             rows.append({"group": group, "phase": str(phase), "view_a": a, "view_b": b, "dominant": dominant,
                          "_k": pairs.index((a, b)), **_pair_row(p, shares_of, level)})
     out = _ordered(pd.DataFrame(rows), _group_order(groups, order), n_phases, "_k")
-    out.attrs.update(by=by, level=level, pairs=pairs, unmatched=md.attrs.get("unmatched", {}))
+    out.attrs.update(by=by, level=level, pairs=pairs, unmatched=layers.attrs.get("unmatched", {}))
     return out

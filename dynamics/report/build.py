@@ -53,7 +53,7 @@ METHODS = ("Statistics: the run (seed) is the unit of every interval and test. E
 def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Document:
     """The report's content from its numbers: lead, findings, tables, figures and the run table."""
     sentences = findings(nums.summary, shares=nums.shares, metrics=nums.metrics, utilization=nums.utilization,
-                         exclusions=nums.exclusions, unmatched=nums.matched.attrs.get("unmatched", {}),
+                         exclusions=nums.exclusions, unmatched=nums.unmatched,
                          probe=nums.probe, comparisons=nums.comparisons, notes=nums.view_notes)
     if len(nums.warnings):
         sentences.append(f"The runs' metadata holds {len(nums.warnings)} warning"

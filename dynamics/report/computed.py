@@ -14,6 +14,7 @@ from typing import Sequence
 import pandas as pd
 
 from .. import analysis
+from ..analysis import sweep
 from . import tables
 from .data import ReportData, add_group_column
 
@@ -65,23 +66,54 @@ class ReportNumbers:
     # ----------------------------------------------------------------- analyses, each once
     @cached_property
     def cleaned(self) -> pd.DataFrame:
-        """The rows every statistic uses (``analysis.clean``), computed once."""
+        """The rows every statistic uses (``analysis.clean``; of aggregated runs, the per-view sums of usable
+        rows), computed once."""
+        if self.data.sweep is not None:
+            return self.data.per_param[self.data.per_param["used"]]
         return analysis.clean(self.data.per_param, self.data.per_step)
 
     @cached_property
     def view_dynamics(self) -> pd.DataFrame:
+        if self.data.sweep is not None:
+            return analysis.view_dynamics_from_sums(self.cleaned)
         return analysis.view_dynamics(self.data.per_param, self.data.per_step, cleaned=self.cleaned)
 
     @cached_property
     def matched(self) -> pd.DataFrame:
-        """Matched layers of every pair of compared views (``analysis.matched_pairs``)."""
+        """Matched layers of every pair of compared views at every step (``analysis.matched_pairs``); tables in
+        memory only (aggregated runs keep :attr:`matched_layers` and :attr:`matched_cells`)."""
+        if self.data.sweep is not None:
+            raise ValueError("aggregated runs keep no per-step matched-layer table: use matched_layers or "
+                             "matched_cells, or load_report_data(..., aggregate=False)")
         return analysis.matched_pairs(self.data.per_param, self.data.per_step, views=self.requested_views,
                                       shared=self.shared, cleaned=self.cleaned)
 
     @cached_property
+    def matched_layers(self) -> pd.DataFrame:
+        """Per pair, phase (and ``all``), run and matched depth: each view's mean gradient norm at that depth
+        (``analysis.matched_layer_means``); ``attrs``: ``pairs`` and ``unmatched``."""
+        if self.data.sweep is None:
+            return analysis.matched_layer_means(self.matched)
+        pairs = analysis.view_pairs(self.data.per_param, self.requested_views, self.shared)
+        return sweep.sweep_layer_means(self.data.sweep, pairs)
+
+    @cached_property
+    def matched_cells(self) -> pd.DataFrame:
+        """Per group, pair, depth and step: the mean log2 matched-layer ratio over the group's runs and their
+        number ``n`` (the heatmap's input)."""
+        ratios, runs, pairs = (sweep.ratio_table(self.matched) if self.data.sweep is None else
+                               (self.data.sweep.ratios, self.data.sweep.runs, self.data.sweep.pairs))
+        return sweep.ratio_cells(ratios, [self.group_of.get(r, r) for r in runs], pairs, self.pairs)
+
+    @cached_property
     def pairs(self) -> list[tuple[str, str]]:
         """The pairs of views compared (every pair, in view order)."""
-        return list(self.matched.attrs["pairs"])
+        return list(self.matched_layers.attrs["pairs"])
+
+    @cached_property
+    def unmatched(self) -> dict[str, list]:
+        """Per pair ``"a/b"``: the depths in only one of the two views (left out of the matched layers)."""
+        return self.matched_layers.attrs.get("unmatched", {})
 
     @cached_property
     def views(self) -> list[str]:
@@ -97,7 +129,7 @@ class ReportNumbers:
         """The key table (``analysis.imbalance_summary``): per group, phase and pair of views."""
         return analysis.imbalance_summary(self.data.per_param, self.data.per_step, by=self.by, views=self.views,
                                           shared=self.shared, order=self.groups, vd=self.view_dynamics,
-                                          md=self.matched)
+                                          layers=self.matched_layers)
 
     @cached_property
     def shares(self) -> pd.DataFrame:
@@ -107,7 +139,7 @@ class ReportNumbers:
     @cached_property
     def pair_runs(self) -> pd.DataFrame:
         """Per run, phase and pair: the ratios every statistic across runs starts from."""
-        return analysis.pair_runs(self.run_summary, self.matched).merge(self.run_groups, on="run")
+        return analysis.pair_runs(self.run_summary, layers=self.matched_layers).merge(self.run_groups, on="run")
 
     @cached_property
     def conditional_speed(self) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import analysis
+from ..analysis.sweep import Sweep, aggregate_runs
 from ..analysis.utilization import load_utilization
 from ..store import loading as store, read_meta
 
@@ -21,12 +22,17 @@ __all__ = ["ReportData", "load_report_data", "add_group_column"]
 @dataclass
 class ReportData:
     """Everything a report is made from: the tables plus, per run label, meta.json and utilization, and the
-    name of the shared group (default: ``shared_name`` of the metas, which must agree; None: not recorded)."""
+    name of the shared group (default: ``shared_name`` of the metas, which must agree; None: not recorded).
+
+    With ``sweep`` (runs reduced by :func:`dynamics.analysis.sweep.aggregate_runs`) the report reads its
+    per-view dynamics and matched layers from those sums, and ``per_param`` is ``sweep.views``: one row per run,
+    view and step, with the run and view columns of a per-param table (what run groups and view sets need)."""
     per_param: pd.DataFrame
     per_step: pd.DataFrame
     metas: dict[str, dict] = field(default_factory=dict)
     utilization: dict[str, pd.DataFrame] = field(default_factory=dict)
     shared: str | None = None
+    sweep: Sweep | None = None
 
     def __post_init__(self) -> None:
         if self.shared is None:
@@ -69,9 +75,13 @@ def add_group_column(data: ReportData, by: str) -> ReportData:
     return replace(data, per_param=pp)
 
 
-def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True) -> ReportData:
+def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True,
+                     aggregate: bool = True) -> ReportData:
     """Load run directories (each a dynamics run; paths or globs) with their metadata and utilization files,
-    under the run labels ``dynamics.load_runs`` gives (``store.run_labels``)."""
+    under the run labels ``dynamics.load_runs`` gives (``store.run_labels``). With ``aggregate`` (the default)
+    each run is reduced to its per-view sums as it is read (:func:`dynamics.analysis.sweep.aggregate_runs`:
+    memory for one run plus the sums, the same report numbers); without, every per-tensor row is loaded
+    (``dynamics.load_runs``)."""
     paths = store.expand_runs(runs)
     metas, util = {}, {}
     for path, label in tqdm(list(zip(paths, store.run_labels(paths))), desc="reading runs", disable=not progress,
@@ -80,5 +90,8 @@ def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True
         u = load_utilization(path)
         if u is not None:
             util[label] = u
+    if aggregate:
+        sweep = aggregate_runs(paths, progress=progress)
+        return ReportData(sweep.views, sweep.per_step, metas, util, sweep=sweep)
     per_param, per_step = store.load_runs(paths)
     return ReportData(per_param, per_step, metas, util)

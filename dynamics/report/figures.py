@@ -154,9 +154,10 @@ def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hu
 def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", value: str = "log2_ratio",
                   bins: int = 40, ax: plt.Axes | None = None, cmap: str = "RdBu_r",
                   label: str | None = None, colorbar: bool = True, legend: bool = True,
-                  y_levels: Sequence | None = None) -> plt.Axes:
+                  y_levels: Sequence | None = None, weight: str | None = None) -> plt.Axes:
     """Matched-layer ratio as a heatmap: ``y`` (depth) × ``x`` (steps cut into ``bins`` equal bins),
-    the mean of ``value`` over runs and the steps of a bin, on a diverging scale centred at 0 (± the largest
+    the mean of ``value`` over runs and the steps of a bin (``weight``: a column of the rows each value is a mean
+    of, e.g. runs, so that the cell is the mean over those rows), on a diverging scale centred at 0 (± the largest
     magnitude drawn; ``ax.images[0].set_clim`` puts several panels on one scale). Cells without a value (no
     step recorded in the bin, e.g. ``every="log"``; a depth in ``y_levels`` this table lacks) are drawn hatched
     grey, never in a data colour, with the legend entry ``no data`` (``legend``) outside the data.
@@ -170,7 +171,10 @@ def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", valu
     nb = int(max(1, min(bins, d[x].nunique())))
     edges = np.linspace(lo, hi if hi > lo else lo + 1, nb + 1)
     col = np.clip(np.searchsorted(edges, d[x].to_numpy(float), side="right") - 1, 0, nb - 1)
-    grid = d.assign(_bin=col).pivot_table(index=y, columns="_bin", values=value, aggfunc="mean")
+    w = d[weight].to_numpy(float) if weight is not None else np.ones(len(d))
+    cells = d.assign(_bin=col, _wv=d[value].to_numpy(float) * w, _w=w)
+    total = cells.pivot_table(index=y, columns="_bin", values=["_wv", "_w"], aggfunc="sum")
+    grid = total["_wv"] / total["_w"]
     grid = grid.reindex(columns=range(nb)).sort_index()
     if y_levels is not None:
         grid = grid.reindex(index=list(y_levels))

@@ -71,7 +71,7 @@ def dynamics_figure(nums: ReportNumbers) -> Figure:
 
 def matched_ratio_figure(nums: ReportNumbers) -> Figure:
     """log2 of the matched-layer gradient-norm ratio (depth × step): a row per pair, a column per group."""
-    md = nums.grouped(nums.matched)
+    md = nums.matched_cells
     pairs, more = _pairs_shown(nums)
     groups = nums.groups
     fig, axes = plt.subplots(len(pairs), len(groups), figsize=report_figsize(len(pairs)), squeeze=False,
@@ -85,7 +85,7 @@ def matched_ratio_figure(nums: ReportNumbers) -> Figure:
             sub = pair[pair["_group"] == g]
             if len(sub) and np.isfinite(sub["log2_ratio"]).any():
                 sub.attrs.update(view_a=a, view_b=b)
-                plots.ratio_heatmap(sub, ax=ax, colorbar=False, legend=False, y_levels=depths)
+                plots.ratio_heatmap(sub, ax=ax, colorbar=False, legend=False, y_levels=depths, weight="n")
                 missing |= bool(np.ma.getmaskarray(ax.images[0].get_array()).any())
             ax.set_ylabel(f"depth ({plain(a)}/{plain(b)})" if j == 0 else "")
             if i == 0 and len(groups) > 1:

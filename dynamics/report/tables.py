@@ -139,7 +139,7 @@ def comparison_values(nums: ReportNumbers) -> pd.DataFrame:
 
 def view_set_notes(per_param: pd.DataFrame, shared: str, compared: Sequence[str]) -> list[str]:
     """A sentence per view that not every run recorded: such runs are compared only on the views they share."""
-    df = analysis.with_run(per_param)
+    df = analysis.with_run(per_param)[["run", "view"]].drop_duplicates()  # a row per run and view
     present = df.groupby(df["view"].astype(str), observed=True)["run"].agg(lambda r: sorted(set(r.astype(str))))
     runs = sorted(set(df["run"].astype(str)))
     notes = []
@@ -189,7 +189,7 @@ def run_table(data: ReportData, exclusions: pd.DataFrame) -> pd.DataFrame:
     """One row of metadata per run, with the optimizer's class and key settings in their own columns."""
     ex = exclusions.assign(run=exclusions["run"].astype(str)).set_index("run")
     rows = []
-    for run in list(dict.fromkeys(analysis.with_run(data.per_param)["run"].astype(str))):
+    for run in list(dict.fromkeys(analysis.with_run(data.per_param)["run"].drop_duplicates().astype(str))):
         meta = data.metas.get(run, {})
         row = {"run": run, "condition": _short(meta.get("condition") or DEFAULT_CONDITION),
                "seed": _short(meta.get("seed")), "views": ", ".join(map(str, meta.get("views", []))),

@@ -1,10 +1,12 @@
-"""Read a run directory back as tidy pandas tables: ``load``, ``load_probe``, ``load_runs``."""
+"""Read a run directory back as tidy pandas tables (``load``, ``load_probe``, ``load_runs``), or as checked arrays
+one run at a time (``read_rows``, ``read_runs``) for callers that reduce each run before anything is concatenated."""
 from __future__ import annotations
 
 import glob as globlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -93,6 +95,38 @@ class _Params:
         return {self.labels[i] for i in np.unique(self.codes)}
 
 
+@dataclass
+class RunRows:
+    """One run's per-param rows as arrays, read, checked and split as :func:`load` reads them, before any pandas
+    table: ``columns`` (the params part columns, ``attributed``, ``cross``), ``view_codes`` (each row's index into
+    ``view_order``, -1 for a group label outside it), the tidy per-step table and ``meta.json``."""
+    run_dir: Path
+    meta: dict
+    columns: dict[str, np.ndarray]
+    view_codes: np.ndarray
+    view_order: list[str]
+    per_step: pd.DataFrame
+
+
+def read_rows(run_dir: str | os.PathLike, *, split_shared: bool = True) -> RunRows:
+    """One run's committed, verified rows as :class:`RunRows` (the checks of :func:`load`; errors name the file)."""
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    info = meta["parameters"]
+    tables = _verified(run_dir, meta, ("params", "steps", "attribution") if split_shared else ("params", "steps"))
+    params = tables["params"]
+    rows = _Params(_empty_params() if params is None else _columns(params, dict(PART_COLUMNS["params"])),
+                   [p["view"] for p in info])
+    if tables.get("attribution") is not None:
+        rows.split(str(run_dir / "attribution"), tables["attribution"], len(info))
+    attributed = tables.get("attribution") is not None
+    view_order = list(dict.fromkeys(v for v in meta["views"] if not attributed or v in rows.present()))
+    view_codes = _codes(rows.labels, view_order)[rows.codes] if len(rows.codes) else rows.codes
+    per_step = _step_table(tables["steps"])
+    _check_recorded(run_dir, per_step, rows.columns["step"])
+    return RunRows(run_dir, meta, rows.columns, view_codes, view_order, per_step)
+
+
 def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read one run as two tidy DataFrames: ``(per_param, per_step)``.
 
@@ -106,40 +140,38 @@ def load(run_dir: str | os.PathLike, *, split_shared: bool = True) -> tuple[pd.D
     Only committed flushes are read, each part verified (checksums, run identity, columns and types, step
     ranges, no repeated rows); any violation raises :class:`RunStoreError` naming the file.
     """
-    run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
-    info = meta["parameters"]
-    tables = _verified(run_dir, meta, ("params", "steps", "attribution") if split_shared else ("params", "steps"))
-    params = tables["params"]
-    rows = _Params(_empty_params() if params is None else _columns(params, dict(PART_COLUMNS["params"])),
-                   [p["view"] for p in info])
-    if tables.get("attribution") is not None:
-        rows.split(str(run_dir / "attribution"), tables["attribution"], len(info))
-    attributed = tables.get("attribution") is not None
-    view_order = list(dict.fromkeys(v for v in meta["views"] if not attributed or v in rows.present()))
-    view_codes = _codes(rows.labels, view_order)[rows.codes] if len(rows.codes) else rows.codes
-    columns = rows.columns
+    return _frames(read_rows(run_dir, split_shared=split_shared))
+
+
+def _frames(rows: RunRows) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy ``(per_param, per_step)`` tables of one run's rows."""
+    info = rows.meta["parameters"]
+    columns, view_codes = rows.columns, rows.view_codes
     order = _row_order(columns["step"], columns[PARAM_ID], view_codes)
     if order is not None:
         columns = {c: v[order] for c, v in columns.items()}
         view_codes = view_codes[order]
     per_param = pd.DataFrame({**_labels(info, columns["step"], columns[PARAM_ID]),
-                              "view": pd.Categorical.from_codes(view_codes, categories=view_order)})
+                              "view": pd.Categorical.from_codes(view_codes, categories=rows.view_order)})
     per_param = per_param[["step", "param", "view", "layer", "depth"]]
     for column in (*QUANTITIES, "finite", "has_grad", "attributed", "cross"):
         per_param[column] = columns[column].astype("bool" if column in PARAM_FLAGS else "float64")
-    per_step = _step_table(tables["steps"])
-    _check_recorded(run_dir, per_step, columns["step"])
-    return per_param, per_step
+    return per_param, rows.per_step
 
 
 def _labels(info: Sequence[dict], steps: np.ndarray, ids: np.ndarray) -> dict:
     """step, param, layer and depth columns of rows naming tensors by id."""
-    layers = list(dict.fromkeys(p["layer"] for p in info))
+    layers, layer_of, depth_of = param_layers(info)
     return {"step": steps.astype("int64"),
             "param": pd.Categorical.from_codes(ids, categories=[p["name"] for p in info]),
-            "layer": pd.Categorical.from_codes(_codes([p["layer"] for p in info], layers)[ids], categories=layers),
-            "depth": np.array([p["depth"] for p in info], dtype=np.int32)[ids]}
+            "layer": pd.Categorical.from_codes(layer_of[ids], categories=layers), "depth": depth_of[ids]}
+
+
+def param_layers(info: Sequence[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The layers of meta.json's parameter table in order, and per tensor id its layer's index and its depth."""
+    layers = list(dict.fromkeys(p["layer"] for p in info))
+    return (layers, _codes([p["layer"] for p in info], layers),
+            np.array([p["depth"] for p in info], dtype=np.int32))
 
 
 def _row_order(step: np.ndarray, ids: np.ndarray, view_codes: np.ndarray) -> np.ndarray | None:
@@ -235,27 +267,41 @@ def run_labels(runs: Sequence[Path]) -> list[str]:
     return labels if len(set(labels)) == len(labels) else [str(r) for r in runs]
 
 
+def read_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike], *,
+              split_shared: bool = True) -> Iterator[tuple[str, RunRows]]:
+    """Each run (paths and globs as :func:`expand_runs` takes them) with its ``run`` label (:func:`run_labels`),
+    read by :func:`read_rows` one at a time, so that a caller reducing each run holds one run in memory."""
+    runs = expand_runs(paths_or_glob)
+    for run_dir, label in zip(runs, run_labels(runs)):
+        yield label, read_rows(run_dir, split_shared=split_shared)
+
+
+def tag_run(frame: pd.DataFrame, label: str, meta: dict) -> pd.DataFrame:
+    """``frame`` with the ``run``, ``condition`` and ``seed`` columns of one run in front (in place)."""
+    frame.insert(0, "seed", pd.array([meta.get("seed")] * len(frame), dtype="Int64"))
+    frame.insert(0, "condition", meta.get("condition") or DEFAULT_CONDITION)
+    frame.insert(0, "run", label)
+    return frame
+
+
+def concat_runs(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Tables of :func:`tag_run` stacked, ``run`` and ``condition`` categorical in the order the runs came."""
+    out = pd.concat(frames, ignore_index=True)
+    for column in ("run", "condition"):
+        out[column] = pd.Categorical(out[column], categories=list(pd.unique(out[column])))
+    return out
+
+
 def load_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike], *,
               split_shared: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Concatenate several runs (each as :func:`load` reads it; paths and globs as :func:`expand_runs` takes
     them); adds ``run`` (:func:`run_labels`), ``condition`` and ``seed`` from metadata."""
     per_params, per_steps = [], []
-    runs = expand_runs(paths_or_glob)
-    for run_dir, label in zip(runs, run_labels(runs)):
-        meta = read_meta(run_dir)
-        per_param, per_step = load(run_dir, split_shared=split_shared)
-        seed = meta.get("seed")
-        for frame in (per_param, per_step):
-            frame.insert(0, "seed", pd.array([seed] * len(frame), dtype="Int64"))
-            frame.insert(0, "condition", meta.get("condition") or DEFAULT_CONDITION)
-            frame.insert(0, "run", label)
-        per_params.append(per_param)
-        per_steps.append(per_step)
-    per_param = pd.concat(per_params, ignore_index=True)
-    per_step = pd.concat(per_steps, ignore_index=True)
-    for frame in (per_param, per_step):
-        for column in ("run", "condition"):
-            frame[column] = pd.Categorical(frame[column], categories=list(dict.fromkeys(frame[column])))
+    for label, rows in read_runs(paths_or_glob, split_shared=split_shared):
+        per_param, per_step = _frames(rows)
+        per_params.append(tag_run(per_param, label, rows.meta))
+        per_steps.append(tag_run(per_step, label, rows.meta))
+    per_param, per_step = concat_runs(per_params), concat_runs(per_steps)
     for column in ("param", "view", "layer"):
         categories = list(dict.fromkeys(c for f in per_params for c in f[column].cat.categories))
         per_param[column] = pd.Categorical(per_param[column].astype("object"), categories=categories)

@@ -184,15 +184,19 @@ def test_report_numbers_computes_each_analysis_once(runs, tmp_path, monkeypatch)
             return original(*args, **kwargs)
         monkeypatch.setattr(module, name, wrapper)
 
-    for name in ("clean", "view_dynamics", "matched_pairs"):
+    for name in ("clean", "view_dynamics", "matched_pairs", "view_dynamics_from_sums"):
         counting(analysis, name)
     counting(imbalance, "clean")  # what the analysis functions call when not given the cleaned rows
-    data = report.load_report_data(runs, progress=False)
+    counting(report.computed.sweep, "sweep_layer_means")
+    data = report.load_report_data(runs, progress=False, aggregate=False)  # every per-tensor row
     nums = report.ReportNumbers(data, n_boot=50)
     assert nums.view_dynamics is nums.view_dynamics and calls == {"clean": 1, "view_dynamics": 1}
     calls.clear()
     report.build_report(data, tmp_path / "once", progress=False, n_boot=50)
     assert calls == {"clean": 1, "view_dynamics": 1, "matched_pairs": 1}
+    calls.clear()
+    report.build_report(report.load_report_data(runs, progress=False), tmp_path / "sums", progress=False)
+    assert calls == {"view_dynamics_from_sums": 1, "sweep_layer_means": 1}  # the runs' sums: no per-tensor rows
 
 
 def test_conditions_figure_with_utilization_keeps_legends_off_the_data(runs):
