@@ -1,7 +1,7 @@
 """Everything that runs inside training: which parameter belongs to which view (views), when to record
 (schedules), the per-tensor reductions (kernels), the hooks and step state machine (recorder), per-view parts
 of shared weights (attribution), the probe, and the distributed layout."""
-from .attribution import rows, view
+from .attribution_spec import rows, view
 from .probe import ProbeBatch
 from .recorder import InactiveRecorder, Recorder, attach
 

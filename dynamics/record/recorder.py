@@ -22,7 +22,8 @@ from torch import nn
 from ..schema import SHARED
 from . import closures, distributed, logs, misuse, refusals, registry, runs, schedules
 from . import probe as probing
-from .attribution import AttributionPart, group_label, resolve_attribution, rows, views_of
+from .attribution import AttributionPart
+from .attribution_spec import group_label, resolve_attribution, rows, views_of
 from .guard import HookGuard, Notes
 from .measurements import StepMeasurements
 from .options import RecordingOptions, RunSpec
