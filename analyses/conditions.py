@@ -36,10 +36,6 @@ class Condition:
     p_drop: float = 0.0
     rebalance: str | None = None     # "guided" or "random"
 
-    @property
-    def single(self) -> bool:
-        return len(self.views) == 1
-
 
 def parse_condition(name: str, views: Sequence[str], p_drop: float = 0.25) -> Condition:
     """Resolve ``name`` for a data set with ``views``; ``p_drop`` is the rate of a plain ``dropout``.

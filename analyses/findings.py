@@ -62,6 +62,11 @@ def ensemble_runs(results: Sequence[dict], views: Sequence[str], y_test: np.ndar
     return pd.DataFrame(rows, columns=["condition", "seed", "test_auc"])
 
 
+def results_table(results: Sequence[dict], views: Sequence[str], y_test: np.ndarray) -> pd.DataFrame:
+    """:func:`run_table` plus the ensemble's rows: every value the findings are computed from."""
+    return pd.concat([run_table(results), ensemble_runs(results, views, y_test)], ignore_index=True)
+
+
 def interval(values) -> dict:
     """Mean over runs with its 95% Student-t interval, n and the method's name (NaN interval below 2 runs)."""
     v = np.asarray(values, float)
@@ -163,7 +168,7 @@ def conditions_block(table: pd.DataFrame, joint: Sequence[str], views: Sequence[
 def findings(dataset: str, results: Sequence[dict], views: Sequence[str], y_test: np.ndarray, joint: Sequence[str],
              gate: Gate, shares: pd.DataFrame | None = None, notes: Sequence[str] = ()) -> dict:
     """The whole findings record of one data set (see the module docstring); JSON-ready."""
-    table = pd.concat([run_table(results), ensemble_runs(results, views, y_test)], ignore_index=True)
+    table = results_table(results, views, y_test)
     checks = single_view_checks(table, views, gate)
     single = checks["single_view"]
     weak = min(views, key=lambda v: single[v]["mean"] if np.isfinite(single[v]["mean"]) else math.inf)

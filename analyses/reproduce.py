@@ -148,7 +148,7 @@ def write_outputs(out: Path, dataset: str, results: list[dict], splits, joint: l
     """results.csv, test_auc.md, findings.json and findings.md under ``out``; returns the findings."""
     views = list(splits.view_names)
     y_test = splits.test.y.numpy()
-    table = pd.concat([F.run_table(results), F.ensemble_runs(results, views, y_test)], ignore_index=True)
+    table = F.results_table(results, views, y_test)
     table.to_csv(out / "results.csv", index=False)
     (out / "test_auc.md").write_text(test_auc_table(table, order))
     found = F.findings(dataset, results, views, y_test, joint, GATES.get(dataset, F.Gate()), shares, notes)
@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run_grid(configs(single), splits, a.jobs, f"{a.dataset}: single views", progress) if single else []
     views = list(splits.view_names)
     gate = GATES.get(a.dataset, F.Gate())
-    checks = F.single_view_checks(pd.concat([F.run_table(results), F.ensemble_runs(results, views, splits.test.y.numpy())]),
-                                  views, gate) if results else {"passed": True, "checks": []}
+    checks = (F.single_view_checks(F.results_table(results, views, splits.test.y.numpy()), views, gate)
+              if results else {"passed": True, "checks": []})
     notes = []
     for c in checks["checks"]:
         print(f"[reproduce] check {'passed' if c['passed'] else 'FAILED'}: {c['check']} = {c['value']:.3f} "

@@ -129,11 +129,15 @@ def predict(model: TwoViewModel, data: TwoViewData, device: str, batch_size: int
     return torch.cat(scores)
 
 
-def evaluate(model: TwoViewModel, data: TwoViewData, device: str, batch_size: int = 256) -> tuple[float, float]:
-    """ROC AUC and accuracy (threshold 0 on the logit) of ``model`` on ``data``."""
-    s = predict(model, data, device, batch_size).numpy()
-    y = data.y.numpy()
+def scores_metrics(data: TwoViewData, scores: torch.Tensor) -> tuple[float, float]:
+    """ROC AUC and accuracy (threshold 0 on the logit) of ``scores`` against ``data``'s labels."""
+    s, y = scores.numpy(), data.y.numpy()
     return roc_auc(y, s), accuracy(y, (s > 0).astype(float))
+
+
+def evaluate(model: TwoViewModel, data: TwoViewData, device: str, batch_size: int = 256) -> tuple[float, float]:
+    """ROC AUC and accuracy of ``model`` on ``data``."""
+    return scores_metrics(data, predict(model, data, device, batch_size))
 
 
 def rebalancing(cond: Condition, net: TwoViewModel, opt: torch.optim.Optimizer, warmup: int, seed: int):
@@ -303,9 +307,7 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
         if writer:
             net.load_state_dict(torch.load(ckpt, weights_only=True, map_location=cfg.device))
             test_scores = predict(net, splits.test, cfg.device)
-            y_test = splits.test.y.numpy()
-            test_auc = roc_auc(y_test, test_scores.numpy())
-            test_acc = accuracy(y_test, (test_scores.numpy() > 0).astype(float))
+            test_auc, test_acc = scores_metrics(splits.test, test_scores)
             rec.log(test_auc=test_auc, test_acc=test_acc)  # best-validation checkpoint; on the last step
     if not writer:
         dist.barrier()  # wait for rank 0's evaluation and files before the process group goes
