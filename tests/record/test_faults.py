@@ -158,7 +158,16 @@ def test_amp_skip_mid_run_with_attribution_loses_nothing(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- interrupts
-def test_sigint_inside_with_propagates_unchanged_after_the_flush(tmp_path):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a library earlier in the process may have replaced it (Lightning
+    ignores SIGINT after an interrupted fit), and then the signal below would not raise at all."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_inside_with_propagates_unchanged_after_the_flush(tmp_path, ctrl_c_raises):
     model = fresh_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = make_batches(51)
