@@ -36,10 +36,16 @@ def checked(scalars: Mapping[str, object]) -> dict[str, float | torch.Tensor]:
 
 
 class ScalarLog:
-    """The logged values of the steps since the last flush."""
+    """The logged values of the steps since the last flush.
+
+    A flush may hold back the current step (it can still receive values), so that each step's scalars reach
+    the store in one part, as one mean. When log() forces a flush because too much is pending, the values
+    held back are summed on the device first (a sum and a count per scalar), so memory stays bounded.
+    """
 
     def __init__(self) -> None:
         self._values: dict[int, dict[str, list]] = {}
+        self._reduced: dict[tuple[int, str], int] = {}  # (step, name) -> how many values its one sum holds
         self._n = 0
 
     @property
@@ -51,19 +57,39 @@ class ScalarLog:
             self._values.setdefault(step, {}).setdefault(name, []).append(value)
             self._n += 1
 
-    def take(self) -> dict[int, dict[str, float]]:
-        """Per step, each scalar's mean over its values (tensors read in one transfer); the log is emptied."""
-        tensors = [v for names in self._values.values() for vs in names.values() for v in vs
+    def take(self, keep: int | None = None) -> dict[int, dict[str, float]]:
+        """Per step, each scalar's mean over its values (tensors read in one transfer); every step but
+        ``keep`` is removed from the log."""
+        taken = {step: names for step, names in self._values.items() if step != keep}
+        held = self._values.get(keep)
+        tensors = [v for names in taken.values() for vs in names.values() for v in vs
                    if isinstance(v, torch.Tensor)]
         host = iter(())
         if tensors:
             with torch.no_grad():  # whatever the caller's grad mode
                 host = iter(torch.stack([t.detach().to(torch.float64) for t in tensors]).cpu().tolist())
-        out = {step: {name: float(np.mean([next(host) if isinstance(v, torch.Tensor) else v for v in vs]))
-                      for name, vs in names.items()}
-               for step, names in self._values.items()}
-        self._values, self._n = {}, 0
+        out = {step: {name: math.fsum(next(host) if isinstance(v, torch.Tensor) else v for v in vs)
+                      / self._count(step, name, vs) for name, vs in names.items()}
+               for step, names in taken.items()}
+        self._reduced = {key: n for key, n in self._reduced.items() if key[0] == keep}
+        self._values = {} if held is None else {keep: held}
+        if held is not None and self.full:
+            self._sum_held(keep, held)
+        self._n = 0 if held is None else sum(map(len, held.values()))
         return out
+
+    def _count(self, step: int, name: str, values: list) -> int:
+        """How many logged values ``values`` stand for (a held-back sum counts all it holds)."""
+        return len(values) - 1 + self._reduced[step, name] if (step, name) in self._reduced else len(values)
+
+    def _sum_held(self, step: int, held: dict[str, list]) -> None:
+        """Each held-back scalar's values as one sum on the device (no host transfer)."""
+        with torch.no_grad():
+            for name, vs in held.items():
+                self._reduced[step, name] = self._count(step, name, vs)
+                tensors = [v.detach().to(torch.float64) for v in vs if isinstance(v, torch.Tensor)]
+                floats = sum(v for v in vs if not isinstance(v, torch.Tensor))
+                held[name] = [torch.stack(tensors).sum() + floats if tensors else floats]
 
 
 NOT_RECORDED = {"recorded": False, "skipped": False, "clip_factor": math.nan}  # a step with logs only

@@ -179,9 +179,7 @@ class Recorder:
         checked = logs.checked(scalars)
         if self._guard.failure:  # recording stopped (it was warned about): nothing more is kept
             return
-        tracker = self._tracker
-        step = tracker.step if (tracker.open or tracker.step == 0) else tracker.step - 1
-        self._logs.add(step, checked)
+        self._logs.add(self._log_step(), checked)
         if self._logs.full:
             self._flush_in_loop()
 
@@ -287,10 +285,18 @@ class Recorder:
         if len(self._rows) >= self._options.flush_every:
             self._flush()
 
+    def _log_step(self) -> int:
+        """The step log() attaches to: the open one, or else the one just taken."""
+        tracker = self._tracker
+        return tracker.step if (tracker.open or tracker.step == 0) else tracker.step - 1
+
     def _flush(self) -> None:
+        """Write the buffered rows and logs; the current step's logs wait for the next flush unless closing
+        (it may still receive values, and each step's scalars are written once, as one mean)."""
         try:
             with torch.no_grad():  # whatever the caller's grad mode
-                runs.flush(self._run, self._rows, self._measure, self._parts, self._logs)
+                keep = None if self._closed else self._log_step()
+                runs.flush(self._run, self._rows, self._measure, self._parts, self._logs.take(keep))
         finally:
             self._rows = []  # taken from the device buffer either way (a failed commit keeps its parts)
 

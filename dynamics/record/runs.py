@@ -18,7 +18,7 @@ from .. import store
 from ..schema import COMMITS, META_FILE, TABLES
 from ..store import frames
 from . import description
-from .logs import NOT_RECORDED, ScalarLog
+from .logs import NOT_RECORDED
 from .measurements import StepMeasurements
 from .options import RecordingOptions, RunSpec
 from .parts import Flushed, StepPart, StepRow
@@ -123,7 +123,7 @@ def open_run(spec: RunSpec, options: RecordingOptions, model: nn.Module, optimiz
 
 
 def flush(run: OpenRun, rows: Sequence[StepRow], measurements: StepMeasurements, parts: Sequence[StepPart],
-          logs: ScalarLog) -> None:
+          logs: dict[int, dict[str, float]]) -> None:
     """Bring the buffered rows and logs to the host (one transfer per buffer) and append them as parts."""
     columns: dict[int, dict] = {}
     if rows:
@@ -137,7 +137,7 @@ def flush(run: OpenRun, rows: Sequence[StepRow], measurements: StepMeasurements,
                 run.write(table, frame)
             for step, extra in taken.step_columns.items():
                 columns[step].update(extra)
-    for step, values in logs.take().items():
+    for step, values in logs.items():
         columns.setdefault(step, {"step": step, **NOT_RECORDED}).update(values)
     if columns:
         run.write("steps", frames.step_frame(list(columns.values())))

@@ -110,8 +110,8 @@ def _shared_batches(steps, seed=0):
 def test_log_flush_after_a_skipped_step_with_attribution_never_raises(tmp_path, monkeypatch, mode):
     """log() flushes its pending scalars when there are many: after a skipped step closed by the next forward
     pass (attribution's hook, in grad mode), and whatever the grad mode around log()."""
-    from dynamics.record import recorder
-    monkeypatch.setattr(recorder, "_MAX_PENDING_LOGS", 3, raising=False)
+    from dynamics.record import logs
+    monkeypatch.setattr(logs, "MAX_PENDING", 3)
     torch.manual_seed(0)
     model = _Shared()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -258,9 +258,9 @@ def _disk_fills(small_disk, tmp_path, monkeypatch):
 
 def test_disk_full_in_log_flush_never_reaches_the_loop_and_close_keeps_what_it_can(tmp_path, small_disk,
                                                                                    monkeypatch):
-    from dynamics.record import recorder
+    from dynamics.record import logs
     root, fill = _disk_fills(small_disk, tmp_path, monkeypatch)
-    monkeypatch.setattr(recorder, "_MAX_PENDING_LOGS", 4, raising=False)  # log() flushes often
+    monkeypatch.setattr(logs, "MAX_PENDING", 4)  # log() flushes often
     model = fresh_model()
     optimizer, rec = _attach(model, root / "run", flush_every=3)
     _train(model, optimizer, rec, 6)

@@ -129,3 +129,28 @@ def test_logged_scalars_average_micro_batches_and_land_on_their_step(tmp_path):
     assert per_step["during"].tolist() == [0.5, 10.5, 20.5, 30.5]
     assert per_step["after"].tolist() == [0.0, 1.0, 2.0, 3.0]
     assert per_step["recorded"].tolist() == [True, False, True, False]
+
+
+def test_a_steps_scalar_is_the_mean_of_all_its_values_across_flushes(tmp_path, monkeypatch):
+    """Values of one scalar logged before and after the step's flush, and past a forced flush (log() holds
+    at most MAX_PENDING values), still give one row per step with the mean of every value."""
+    from dynamics.record import logs
+    monkeypatch.setattr(logs, "MAX_PENDING", 3)
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    logged = {}
+    with dynamics.attach(model, optimizer, views={"cc": model.cc}, out=tmp_path / "r", flush_every=1) as rec:
+        for step, micro in enumerate(make_batches(3, micro=4)):
+            values = logged.setdefault(step, [])
+            for i, (x_cc, x_mlo, y) in enumerate(micro):
+                ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
+                for value in (0.1 * step + i, 7.0 * i - step):   # 8 values: past MAX_PENDING twice
+                    rec.log(both=torch.tensor(value, dtype=torch.float64))
+                    values.append(value)
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.log(both=100.0 + step)                            # after the step's own flush
+            values.append(100.0 + step)
+    _, per_step = dynamics.load(tmp_path / "r")
+    assert per_step["step"].tolist() == [0, 1, 2]
+    assert per_step["both"].tolist() == pytest.approx([sum(v) / len(v) for v in logged.values()], rel=1e-15)
