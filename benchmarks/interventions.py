@@ -9,7 +9,6 @@ by this process's CPU time (steadier where other jobs load the machine: it does 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -51,7 +50,7 @@ class Hooks(StepHooks):
             self.rec.log(loss=loss)
 
 
-def _measure(args, recorded: bool, batch, clock) -> dict[str, float]:
+def _measure(args, recorded: bool, batch) -> dict[str, float]:
     runs, closers = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, (condition, make)) in enumerate(VARIANTS.items()):
@@ -60,7 +59,7 @@ def _measure(args, recorded: bool, batch, clock) -> dict[str, float]:
                                   flush_every=50) if recorded else None
             closers += [c for c in (make(model, optimizer) if make else None, rec) if c is not None]
             hooks, counter = Hooks(rec), [0]
-            runs[name] = (lambda m, o, h, c: lambda n: time_steps(m, o, batch, n, h, c, clock))(
+            runs[name] = (lambda m, o, h, c: lambda n: time_steps(m, o, batch, n, h, c))(
                 model, optimizer, hooks, counter)
         times = interleaved(runs, args.reps, args.steps)
         for closer in closers:  # handles before their recorder
@@ -69,16 +68,13 @@ def _measure(args, recorded: bool, batch, clock) -> dict[str, float]:
 
 
 def main(args) -> None:
-    clock = time.process_time if args.clock == "process" else time.perf_counter
-    if args.clock == "process" and args.device != "cpu":
-        raise SystemExit("--clock process measures CPU time: use it with --device cpu")
     batch = make_batch(args.size, args.batch, args.device, torch.Generator().manual_seed(0))
     print(f"interventions on the two-view ResNet-22, batch {args.batch} x 2 views x {args.size}x{args.size}, "
           f"{args.device}, {args.reps} rounds x {args.steps} steps, shuffled, {args.clock} clock")
     print(f"before: {machine_line(args.device)}", flush=True)
     rows = {}
     for recorded in (False, True):
-        rows[recorded] = _measure(args, recorded, batch, clock)
+        rows[recorded] = _measure(args, recorded, batch)
         print(f"measured {'with' if recorded else 'without'} a recorder: {machine_line(args.device)}", flush=True)
     table = [[name, f"{rows[False][name]:.1f}", f"{rows[False][name] / rows[False]['plain']:.3f}×",
               f"{rows[True][name]:.1f}", f"{rows[True][name] / rows[True]['plain']:.3f}×"] for name in VARIANTS]

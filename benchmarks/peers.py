@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import (CLOCK, StepHooks, add_common_arguments, interleaved, loss_fn, machine_line,  # noqa: E402
+from timing import (StepHooks, add_common_arguments, interleaved, machine_line,  # noqa: E402
                     make_batch, make_model, markdown_table, median_ms, set_clock, time_steps)
 
 

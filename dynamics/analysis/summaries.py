@@ -177,7 +177,7 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
                       shared: str = SHARED, n_phases: int = 3, level: float = 0.95,
                       order: Sequence[str] | None = None, vd: pd.DataFrame | None = None,
                       md: pd.DataFrame | None = None, layers: pd.DataFrame | None = None,
-                      **_ignored) -> pd.DataFrame:
+                      rs: pd.DataFrame | None = None, **_ignored) -> pd.DataFrame:
     """The key table: one row per group (``by``; ``None`` = per run), phase and pair of views (every pair of
     :func:`dynamics.analysis.view_pairs`), the run as the unit of every statistic.
 
@@ -189,13 +189,14 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
     per-run mean log ratio) with ``p_min`` (the smallest p the number of runs allows), ``n_pairs`` and
     ``n_a_greater`` (matched layers x runs: description only), ``interval`` and ``test`` (the methods).
     Intervals: Student t over runs at ``level`` (NaN with one run). Groups in ``order`` (default: as the runs
-    appear). ``vd``/``md``: :func:`view_dynamics` / :func:`dynamics.analysis.matched_pairs` of the same tables
-    when the caller has them (``layers``: their :func:`matched_layer_means` instead of ``md``). Bootstrap
+    appear). ``vd``/``md``/``rs``: :func:`view_dynamics` / :func:`dynamics.analysis.matched_pairs` /
+    :func:`run_summary` of the same tables when the caller has them (``layers``: their
+    :func:`matched_layer_means` instead of ``md``). Bootstrap
     arguments of earlier versions are accepted and ignored.
     """
     groups = run_groups(per_param, by)
     pairs = view_pairs(per_param, views, shared)
-    rs = run_summary(per_param, per_step, n_phases=n_phases, vd=vd)
+    rs = run_summary(per_param, per_step, n_phases=n_phases, vd=vd) if rs is None else rs
     if layers is None and md is None:
         md = matched_pairs(per_param, per_step, views=views, shared=shared, n_phases=n_phases)
     elif layers is None and "view_a" not in md.columns:  # one pair's matched_depth table

@@ -129,7 +129,7 @@ class ReportNumbers:
         """The key table (``analysis.imbalance_summary``): per group, phase and pair of views."""
         return analysis.imbalance_summary(self.data.per_param, self.data.per_step, by=self.by, views=self.views,
                                           shared=self.shared, order=self.groups, vd=self.view_dynamics,
-                                          layers=self.matched_layers)
+                                          layers=self.matched_layers, rs=self.run_summary)
 
     @cached_property
     def shares(self) -> pd.DataFrame:
