@@ -137,7 +137,7 @@ def dominant_shares(shares: pd.DataFrame | None) -> dict[str, dict]:
     for group, sub in whole.groupby("group", sort=False):
         top = sub.loc[sub["share"].idxmax()]
         out[str(group)] = {"view": top["view"], "share": float(top["share"]), "lo": float(top["share_lo"]),
-                           "hi": float(top["share_hi"]), "n": int(top.get("n_runs", np.nan))}
+                           "hi": float(top["share_hi"]), "n": int(top["n_runs"]) if "n_runs" in top else None}
     return out
 
 
@@ -160,20 +160,21 @@ def conditions_block(table: pd.DataFrame, joint: Sequence[str], views: Sequence[
             r = comp.loc[c]
             block["vs_separate"] = {"difference": r["difference"], "lo": r["lo"], "hi": r["hi"], "p": r["p"],
                                     "p_holm": r["p_holm"], "mdd": r["mdd"], "mdd_holm": r["mdd_family"],
-                                    "design": r["design"], "p_exact": r["p_exact"], "verdict": verdict(r["difference"], r["p_holm"], r["mdd"], r["p_exact_min"])}
+                                    "design": r["design"], "p_exact": r["p_exact"],
+                                    "verdict": verdict(r["difference"], r["p_holm"], r["mdd"], r["p_exact_min"])}
         out[c] = block
     return out
 
 
-def findings(dataset: str, results: Sequence[dict], views: Sequence[str], y_test: np.ndarray, joint: Sequence[str],
+def findings(dataset: str, table: pd.DataFrame, views: Sequence[str], n_test: int, joint: Sequence[str],
              gate: Gate, shares: pd.DataFrame | None = None, notes: Sequence[str] = ()) -> dict:
-    """The whole findings record of one data set (see the module docstring); JSON-ready."""
-    table = results_table(results, views, y_test)
+    """The whole findings record of one data set (see the module docstring) from its :func:`results_table`;
+    JSON-ready."""
     checks = single_view_checks(table, views, gate)
     single = checks["single_view"]
     weak = min(views, key=lambda v: single[v]["mean"] if np.isfinite(single[v]["mean"]) else math.inf)
     seeds = sorted(int(s) for s in table["seed"].unique())
-    return {"dataset": dataset, "views": list(views), "seeds": seeds, "n_test": int(len(y_test)),
+    return {"dataset": dataset, "views": list(views), "seeds": seeds, "n_test": int(n_test),
             "alpha": ALPHA, "power": POWER, "reference": REFERENCE, "weaker_view": weak, **checks,
             "conditions": conditions_block(table, joint, views, weak, shares), "notes": list(notes)}
 

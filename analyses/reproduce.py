@@ -1,6 +1,6 @@
 """The reproduction: single views and their ensemble first, checks, then the joint grid, findings and report.
 
-    python -m analyses.reproduce                       # phantom, 3 seeds, report into figures/
+    python -m analyses.reproduce                       # phantom, 2 seeds, report into figures/
     python -m analyses.reproduce --dataset digits --out figures/digits
     python -m analyses.reproduce --dataset mfeat --out figures/mfeat
     python -m analyses.reproduce --full                # the larger grid recommended for a paper
@@ -151,7 +151,7 @@ def write_outputs(out: Path, dataset: str, results: list[dict], splits, joint: l
     table = F.results_table(results, views, y_test)
     table.to_csv(out / "results.csv", index=False)
     (out / "test_auc.md").write_text(test_auc_table(table, order))
-    found = F.findings(dataset, results, views, y_test, joint, GATES.get(dataset, F.Gate()), shares, notes)
+    found = F.findings(dataset, table, views, len(y_test), joint, GATES.get(dataset, F.Gate()), shares, notes)
     (out / "findings.json").write_text(json.dumps(found, indent=1, default=_json_number))
     (out / "findings.md").write_text(F.markdown(found))
     return found

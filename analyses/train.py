@@ -98,12 +98,11 @@ def build_data(cfg: TrainConfig) -> TwoViewSplits:
 
 def build_model(cond: Condition, cfg: TrainConfig, splits: TwoViewSplits) -> TwoViewModel:
     """NYU ResNet-22 columns for images, MLP columns for feature vectors, for the views ``cond`` reads."""
-    p_drop = cond.p_drop or cfg.p_drop
     first = splits.train.views[splits.view_names[0]]
     if first.dim() == 4:
-        return nyu_model(cond.architecture, cond.views, width=cfg.width, p_drop=p_drop)
+        return nyu_model(cond.architecture, cond.views, width=cfg.width, p_drop=cond.p_drop)
     dims = {v: splits.train.views[v].shape[1] for v in cond.views}
-    return mlp_model(cond.architecture, dims, hidden=cfg.hidden, p_drop=p_drop)
+    return mlp_model(cond.architecture, dims, hidden=cfg.hidden, p_drop=cond.p_drop)
 
 
 def recorder_views(model: TwoViewModel) -> tuple[dict, dict, str]:

@@ -119,7 +119,8 @@ def test_ensemble_is_the_sum_of_logits():
 
 def test_findings_against_hand_computed_statistics():
     results, y = _results()
-    f = F.findings("toy", results, ["a", "b"], y, ["separate", "shared"], F.Gate(min_single=0.6, min_gain=0.1))
+    table = F.results_table(results, ["a", "b"], y)
+    f = F.findings("toy", table, ["a", "b"], len(y), ["separate", "shared"], F.Gate(min_single=0.6, min_gain=0.1))
     assert f["weaker_view"] == "b" and f["best_single"] == "a"
     assert [c["passed"] for c in f["checks"]] == [True, False, True]  # b's 0.5 < 0.6; gain 0.125 >= 0.1
     assert not f["passed"]
