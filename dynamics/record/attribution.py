@@ -4,8 +4,8 @@ A shared module's parameter gradient is a sum of one part per view, g = Σ_v g_v
 through autograd, so they work for any module type:
 
 * **Per call** (``attribute={module: ["cc", "mlo"]}``, or ``with dynamics.view("cc"): module(x)``): while the
-  module runs for view v, its parameters are replaced by *aliases* (``p.view_as(p)``: same storage, own graph
-  node). The gradient reaching an alias is exactly that call's part; a tensor hook adds it to view v's buffer.
+  module runs for view v, its parameters are replaced by *aliases* (``p.expand_as(p)``: same storage, own graph
+  node). The gradient reaching an alias is exactly that call's part; a tensor hook keeps it as view v's part.
   The parameter's own gradient is unchanged (the aliases' gradients flow on into it).
 * **Per row** (``attribute={module: dynamics.rows(fn, ["cc", "mlo"])}``) for one call on a batch that stacks
   the views: ``fn(*inputs)`` says which rows of the output belong to which view, and g_v is the gradient that
@@ -13,8 +13,13 @@ through autograd, so they work for any module type:
   Inside the module rows can interact (BatchNorm's batch statistics in training): that influence is
   attributed to the view whose outputs carry it. Costs one extra backward pass of the module per view.
 
-Buffers: one gradient-sized buffer per view for the shared parameters, filled on recorded steps only.
-Gradients are stored unscaled (multiplied by the GradScaler's 1/scale on the device when one is given).
+Parts: on recorded steps only, each view's part of each shared tensor is the gradient tensor autograd hands to
+the hook, kept by reference until the step is measured: no copy. That is safe because the alias's backward
+(``sum_to`` of an equal shape) passes the very tensor on, and autograd neither steals nor modifies in place a
+gradient that someone else holds (``view_as`` would pass a view, which ``AccumulateGrad`` may steal into
+``p.grad``, where clipping then changes it). A part is written only once it is the recorder's own: a second
+part of a view (micro-batches) is added out of place first, and under a GradScaler the first part is the
+gradient times 1/scale (on the device). Parts are unscaled, in the parameters' dtype.
 """
 from __future__ import annotations
 
@@ -51,8 +56,9 @@ class _Target:
 
 
 class SharedAttribution:
-    """Installs the hooks for every attributed module and owns the per-view gradient buffers. Active (aliases
-    swapped in, parts collected) while ``recording`` is set and the recorder is not running autograd itself."""
+    """Installs the hooks for every attributed module and keeps each view's gradient parts of a step. Active
+    (aliases swapped in, parts collected) while ``recording`` is set and the recorder is not running autograd
+    itself."""
 
     def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows], params: Sequence[nn.Parameter],
                  views: Sequence[str], guard: "HookGuard", loss_scale: "LossScale",
@@ -62,8 +68,8 @@ class SharedAttribution:
         self.recording = False                   # the current step is recorded (set at each forward pass)
         self._guard, self._loss_scale = guard, loss_scale
         self._position = {id(p): i for i, p in enumerate(self.params)}
-        self.buffers: dict[str, list[torch.Tensor]] | None = None
-        self._filled: dict[str, list[bool]] = {}  # per view and tensor: has a part arrived this step?
+        self.held: dict[str, list[torch.Tensor | None]] | None = None  # per view and tensor: this step's part
+        self._own: dict[str, list[bool]] = {}    # per view and tensor: the part is ours (made here), not autograd's
         self._inv: torch.Tensor | bool | None = None  # cached 1/loss scale of this step (False: no scaler)
         self.unattributed_calls = 0              # calls that matched no view (reported in the metadata)
         self._handles: list = []
@@ -97,44 +103,44 @@ class SharedAttribution:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.buffers = None
+        self.release()
 
-    # ------------------------------------------------------------------------------------------ buffers
+    # -------------------------------------------------------------------------------------------- parts
     def reset(self) -> None:
-        """Start a new optimizer step (buffers allocated on first use). Nothing is zeroed: a buffer's first part
-        of the step is copied into it, later ones (micro-batches) added; :meth:`parts` zeroes the buffers that
-        got none."""
-        if self.buffers is None:
-            self.buffers = {v: [torch.empty_like(p) for p in self.params] for v in self.views}
-        self._filled = {v: [False] * len(self.params) for v in self.views}
+        """Start a new optimizer step: no part has arrived."""
+        self.held = {v: [None] * len(self.params) for v in self.views}
+        self._own = {v: [False] * len(self.params) for v in self.views}
         self._inv = None
 
+    def release(self) -> None:
+        """Drop the step's parts (the memory goes back as soon as the measurement has read them)."""
+        self.held = None
+
     def parts(self) -> list[list[torch.Tensor]]:
-        """Each view's buffers, in view order, complete for this step (a buffer no part reached is zeroed)."""
-        empty = [b for v in self.views for b, filled in zip(self.buffers[v], self._filled[v]) if not filled]
-        if empty:
-            torch._foreach_zero_(empty)
-            self._filled = {v: [True] * len(self.params) for v in self.views}
-        return [self.buffers[v] for v in self.views]
+        """Each view's parts, in view order, complete for this step (zeros where no part arrived): to be read,
+        never written (some are autograd's own tensors)."""
+        return [[torch.zeros_like(p) if part is None else part for p, part in zip(self.params, self.held[v])]
+                for v in self.views]
 
     def _add(self, view_name: str, position: int, grad: torch.Tensor) -> None:
-        if self.buffers is None:
+        if self.held is None:
             self.reset()
         if self._inv is None:  # 1/loss scale, once per step (the GradScaler changes it only after the step)
             inv = self._loss_scale.inverse()
             self._inv = False if inv is None else inv
-        buffer, filled = self.buffers[view_name][position], self._filled[view_name]
-        if filled[position]:
-            if self._inv is False:
-                buffer.add_(grad)
+        held, own = self.held[view_name], self._own[view_name]
+        part, scaled = held[position], self._inv is not False
+        if part is None:  # the step's first part: autograd's tensor itself, or unscaled into a new one
+            held[position] = grad * self._inv.to(grad.dtype) if scaled else grad
+            own[position] = scaled
+        elif own[position]:  # a later part (micro-batches) into the recorder's own tensor
+            if scaled:
+                part.addcmul_(grad, self._inv.to(grad.dtype))
             else:
-                buffer.addcmul_(grad, self._inv.to(grad.dtype))
-        else:  # the step's first part: one write instead of zeroing, reading the zeros and writing again
-            filled[position] = True
-            if self._inv is False:
-                buffer.copy_(grad)
-            else:
-                torch.mul(grad, self._inv.to(grad.dtype), out=buffer)
+                part.add_(grad)
+        else:  # never write into autograd's tensor: the sum is a new one
+            held[position] = torch.addcmul(part, grad, self._inv.to(grad.dtype)) if scaled else part + grad
+            own[position] = True
 
     # ------------------------------------------------------------------------------------------- hooks
     def new_pass(self) -> None:
@@ -166,7 +172,7 @@ class SharedAttribution:
                 alias = aliases.get(position)
                 if alias is None:
                     original = self.params[position]
-                    alias = original.view_as(original)
+                    alias = original.expand_as(original)
                     alias.register_hook(functools.partial(self._guarded_add, view_name, position))
                     aliases[position] = alias
                 sub._parameters[name] = alias
@@ -275,10 +281,9 @@ class AttributionPart(StepPart):
         self._sums = kernels.PartSums([local[i] for i in self._indices], len(self._views), tensors.dtype)
 
     def on_forward(self, *, recording: bool, new_step: bool) -> None:
-        """A new step's first forward pass starts its buffers; call order counts from the first view again."""
+        """A new step's first forward pass starts its parts; call order counts from the first view again."""
         if new_step and recording:
-            with torch.no_grad():
-                self._shared.reset()
+            self._shared.reset()
         self._shared.recording = recording
         self._shared.new_pass()
 
@@ -290,12 +295,13 @@ class AttributionPart(StepPart):
 
     def _measure(self, row: int, minus_delta: list[torch.Tensor] | None) -> None:
         out = self._buffer[row]
-        if self._shared.buffers is None:  # the shared module never ran with gradients this step
+        if self._shared.held is None:  # the shared module never ran with gradients this step
             out.zero_()
             return
         parts = self._shared.parts()
-        distributed.average_over_replicas([t for part in parts for t in part], self._layout)
+        parts = distributed.average_over_replicas(parts, self._layout)
         out.copy_(self._sums(parts, minus_delta))
+        self._shared.release()
 
     def take(self, flushed: "Flushed") -> "Frames":
         parts = self._buffer.take(len(flushed.steps))

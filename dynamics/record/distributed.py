@@ -117,15 +117,18 @@ def sum_over_shards(values: torch.Tensor, layout: Layout) -> None:
         torch.distributed.all_reduce(values, group=layout.shard_group)
 
 
-def average_over_replicas(tensors: Sequence[torch.Tensor], layout: Layout) -> None:
-    """Average per-process gradient parts across the DDP processes, as DDP averages the gradient (in place)."""
+def average_over_replicas(parts: list[list[torch.Tensor]], layout: Layout) -> list[list[torch.Tensor]]:
+    """Per-process gradient parts (per view, per tensor) averaged across the DDP processes, as DDP averages the
+    gradient: new tensors (one all-reduce of their concatenation); the parts themselves as they are without
+    DDP. The inputs are never written (they may be autograd's own tensors)."""
     if layout.replica_group is None:
-        return
+        return parts
+    tensors = [t for part in parts for t in part]
     flat = torch.cat([t.reshape(-1) for t in tensors])
     torch.distributed.all_reduce(flat, group=layout.replica_group)
     flat.div_(layout.replicas)
-    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
-        t.copy_(part.view_as(t))
+    averaged = iter([chunk.view_as(t) for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors]))])
+    return [[next(averaged) for _ in part] for part in parts]
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

@@ -313,3 +313,58 @@ def test_gradient_from_outside_the_attributed_calls_is_noted(tmp_path):
 def test_no_note_when_the_parts_add_up(tmp_path):
     _run("conv", tmp_path)
     assert not dynamics.read_meta(tmp_path / "run")["notes"]
+
+
+class OneViewPerStep(nn.Module):
+    """The shared column runs once per forward pass, for the view given: a view's part is then the whole
+    gradient of the column, which autograd hands to the parameter as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.column = nn.Linear(5, 6)
+        self.head = nn.Linear(6, 1)
+
+    def forward(self, x, view_name: str):
+        with dynamics.view(view_name):
+            h = self.column(x)
+        return self.head(h).squeeze(1)
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_a_kept_part_is_the_backward_gradient_after_clipping_and_accumulation(tmp_path, micro, cache_blocking):
+    """The recorder keeps autograd's gradient tensors as the views' parts: clipping p.grad in place, and a second
+    micro-batch added into p.grad, must change neither (reference: the gradients from torch.autograd.grad)."""
+    torch.manual_seed(0)
+    model = OneViewPerStep()
+    reference = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    data = [[(torch.randn(4, 5, generator=g), torch.randn(4, generator=g)) for _ in range(micro)] for _ in range(3)]
+    views = ["cc", "mlo", "cc"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with dynamics.attach(model, opt, views=["cc", "mlo"], attribute={model.column: ["cc", "mlo"]},
+                         out=tmp_path / "run"):
+        for view_name, batch in zip(views, data):
+            for x, y in batch:
+                _loss(model(x, view_name), y).div(micro).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)  # far below the gradient's norm
+            opt.step()
+            opt.zero_grad()
+    got = dynamics.load(tmp_path / "run")[0]
+    got = got[got["attributed"]].astype({"param": str, "view": str}).set_index(["step", "param", "view"])
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    params = dict(reference.column.named_parameters())
+    for step, (view_name, batch) in enumerate(zip(views, data)):
+        raw = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+        for x, y in batch:
+            loss = _loss(reference(x, view_name), y).div(micro)
+            for n, grad in zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True)):
+                raw[n] += grad.double()
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e-3)
+        ref_opt.step()
+        ref_opt.zero_grad()
+        for n, part in raw.items():
+            row = got.loc[(step, f"column.{n}", view_name)]
+            np.testing.assert_allclose(row["grad_sq"], float((part ** 2).sum()), rtol=1e-5)
+            other = got.loc[(step, f"column.{n}", "mlo" if view_name == "cc" else "cc")]
+            assert other["grad_sq"] == 0.0 and other["cross"] == 0.0
