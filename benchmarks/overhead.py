@@ -10,7 +10,9 @@ bytes, so "added ÷ floor" says how close to the physical limit of this machine 
 timed twice: inside the training loop (in the optimizer's hooks, where the recorder runs: caches as they are
 after backward) and alone, on the same tensors. A second copy of the plain model, timed alike, shows the
 resolution of the measurement: two identical models differ in where their memory lies, and on a small shared
-machine that alone moves a step by a few per cent.
+machine that alone moves a step by a few per cent. With ``--isolate`` every variant of every round runs in its
+own fresh process, as a user's one model does: in one process the variants share a heap, and the allocator's
+reuse of it (or fresh, page-faulting memory) then depends on the other variants.
 
 A benchmark, not a test: ``python benchmarks/overhead.py`` (or ``make benchmark``); ``--help`` for options.
 ``--interventions`` times dynamics.balance's interventions instead (see ``benchmarks/interventions.py``).
@@ -18,6 +20,7 @@ A benchmark, not a test: ``python benchmarks/overhead.py`` (or ``make benchmark`
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -28,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dynamics  # noqa: E402
 from dynamics.schema import PROBE_CHANGE, RULES, probe_residual  # noqa: E402
-from timing import (CLOCK, StepHooks, add_common_arguments, interleaved, loss_fn, machine_line, make_batch, make_model,  # noqa: E402
-                    markdown_table, median_ms, set_clock, time_steps)
+from timing import (CLOCK, StepHooks, add_common_arguments, interleaved, isolated, loss_fn, machine_line,  # noqa: E402
+                    make_batch, make_model, markdown_table, median_ms, set_clock, time_steps)
 
 SEPARATE, SHARED = "separate", "shared"
 
@@ -128,9 +131,12 @@ def _floor_alone(condition: str, device: str, views: int) -> "callable":
     return run
 
 
-def _runs(args, tmp: Path, batch, probe) -> tuple[dict, list]:
+def _runs(args, tmp: Path, batch, probe, only: str | None = None) -> tuple[dict, list]:
+    """The timed runs by name (``only``: that one alone), and the recorders to close."""
     runs, closers = {}, []
     for i, (name, condition, kind) in enumerate(VARIANTS):
+        if only not in (None, name):
+            continue
         model, optimizer = make_model(condition, args.device)
         hooks = StepHooks()
         if kind == "floor":
@@ -142,8 +148,11 @@ def _runs(args, tmp: Path, batch, probe) -> tuple[dict, list]:
             closers.append(hooks)
         counter = [0]
         runs[name] = (lambda m, o, h, c: lambda n: time_steps(m, o, batch, n, h, c))(model, optimizer, hooks, counter)
-    runs["floor ops alone"] = _floor_alone(SEPARATE, args.device, 0)
-    runs["floor ops alone shared + parts"] = _floor_alone(SHARED, args.device, 2)
+    for name, condition, views in (("floor ops alone", SEPARATE, 0), ("floor ops alone shared + parts", SHARED, 2)):
+        if only in (None, name):
+            runs[name] = _floor_alone(condition, args.device, views)
+    if not runs:
+        raise SystemExit(f"no variant named {only!r}")
     return runs, closers
 
 
@@ -176,7 +185,12 @@ def main() -> None:
     add_common_arguments(parser)
     parser.add_argument("--residuals", action="store_true", help="also print the probe's residuals per rule")
     parser.add_argument("--interventions", action="store_true", help="time dynamics.balance's interventions")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run every variant of every round in a fresh process (one model per process)")
+    parser.add_argument("--only", help=argparse.SUPPRESS)  # a child of --isolate: time this variant alone
     args = parser.parse_args()
+    if args.isolate and args.residuals:
+        parser.error("--residuals reads the probed run of one process: leave out --isolate")
     torch.set_num_threads(args.threads)
     set_clock(args.clock, args.device)
     if args.interventions:
@@ -188,15 +202,28 @@ def main() -> None:
     probe_x, probe_y = make_batch(args.size, args.batch, args.device, g)
     probe = dynamics.ProbeBatch((probe_x,), probe_y, loss_fn)
     before = machine_line(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs, closers = _runs(args, Path(tmp), batch, probe)
-        times = interleaved(runs, args.reps, args.steps)
-        for hooks in closers:
-            hooks.close()
-        residuals = _residuals(closers) if args.residuals else None
+    residuals = None
+    if args.isolate:
+        names = [name for name, _, _ in VARIANTS] + ["floor ops alone", "floor ops alone shared + parts"]
+        child = [a for a in sys.argv[1:] if a not in ("--isolate",)] + ["--reps", "1"]
+        times = isolated(names, args.reps, [sys.executable, __file__, *child])
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs, closers = _runs(args, Path(tmp), batch, probe, args.only)
+            if args.only:  # warm-up steps, then the timed ones, as one JSON line for the parent
+                runs[args.only](2)
+                print(json.dumps(runs[args.only](args.steps)))
+                for hooks in closers:
+                    hooks.close()
+                return
+            times = interleaved(runs, args.reps, args.steps)
+            for hooks in closers:
+                hooks.close()
+            residuals = _residuals(closers) if args.residuals else None
     n_tensors = sum(1 for _ in make_model(SEPARATE, "cpu")[0].parameters())
     print(f"two-view ResNet-22 (widths 16-256), {n_tensors} tensors, batch {args.batch} x 2 views x "
-          f"{args.size}x{args.size}, {args.device}, {args.reps} rounds x {args.steps} steps, shuffled")
+          f"{args.size}x{args.size}, {args.device}, {args.reps} rounds x {args.steps} steps, shuffled"
+          + (", each variant of each round in a fresh process" if args.isolate else ", in one process"))
     print(f"before: {before}\nafter:  {machine_line(args.device)}")
     print("floor = (floor ops) - (plain) in the same rounds; added = variant - plain (shared: - plain shared)\n")
     print(_table({name: median_ms(t) for name, t in times.items()}))

@@ -7,10 +7,12 @@ step, zero_grad and whatever a recorder adds), synchronised on CUDA.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -119,6 +121,23 @@ def interleaved(runs: Mapping[str, Callable[[int], list[float]]], reps: int, ste
     return times
 
 
+def isolated(names: list[str], reps: int, command: list[str], seed: int = 0) -> dict[str, list[float]]:
+    """As :func:`interleaved`, but every variant of every round runs in a fresh process: ``command`` plus
+    ``--only NAME`` must time that one variant and print its step times (seconds) as a JSON list on its last
+    line. In one process the variants' tensors share one heap, and how the allocator reuses it (or maps fresh,
+    page-faulting memory) then depends on the other variants: one model per process is what a user has."""
+    order, rng = list(names), random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(reps):
+        rng.shuffle(order)
+        for name in order:
+            proc = subprocess.run([*command, "--only", name], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"variant {name!r} failed:\n{proc.stderr[-2000:]}")
+            times[name] += json.loads(proc.stdout.strip().splitlines()[-1])
+    return times
+
+
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
@@ -131,7 +150,6 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--clock", choices=("wall", "process"), default="wall",
                         help="wall clock, or this process's CPU time (robust on a shared machine; with --threads 1)")
-
 
 
 def machine_line(device: str) -> str:
