@@ -4,13 +4,13 @@ Median optimizer-step time without the recorder and with it (every step, every 1
 shared-weight attribution), measured in interleaved rounds in shuffled order so that drift of the machine hits
 every variant alike. In the same rounds it times **the floor**: plain torch ops that do only the memory
 traffic no recorder of these quantities can avoid. Before the optimizer step they read g and θ and write one
-copy θ_t; after it they read θ_t back with θ_{t+1} and g (and, with attribution, write each view's part of the
-shared gradient once and read it once). Any recorder of ‖g‖², ‖θ‖², ‖Δθ‖² and g·Δθ moves at least those
-bytes, so "added ÷ floor" says how close to the physical limit of this machine the recorder is. The floor is
-timed twice: inside the training loop (in the optimizer's hooks, where the recorder runs: caches as they are
-after backward) and alone, on the same tensors. A second copy of the plain model, timed alike, shows the
-resolution of the measurement: two identical models differ in where their memory lies, and on a small shared
-machine that alone moves a step by a few per cent. With ``--isolate`` every variant of every round runs in its
+copy θ_t; after it they read θ_t back with θ_{t+1} and g (and, with attribution, read each view's part of the
+shared gradient once: autograd makes the parts anyway, so keeping them costs no write). Any recorder of ‖g‖²,
+‖θ‖², ‖Δθ‖² and g·Δθ moves at least those bytes, so "added ÷ floor" says how close to the physical limit of
+this machine the recorder is. The floor is timed twice: inside the training loop (in the optimizer's hooks,
+where the recorder runs: caches as they are after backward) and alone, on the same tensors. A second copy of
+the plain model, timed alike, shows the resolution of the measurement: two identical models differ in where
+their memory lies, and on a small shared machine that alone moves a step by a few per cent. With ``--isolate`` every variant of every round runs in its
 own fresh process, as a user's one model does: in one process the variants share a heap, and the allocator's
 reuse of it (or fresh, page-faulting memory) then depends on the other variants.
 
@@ -40,14 +40,13 @@ SEPARATE, SHARED = "separate", "shared"
 class FloorOps:
     """The unavoidable traffic of every-step recording, as plain torch ops in the optimizer's step hooks.
 
-    ``views`` > 0 adds attribution's: each view's part of the shared tensors' gradient written once (a copy of
-    the gradient stands for it) and read once after the step.
+    ``views`` > 0 adds attribution's: each view's part of the shared tensors' gradient read once after the step
+    (the gradient stands for each part; the parts are autograd's own tensors, kept rather than written).
     """
 
     def __init__(self, params: list[torch.nn.Parameter], shared: list[torch.nn.Parameter], views: int) -> None:
-        self.params, self.shared = params, shared
+        self.params, self.shared, self.views = params, shared, views
         self.prev = [torch.empty_like(p) for p in params]
-        self.parts = [[torch.empty_like(p) for p in shared] for _ in range(views)]
         self.out: list[torch.Tensor] = []
         self._cpu = params[0].device.type == "cpu"
 
@@ -59,18 +58,16 @@ class FloorOps:
             torch._foreach_copy_(dst, src)
 
     def pre(self, *_) -> None:
-        """Read g and θ, write θ_t (and each view's part)."""
+        """Read g and θ, write θ_t."""
         with torch.no_grad():
             self.out = list(torch._foreach_norm([p.grad for p in self.params]))
             self._copy(self.prev, [p.detach() for p in self.params])
-            for part in self.parts:
-                self._copy(part, [p.grad for p in self.shared])
 
     def post(self, *_) -> None:
         """Read θ_t, θ_{t+1} and g (and each view's part) once."""
         with torch.no_grad():
-            for tensors in (self.prev, [p.detach() for p in self.params], [p.grad for p in self.params],
-                            *self.parts):
+            parts = [[p.grad for p in self.shared]] * self.views
+            for tensors in (self.prev, [p.detach() for p in self.params], [p.grad for p in self.params], *parts):
                 self.out += torch._foreach_norm(tensors)
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
