@@ -10,9 +10,10 @@ shared gradient once: autograd makes the parts anyway, so keeping them costs no 
 this machine the recorder is. The floor is timed twice: inside the training loop (in the optimizer's hooks,
 where the recorder runs: caches as they are after backward) and alone, on the same tensors. A second copy of
 the plain model, timed alike, shows the resolution of the measurement: two identical models differ in where
-their memory lies, and on a small shared machine that alone moves a step by a few per cent. With ``--isolate`` every variant of every round runs in its
-own fresh process, as a user's one model does: in one process the variants share a heap, and the allocator's
-reuse of it (or fresh, page-faulting memory) then depends on the other variants.
+their memory lies, and on a small shared machine that alone moves a step by a few per cent. With
+``--isolate`` every variant of every round runs in its own fresh process, as a user's one model does: in one
+process the variants share a heap, and the allocator's reuse of it (or fresh, page-faulting memory) then
+depends on the other variants. The second copy then shows the variation between processes.
 
 A benchmark, not a test: ``python benchmarks/overhead.py`` (or ``make benchmark``); ``--help`` for options.
 ``--interventions`` times dynamics.balance's interventions instead (see ``benchmarks/interventions.py``).

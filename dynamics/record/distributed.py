@@ -127,8 +127,9 @@ def average_over_replicas(parts: list[list[torch.Tensor]], layout: Layout) -> li
     flat = torch.cat([t.reshape(-1) for t in tensors])
     torch.distributed.all_reduce(flat, group=layout.replica_group)
     flat.div_(layout.replicas)
-    averaged = iter([chunk.view_as(t) for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors]))])
-    return [[next(averaged) for _ in part] for part in parts]
+    averaged = [chunk.view_as(t) for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors]))]
+    n = len(parts[0])
+    return [averaged[v * n:(v + 1) * n] for v in range(len(parts))]
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
