@@ -27,7 +27,7 @@ reproduce: $(STAMP)
 	$(PY) -m analyses.reproduce --dataset mfeat --out figures/mfeat
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/overhead.py --threads 1 --clock process --reps 10
+	$(PY) benchmarks/overhead.py --threads 1 --clock process --reps 10 --isolate
 
 # dynamics beside Lightning, wandb, TensorBoard and Cockpit: those live in their own venv, never in `make test`
 PEERS_VENV := .venv-peers
