@@ -368,3 +368,32 @@ def test_a_kept_part_is_the_backward_gradient_after_clipping_and_accumulation(tm
             np.testing.assert_allclose(row["grad_sq"], float((part ** 2).sum()), rtol=1e-5)
             other = got.loc[(step, f"column.{n}", "mlo" if view_name == "cc" else "cc")]
             assert other["grad_sq"] == 0.0 and other["cross"] == 0.0
+
+
+class AddedWeight(nn.Module):
+    """y = x + w with w of x's shape: autograd hands the alias the incoming gradient itself, unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3, 4))
+
+    def forward(self, x):
+        return x + self.w
+
+
+def test_a_part_that_is_the_callers_own_gradient_is_never_written(tmp_path):
+    """The gradient reaching the alias can be a tensor the caller holds (here the one given to backward): the
+    second micro-batch's part must be added to it out of place, leaving the caller's tensor as it was."""
+    model = AddedWeight()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    given = [torch.randn(3, 4, generator=g) for _ in range(2)]
+    kept = [t.clone() for t in given]
+    with dynamics.attach(model, opt, views=["cc"], attribute={model: ["cc"]}, out=tmp_path / "run"):
+        for grad_out in given:
+            model(torch.randn(3, 4, generator=g)).backward(grad_out)
+        opt.step()
+    assert all(torch.equal(t, k) for t, k in zip(given, kept)), "the recorder wrote into the caller's gradient"
+    got = dynamics.load(tmp_path / "run")[0]
+    row = got[got["attributed"]].iloc[0]
+    np.testing.assert_allclose(row["grad_sq"], float(((kept[0].double() + kept[1].double()) ** 2).sum()), rtol=1e-6)
