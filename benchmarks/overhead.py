@@ -106,6 +106,7 @@ VARIANTS = [  # (name, condition, kind): kind is plain, control, floor or record
     ("recorded every=10", SEPARATE, "recorded"), ("recorded + probe K=50", SEPARATE, "recorded"),
     ("plain shared", SHARED, "plain"), ("floor ops shared + parts", SHARED, "floor"),
     ("recorded shared + attribution", SHARED, "recorded")]
+ALONE = [("floor ops alone", SEPARATE, 0), ("floor ops alone shared + parts", SHARED, 2)]  # (name, condition, views)
 
 
 def _floor_alone(condition: str, device: str, views: int) -> "callable":
@@ -146,7 +147,7 @@ def _runs(args, tmp: Path, batch, probe, only: str | None = None) -> tuple[dict,
             closers.append(hooks)
         counter = [0]
         runs[name] = (lambda m, o, h, c: lambda n: time_steps(m, o, batch, n, h, c))(model, optimizer, hooks, counter)
-    for name, condition, views in (("floor ops alone", SEPARATE, 0), ("floor ops alone shared + parts", SHARED, 2)):
+    for name, condition, views in ALONE:
         if only in (None, name):
             runs[name] = _floor_alone(condition, args.device, views)
     if not runs:
@@ -171,9 +172,29 @@ def _table(median: dict[str, float]) -> str:
         rows.append([name, f"{median[name]:.1f}", f"{median[name] / plain:.3f}×",
                      "" if kind == "plain" else f"{added:+.1f}",
                      "" if kind == "plain" else f"{added / floor:.2f}×" if floor > 0 else "n/a"])
-    for name in ("floor ops alone", "floor ops alone shared + parts"):
+    for name, _, _ in ALONE:
         rows.append([name, f"{median[name]:.1f}", "", "", ""])
     return markdown_table(["variant", "median step (ms)", "× plain", "added (ms)", "added ÷ floor"], rows)
+
+
+def _time_one(args, batch, probe) -> None:
+    """A child of ``--isolate``: warm-up steps, then the timed steps of one variant, as one JSON line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, closers = _runs(args, Path(tmp), batch, probe, args.only)
+        runs[args.only](2)
+        print(json.dumps(runs[args.only](args.steps)))
+        for hooks in closers:
+            hooks.close()
+
+
+def _time_in_one_process(args, batch, probe) -> tuple[dict, "pandas.DataFrame | None"]:
+    """Every variant in this process, interleaved; and the probe's residuals if asked for."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, closers = _runs(args, Path(tmp), batch, probe)
+        times = interleaved(runs, args.reps, args.steps)
+        for hooks in closers:
+            hooks.close()
+        return times, (_residuals(closers) if args.residuals else None)
 
 
 def main() -> None:
@@ -200,24 +221,15 @@ def main() -> None:
     probe_x, probe_y = make_batch(args.size, args.batch, args.device, g)
     probe = dynamics.ProbeBatch((probe_x,), probe_y, loss_fn)
     before = machine_line(args.device)
-    residuals = None
+    if args.only:
+        _time_one(args, batch, probe)
+        return
     if args.isolate:
-        names = [name for name, _, _ in VARIANTS] + ["floor ops alone", "floor ops alone shared + parts"]
-        child = [a for a in sys.argv[1:] if a not in ("--isolate",)] + ["--reps", "1"]
-        times = isolated(names, args.reps, [sys.executable, __file__, *child])
+        names = [name for name, _, _ in VARIANTS + ALONE]
+        child = [a for a in sys.argv[1:] if a != "--isolate"] + ["--reps", "1"]
+        times, residuals = isolated(names, args.reps, [sys.executable, __file__, *child]), None
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            runs, closers = _runs(args, Path(tmp), batch, probe, args.only)
-            if args.only:  # warm-up steps, then the timed ones, as one JSON line for the parent
-                runs[args.only](2)
-                print(json.dumps(runs[args.only](args.steps)))
-                for hooks in closers:
-                    hooks.close()
-                return
-            times = interleaved(runs, args.reps, args.steps)
-            for hooks in closers:
-                hooks.close()
-            residuals = _residuals(closers) if args.residuals else None
+        times, residuals = _time_in_one_process(args, batch, probe)
     n_tensors = sum(1 for _ in make_model(SEPARATE, "cpu")[0].parameters())
     print(f"two-view ResNet-22 (widths 16-256), {n_tensors} tensors, batch {args.batch} x 2 views x "
           f"{args.size}x{args.size}, {args.device}, {args.reps} rounds x {args.steps} steps, shuffled"
