@@ -226,7 +226,7 @@ def main() -> None:
         return
     if args.isolate:
         names = [name for name, _, _ in VARIANTS + ALONE]
-        child = [a for a in sys.argv[1:] if a != "--isolate"] + ["--reps", "1"]
+        child = [a for a in sys.argv[1:] if a != "--isolate"]
         times, residuals = isolated(names, args.reps, [sys.executable, __file__, *child]), None
     else:
         times, residuals = _time_in_one_process(args, batch, probe)

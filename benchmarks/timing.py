@@ -110,8 +110,9 @@ def interleaved(runs: Mapping[str, Callable[[int], list[float]]], reps: int, ste
                 seed: int = 0) -> dict[str, list[float]]:
     """Each ``runs[name](n)`` times n steps; every round runs each once, in a fresh shuffled order, so that
     drift of a shared machine hits all variants alike. Returns every timed step per variant."""
-    for run in runs.values():
-        run(warmup)
+    if warmup:
+        for run in runs.values():
+            run(warmup)
     order, rng = list(runs), random.Random(seed)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(reps):
@@ -126,16 +127,14 @@ def isolated(names: list[str], reps: int, command: list[str], seed: int = 0) -> 
     ``--only NAME`` must time that one variant and print its step times (seconds) as a JSON list on its last
     line. In one process the variants' tensors share one heap, and how the allocator reuses it (or maps fresh,
     page-faulting memory) then depends on the other variants: one model per process is what a user has."""
-    order, rng = list(names), random.Random(seed)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(reps):
-        rng.shuffle(order)
-        for name in order:
+    def in_a_process(name: str) -> Callable[[int], list[float]]:
+        def run(_steps: int) -> list[float]:  # the child's own --steps decide
             proc = subprocess.run([*command, "--only", name], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"variant {name!r} failed:\n{proc.stderr[-2000:]}")
-            times[name] += json.loads(proc.stdout.strip().splitlines()[-1])
-    return times
+            return json.loads(proc.stdout.strip().splitlines()[-1])
+        return run
+    return interleaved({name: in_a_process(name) for name in names}, reps, 0, warmup=0, seed=seed)
 
 
 def median_ms(values: list[float]) -> float:

@@ -129,17 +129,17 @@ class SharedAttribution:
             inv = self._loss_scale.inverse()
             self._inv = False if inv is None else inv
         held, own = self.held[view_name], self._own[view_name]
-        part, scaled = held[position], self._inv is not False
+        part, inv = held[position], None if self._inv is False else self._inv.to(grad.dtype)
         if part is None:  # the step's first part: autograd's tensor itself, or unscaled into a new one
-            held[position] = grad * self._inv.to(grad.dtype) if scaled else grad
-            own[position] = scaled
+            held[position] = grad if inv is None else grad * inv
+            own[position] = inv is not None
         elif own[position]:  # a later part (micro-batches) into the recorder's own tensor
-            if scaled:
-                part.addcmul_(grad, self._inv.to(grad.dtype))
-            else:
+            if inv is None:
                 part.add_(grad)
+            else:
+                part.addcmul_(grad, inv)
         else:  # never write into autograd's tensor: the sum is a new one
-            held[position] = torch.addcmul(part, grad, self._inv.to(grad.dtype)) if scaled else part + grad
+            held[position] = part + grad if inv is None else torch.addcmul(part, grad, inv)
             own[position] = True
 
     # ------------------------------------------------------------------------------------------- hooks
