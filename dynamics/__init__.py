@@ -13,8 +13,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .record import InactiveRecorder, ProbeBatch, Recorder, attach, rows, view
-from .store import RunStoreError, load, load_probe, load_runs, read_meta
+from .record import InactiveRecorder, ProbeBatch, Quantity, Recorder, UpdateAlignment, attach, rows, view
+from .store import RunStoreError, load, load_probe, load_runs, load_table, read_meta
 
 # name -> (module, attribute or None for the module itself), imported when first used
 _LAZY = {
@@ -31,8 +31,8 @@ _LAZY = {
     "load_utilization": ("dynamics.analysis.utilization", "load_utilization"),
 }
 
-__all__ = ["attach", "Recorder", "InactiveRecorder", "view", "rows", "ProbeBatch", "load", "load_probe",
-           "load_runs", "read_meta", "RunStoreError", "norms", "learning_speed", "shares", "utilization",
+__all__ = ["attach", "Recorder", "InactiveRecorder", "view", "rows", "ProbeBatch", "Quantity", "UpdateAlignment",
+           "load", "load_probe", "load_table", "load_runs", "read_meta", "RunStoreError", "norms", "learning_speed", "shares", "utilization",
            "save_utilization", "load_utilization", "analysis", "balance", "plots", "metrics", "report"]
 
 

@@ -5,9 +5,13 @@ here once; every other module imports them. Pure constants: no torch, no pandas.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
 SCHEMA_VERSION = 2               # 2: flushes committed by records in commits/, parts carry the run id
 META_FILE = "meta.json"
-TABLES = ("params", "steps", "attribution", "probe")
+PARAMS, STEPS, ATTRIBUTION, PROBE = "params", "steps", "attribution", "probe"  # the built-in tables
 COMMITS = "commits"              # the folder of commit records: a flush (or a compaction) is visible once its record is
 LOCK_FILE = "writer.lock"        # the writer lock: owner pid, host, boot and process start
 PARAM_ID = "param_id"            # a part's tensor column: the index into meta.json's parameter table
@@ -62,16 +66,99 @@ PARAM_FLAGS = ("finite", "has_grad", "attributed")
 SHARED = "shared"                # the group of parameters in no view (fusion, head)
 DEFAULT_CONDITION = "default"    # the condition of a run that names none
 
-# the columns of each table's Parquet parts and their Arrow types; a steps part has further float64 columns
-# (learning rates, probe losses and residuals, logged scalars)
-PART_COLUMNS = {
-    "params": (("step", "int64"), (PARAM_ID, "int32"), *((q, "double") for q in QUANTITIES),
-               ("finite", "bool"), ("has_grad", "bool")),
-    "attribution": (("step", "int64"), (PARAM_ID, "int32"), ("view", "string"),
-                    *((q, "double") for q in ATTRIBUTION_ROWS)),
-    "probe": (("step", "int64"), (PARAM_ID, "int32"), *((probe_lca(r), "double") for r in RULES)),
-    "steps": tuple(zip(STEP_COLUMNS, ("int64", "bool", "bool", "double"))),
+
+# ------------------------------------------------------------------------------------------------- tables
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_ARROW_TYPES = ("int64", "int32", "double", "bool", "string")
+_REDUCTIONS = ("sum", "max")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What a recorded quantity declares about the table it writes, and all the store knows of it.
+
+    ``columns``: (name, Arrow type) of its Parquet parts, in order; ``key``: the columns that identify a row
+    (no key twice in a run); ``dense``: every recorded tensor at every step a part holds; ``open``: further
+    float64 per-step columns are allowed (the steps table's learning rates, probe losses and logged scalars);
+    ``reduce``: how a value combines across processes, shards and micro-batches (``sum``: additive; ``max``).
+    A quantity's own table is a per-tensor table (key step and tensor); its per-step values go into the steps
+    table. Built-in tables are declared below; a plug-in's declaration is written into ``meta.json``, so that
+    a run is read back without the code that recorded it.
+    """
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...] = ("step", PARAM_ID)
+    dense: bool = True
+    open: bool = False
+    reduce: str = "sum"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _TABLE_NAME.match(self.name):
+            raise ValueError(f"table name {self.name!r}: use 1-40 lower-case letters, digits or _, starting with a "
+                             f"letter")
+        names = [c for c, _ in self.columns]
+        bad = [f"{c}: {t}" for c, t in self.columns if t not in _ARROW_TYPES]
+        if bad:
+            raise ValueError(f"table {self.name!r}: column type(s) {bad} not among {_ARROW_TYPES}")
+        if len(set(names)) != len(names) or not set(self.key) <= set(names) or names[:1] != ["step"]:
+            raise ValueError(f"table {self.name!r}: columns must be unique, start with 'step' and hold the key "
+                             f"{self.key}")
+        if self.reduce not in _REDUCTIONS:
+            raise ValueError(f"table {self.name!r}: reduce must be one of {_REDUCTIONS}, got {self.reduce!r}")
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The columns that are not the key."""
+        return tuple(c for c, _ in self.columns if c not in self.key)
+
+    def as_record(self) -> dict:
+        return {"columns": [list(c) for c in self.columns], "key": list(self.key), "dense": self.dense,
+                "open": self.open, "reduce": self.reduce}
+
+    @classmethod
+    def from_record(cls, name: str, record: Mapping) -> "TableSpec":
+        return cls(name, tuple((str(c), str(t)) for c, t in record["columns"]), tuple(record["key"]),
+                   bool(record["dense"]), bool(record["open"]), str(record["reduce"]))
+
+
+def quantity_table(name: str, *values: str, reduce: str = "sum") -> TableSpec:
+    """A plug-in quantity's per-tensor table: step, param_id, then its float64 ``values``."""
+    return TableSpec(name, (("step", "int64"), (PARAM_ID, "int32"), *((v, "double") for v in values)), reduce=reduce)
+
+
+BUILTIN_TABLES: dict[str, TableSpec] = {
+    PARAMS: TableSpec(PARAMS, (("step", "int64"), (PARAM_ID, "int32"), *((q, "double") for q in QUANTITIES),
+                               ("finite", "bool"), ("has_grad", "bool"))),
+    STEPS: TableSpec(STEPS, tuple(zip(STEP_COLUMNS, ("int64", "bool", "bool", "double"))), key=("step",),
+                     dense=False, open=True),
+    ATTRIBUTION: TableSpec(ATTRIBUTION, (("step", "int64"), (PARAM_ID, "int32"), ("view", "string"),
+                                         *((q, "double") for q in ATTRIBUTION_ROWS)),
+                           key=("step", PARAM_ID, "view"), dense=False),
+    PROBE: quantity_table(PROBE, *(probe_lca(r) for r in RULES)),
 }
+TABLES = tuple(BUILTIN_TABLES)
+# the columns of each built-in table's Parquet parts and their Arrow types
+PART_COLUMNS = {name: spec.columns for name, spec in BUILTIN_TABLES.items()}
+
+
+def tables_of(meta: Mapping | None) -> dict[str, TableSpec]:
+    """Every table a run may hold: the built-in ones and the plug-ins its ``meta.json`` declares."""
+    declared = (meta or {}).get("tables") or {}
+    out = dict(BUILTIN_TABLES)
+    for name, record in declared.items():
+        if name in BUILTIN_TABLES:
+            continue
+        try:
+            out[name] = TableSpec.from_record(name, record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"meta.json declares table {name!r} malformed ({exc})") from None
+    return out
+
+
+def is_table_name(name: str) -> bool:
+    return isinstance(name, str) and bool(_TABLE_NAME.match(name))
+
 
 # per-step scalars the interventions of dynamics.balance log into the run (one column per view)
 PRESENT_PREFIX = "present_"                  # modality dropout: samples of the batch in which the view was kept

@@ -2,7 +2,8 @@
 
 The reference trains an identical copy of the model with the plain loop (no recorder) and computes every
 quantity defined in the README ("What is recorded") directly in float64 from cloned tensors: the gradient right after the last
-backward pass (divided by the loss scale when one is used), θ_t before the optimizer step, θ_{t+1} after it.
+backward pass (divided by the loss scale when one is used), θ_t before the optimizer step, θ_{t+1} after it, and
+(the ``UpdateAlignment`` plug-in) the dot product of this step's Δθ with the previous step's, where both were taken.
 """
 from __future__ import annotations
 
@@ -140,6 +141,7 @@ def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_
     params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
     names = {id(p): n for n, p in model.named_parameters()}
     rows: list[dict] = []
+    last_delta: dict[int, torch.Tensor] = {}  # Δθ of the previous step, if it was taken
     for step, micro_batches in enumerate(batches):
         for x_cc, x_mlo, y in (tuple(t.to(device) for t in b) for b in micro_batches):
             with torch.autocast(device.type, dtype=setup.autocast, enabled=setup.autocast is not None):
@@ -168,13 +170,17 @@ def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_
         if after_step:
             after_step(step, rec)
         if rec is None:
+            deltas = {}
             for p in params:
                 gp = g.get(id(p), torch.zeros_like(theta[id(p)]))
-                delta = p.detach().double() - theta[id(p)]
+                delta = deltas[id(p)] = p.detach().double() - theta[id(p)]
+                aligned = not skipped and id(p) in last_delta
                 rows.append({"step": step, "param": names[id(p)], "grad_sq": float((gp ** 2).sum()),
                              "param_sq": float((theta[id(p)] ** 2).sum()),
                              "update_sq": np.nan if skipped else float((delta ** 2).sum()),
-                             "lca": np.nan if skipped else float((gp * delta).sum()), "skipped": skipped})
+                             "lca": np.nan if skipped else float((gp * delta).sum()), "skipped": skipped,
+                             "update_dot": float((last_delta[id(p)] * delta).sum()) if aligned else np.nan})
+            last_delta = {} if skipped else deltas
     if rec is not None:
         rec.close()
     return pd.DataFrame(rows)

@@ -19,12 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 # name -> parameter names in order, "*" marking where keyword-only parameters begin
 FUNCTIONS = {
     "attach": ["model", "optimizer", "views", "*", "out", "shared_name", "every", "flush_every", "scaler", "config",
-               "seed", "condition", "resume", "attribute", "probe", "probe_every"],
+               "seed", "condition", "resume", "attribute", "probe", "probe_every", "parts"],
     "view": ["name"],
     "rows": ["fn", "views"],
     "ProbeBatch": ["inputs", "targets", "loss_fn", "train_mode"],
     "load": ["run_dir", "*", "split_shared"],
     "load_probe": ["run_dir"],
+    "load_table": ["run_dir", "table"],
+    "UpdateAlignment": [],
     "load_runs": ["paths_or_glob", "*", "split_shared"],
     "read_meta": ["run_dir"],
     "norms": ["per_param"],
@@ -93,7 +95,7 @@ def test_intervention_handles_are_removable_context_managers():
 
 
 def test_every_listed_name_resolves_and_nothing_else_is_promised():
-    expected = set(FUNCTIONS) | set(MODULES) | {"Recorder", "InactiveRecorder", "RunStoreError"}
+    expected = set(FUNCTIONS) | set(MODULES) | {"Recorder", "InactiveRecorder", "RunStoreError", "Quantity"}
     assert set(dynamics.__all__) == expected
     for name in dynamics.__all__:
         assert getattr(dynamics, name) is not None

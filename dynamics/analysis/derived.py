@@ -83,3 +83,22 @@ def shares(per_param: pd.DataFrame, by: str = "view", per: Sequence[str] = ("ste
     whole = totals.groupby(per, observed=True)["lca"].transform("sum")
     totals["share"] = totals["lca"] / whole
     return totals[per + [by, "lca", "share"]]
+
+
+def update_cosine(alignment: pd.DataFrame, per_param: pd.DataFrame, by: Sequence[str] = ("step", "view"),
+                  per_step: pd.DataFrame | None = None) -> pd.DataFrame:
+    """cos(Δθ_{t−1}, Δθ_t) per group: Σ Δθ_{t−1}·Δθ_t / √(Σ‖Δθ_{t−1}‖² Σ‖Δθ_t‖²) over the group's tensors (the
+    cosine of the group's concatenated updates). ``alignment``: ``load_table(run, "update_alignment")``;
+    ``per_param``: the same run's ``load(run, split_shared=False)[0]``, for ‖Δθ‖² of each step and the one
+    before. A step counts where it and the step before are usable (:func:`~.cleaning.clean`) and the dot was
+    recorded. Per run whenever the tables have a ``run`` column."""
+    keys = _per_run(per_param, ["step", "param"])
+    check_columns(alignment, [*keys, "update_dot"], "alignment")
+    by = _per_run(per_param, [b for b in by if b != "step"]) + ["step"]
+    usable = clean(per_param, per_step)[[*keys, *(b for b in by if b not in keys), "update_sq"]]
+    before = usable[[*keys, "update_sq"]].assign(step=usable["step"] + 1).rename(columns={"update_sq": "before_sq"})
+    rows = (alignment[[*keys, "update_dot"]].dropna(subset=["update_dot"])
+            .merge(usable, on=keys).merge(before, on=keys))
+    totals = rows.groupby(by, observed=True)[["update_dot", "update_sq", "before_sq"]].sum().reset_index()
+    totals["update_cosine"] = totals["update_dot"] / np.sqrt(totals["update_sq"] * totals["before_sq"])
+    return totals[[*by, "update_cosine"]]

@@ -30,15 +30,14 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..schema import ATTRIBUTION_ROWS
-from ..store import frames
-from . import distributed, kernels, recompute
+from ..schema import ATTRIBUTION, ATTRIBUTION_ROWS, BUILTIN_TABLES
+from . import distributed, frames, kernels, recompute
 from .attribution_spec import current_view, row_mask, rows, views_of
-from .parts import Frames, StepPart
+from .quantity import Binding, Frames, Quantity
 
 if TYPE_CHECKING:
-    from .guard import HookGuard, Notes
-    from .parts import Flushed, LossScale, RecordedStep, RecordedTensors
+    from .guard import HookGuard
+    from .quantity import Flushed, LossScale, RecordedStep
 
 @dataclass
 class _Target:
@@ -261,22 +260,27 @@ class SharedAttribution:
                     self._add(view_name, position, part)
 
 
-class AttributionPart(StepPart):
-    """Shared-weight attribution as a part of a recorder: per recorded step, per view and shared tensor,
+class AttributionPart(Quantity):
+    """Shared-weight attribution as a recorded quantity: per recorded step, per view and shared tensor,
     ‖g_v‖², g_v·Δθ and g_v·(g − g_v) into its own buffer ``[views, 3, shared]`` per row (under DDP the
-    per-process parts are first averaged across processes, as DDP averages the gradient)."""
+    per-process parts are first averaged across processes, as DDP averages the gradient). ``spec``: the
+    resolved ``attribute=`` (module → views or rows); ``indices``: the shared tensors' positions among the
+    recorded tensors."""
 
+    tables = (BUILTIN_TABLES[ATTRIBUTION],)
     watches_forward = True
 
-    def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows], indices: Sequence[int],
-                 tensors: "RecordedTensors", guard: "HookGuard", loss_scale: "LossScale", rows: int,
-                 notes: "Notes", names: Mapping[int, str] | None = None) -> None:
-        self._indices = list(indices)  # the shared tensors' positions among the recorded tensors
+    def __init__(self, spec: Mapping[nn.Module, Sequence[str] | rows], indices: Sequence[int]) -> None:
+        self._spec, self._indices = spec, list(indices)
         self._views = list(dict.fromkeys(v for how in spec.values() for v in views_of(how)))
-        self._shared = SharedAttribution(spec, [tensors.params[i] for i in indices], self._views, guard, loss_scale,
-                                         names)
-        self._layout, self._dtype, self._notes = tensors.layout, tensors.dtype, notes
-        self._buffer = tensors.buffer(rows, len(self._views), len(ATTRIBUTION_ROWS), len(self._indices))
+
+    def bind(self, binding: Binding) -> None:
+        super().bind(binding)
+        tensors = binding.tensors
+        self._shared = SharedAttribution(self._spec, [tensors.params[i] for i in self._indices], self._views,
+                                         binding.guard, binding.loss_scale, binding.module_names)
+        self._layout, self._dtype, self._notes = tensors.layout, tensors.dtype, binding.notes
+        self._buffer = tensors.buffer(binding.rows, len(self._views), len(ATTRIBUTION_ROWS), len(self._indices))
         local = tensors.local_params()  # the per-view sums, made here: never in the hot path
         self._sums = kernels.PartSums([local[i] for i in self._indices], len(self._views), tensors.dtype)
 
@@ -308,7 +312,7 @@ class AttributionPart(StepPart):
         for step in flushed.steps[frames.unattributed_rows(flushed.values, parts, self._indices)]:
             self._notes.add("part of a shared tensor's gradient came from outside the attributed calls (the "
                             "tensor is also used elsewhere): the views' parts do not add up to its total", int(step))
-        return Frames({"attribution": frames.attribution_frame(flushed.steps, parts, self._views, self._indices)})
+        return Frames({ATTRIBUTION: frames.attribution_frame(flushed.steps, parts, self._views, self._indices)})
 
     def close(self, step: int) -> None:
         self._shared.remove()

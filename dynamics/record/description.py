@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..schema import RULES, SCHEMA_VERSION
+from ..schema import SCHEMA_VERSION
 from . import schedules
+from .measurements import StepMeasurements
 from .views import ViewAssignment
 
 if TYPE_CHECKING:
@@ -47,8 +48,12 @@ def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment:
                  parameters: list[dict], options: "RecordingOptions", run: "RunSpec", created: str | None,
                  wrappers: Sequence[str] = ()) -> dict:
     """The metadata written at attach (the recorder adds status, notes and errors at close). ``wrappers``:
-    the classes around the recorded optimizer that attach unwrapped (outermost first)."""
-    probe = options.probe
+    the classes around the recorded optimizer that attach unwrapped (outermost first). Each quantity adds
+    what it describes, and the tables of all of them are declared (so the run reads back without their code)."""
+    described: dict = {"probe": None}
+    for quantity in options.quantities:
+        described.update(json_safe(dict(quantity.describe())))
+    tables = [*StepMeasurements.tables, *(spec for q in options.quantities for spec in q.tables)]
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "running",
@@ -66,8 +71,8 @@ def describe_run(model: nn.Module, optimizer: torch.optim.Optimizer, assignment:
                       "wrappers": list(wrappers)},
         "amp_scaler": options.scaler is not None,
         "schedule": schedules.describe(options.every),
-        "probe": None if probe is None else {"every": options.probe_every, "train_mode": probe.train_mode,
-                                             "rules": list(RULES)},
+        **described,
+        "tables": {spec.name: spec.as_record() for spec in tables},
         "flush_every": options.flush_every,
         "config": json_safe(dict(run.config or {})),
         "seed": run.seed,

@@ -6,20 +6,23 @@ clipped before the step (the loop did so before, or a GradScaler is given) it is
 backward pass too; a change between the two measurements (unscaling, ``clip_grad_norm_``) is undone in lca by
 the per-tensor ratio of the two norms, and that ratio is the clip factor. After the step: ‖Δθ‖² and
 lca = g·Δθ. A skipped step keeps ‖θ‖² and, where it was measured, the backward's ‖g‖²; nothing else.
+
+These base measurements are a :class:`~.quantity.Quantity` like the others in what they declare (the params
+and steps tables) and in how they frame a flush; the recorder calls their measuring methods itself, as every
+other quantity builds on the step they open (θ_t saved, the gradient taken).
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..schema import BUFFER_ROWS, GRAD_SQ, LCA, PARAM_SQ, PRE_SQ, UPDATE_SQ, lr_column
-from ..store import frames
-from . import distributed, kernels
+from ..schema import (BUFFER_ROWS, BUILTIN_TABLES, GRAD_SQ, LCA, PARAM_SQ, PARAMS, PRE_SQ, STEPS, UPDATE_SQ,
+                      lr_column)
+from . import distributed, frames, kernels
 from .guard import Notes
-from .parts import LossScale, RecordedStep, RecordedTensors, StepRow
+from .quantity import Flushed, Frames, LossScale, Quantity, RecordedStep, RecordedTensors
 
 _AT_STEP = "gradient taken at the optimizer step (no backward pass seen)"
 _AT_STEP_UNEXPECTED = ("gradient taken at the optimizer step: no backward pass seen, or the gradients were "
@@ -27,8 +30,10 @@ _AT_STEP_UNEXPECTED = ("gradient taken at the optimizer step: no backward pass s
                        "mid-run); grad_sq and lca use the optimizer's gradient")
 
 
-class StepMeasurements:
+class StepMeasurements(Quantity):
     """Owns the quantities buffer (one row per recorded step), θ_t and the backward's ‖g‖² of the open step."""
+
+    tables = (BUILTIN_TABLES[PARAMS], BUILTIN_TABLES[STEPS])
 
     def __init__(self, tensors: RecordedTensors, loss_scale: LossScale, rows: int, notes: Notes) -> None:
         self._t, self._scale, self._notes = tensors, loss_scale, notes
@@ -39,11 +44,11 @@ class StepMeasurements:
         # recorded step
         self._update = kernels.SavedUpdate(tensors.local_params(), tensors.dtype)
         self._bwd_sq: torch.Tensor | None = None       # the backward's ‖g‖² of the open step
-        self._eager = True  # measure at backward end: the gradient may change before the step
+        self._at_backward = True  # measure at backward end: the gradient may change before the step
 
     # ------------------------------------------------------------------------------------- backward
     def at_backward_end(self) -> None:
-        if self._eager:
+        if self._at_backward:
             sq = kernels.sq_norms(self._grads(), self._t.dtype)
             scale = self._scale.scale()
             self._bwd_sq = sq if scale is None else sq / scale.to(sq.dtype).square()
@@ -78,13 +83,13 @@ class StepMeasurements:
                        changed: bool) -> None:
         if opened and not changed:  # the optimizer sees the backward's gradient untouched
             out[GRAD_SQ].copy_(out[PRE_SQ])
-            self._eager = self._scale.scaler is not None
+            self._at_backward = self._scale.scaler is not None
         elif changed and self._bwd_sq is not None:
             out[GRAD_SQ].copy_(self._bwd_sq)
         else:  # no backward pass seen, or a change the recorder did not expect: use the step's gradient
             out[GRAD_SQ].copy_(out[PRE_SQ])
             self._notes.add(_AT_STEP_UNEXPECTED if opened else _AT_STEP, step.index, warn=True)
-            changed, self._eager = False, True
+            changed, self._at_backward = False, True
         step.grads, step.changed = grads, changed
         step.versions = [g._version for g in grads]
         step.has_grad = np.fromiter((g is not self._zero for g in grads), bool, self._t.n)
@@ -127,14 +132,17 @@ class StepMeasurements:
         self._update.release()
 
     # --------------------------------------------------------------------------------------- flush
-    def step_columns(self, rows: Sequence[StepRow], values: np.ndarray) -> dict[int, dict]:
-        """Per step: the fixed per-step columns (clip factor where the gradient changed) and learning rates."""
-        out = {}
-        for r, v in zip(rows, values):
+    def take(self, flushed: Flushed) -> Frames:
+        """The params part, and per step the fixed per-step columns (clip factor where the gradient changed) and
+        learning rates. ``flushed.values`` is this buffer's (the recorder takes it first, for every quantity)."""
+        columns = {}
+        for r, v in zip(flushed.rows, flushed.values):
             factor = self._clip_factor(v, r.has_grad, r.index) if r.changed else math.nan
-            out[r.index] = {"step": r.index, "recorded": True, "skipped": r.skipped, "clip_factor": factor,
-                            **{lr_column(g): float(lr) for g, lr in enumerate(r.lrs)}}
-        return out
+            columns[r.index] = {"step": r.index, "recorded": True, "skipped": r.skipped, "clip_factor": factor,
+                                **{lr_column(g): float(lr) for g, lr in enumerate(r.lrs)}}
+        params = frames.param_frame(flushed.steps, flushed.values, flushed.has_grad, flushed.skipped,
+                                    flushed.measured)
+        return Frames({PARAMS: params}, columns)
 
     def _clip_factor(self, values: np.ndarray, has_grad: np.ndarray, step: int) -> float:
         """The step's clip factor; a change that is not one uniform factor, or looks like a missed

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import schedules
-from .probe import ProbeBatch
+from .measurements import StepMeasurements
+from .quantity import Quantity
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -18,29 +19,41 @@ def _check_positive_int(name: str, value: Any) -> None:
 @dataclass(frozen=True)
 class RecordingOptions:
     """When to record (``every``), how many recorded steps to buffer on the device (``flush_every``), the
-    GradScaler whose scale to divide out (``scaler``), and the probe with its period."""
+    GradScaler whose scale to divide out (``scaler``), and the recorded quantities (the base measurements
+    first, then the probe, attribution and the user's ``parts``). A step is recorded when ``every`` says so
+    or a quantity ``needs`` it."""
 
     every: schedules.Every = 1
     flush_every: int = 100
     scaler: Any = None
-    probe: ProbeBatch | None = None
-    probe_every: int = 50
+    quantities: Sequence[Quantity] = ()
     schedule: schedules.Schedule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_positive_int("flush_every", self.flush_every)
         if self.scaler is not None and not hasattr(self.scaler, "is_enabled"):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(self.scaler).__name__}")
+        _check_quantities(self.quantities)
         recorded = schedules.make_schedule(self.every)
-        if self.probe is not None:
-            if not isinstance(self.probe, ProbeBatch):
-                raise TypeError(f"probe must be a dynamics.ProbeBatch, got {type(self.probe).__name__}")
-            _check_positive_int("probe_every", self.probe_every)
-            period = self.probe_every
-            schedule = lambda step: recorded(step) or step % period == 0  # noqa: E731 - probe steps are recorded
-        else:
-            schedule = recorded
+        needs = [q.needs for q in self.quantities if type(q).needs is not Quantity.needs]
+        schedule = (lambda step: recorded(step) or any(n(step) for n in needs)) if needs else recorded  # noqa: E731
         object.__setattr__(self, "schedule", schedule)
+
+
+def _check_quantities(quantities: Sequence[Quantity]) -> None:
+    """Quantities, each attached once, whose tables have names of their own."""
+    tables = {spec.name: "the base measurements" for spec in StepMeasurements.tables}
+    for position, quantity in enumerate(quantities):
+        if not isinstance(quantity, Quantity):
+            raise TypeError(f"parts[{position}] must be a dynamics.record.quantity.Quantity, got "
+                            f"{type(quantity).__name__}")
+        if quantity._binding is not None:
+            raise ValueError(f"{quantity.name} is already attached to a recorder: give each attach() its own")
+        for spec in quantity.tables:
+            if spec.name in tables:
+                raise ValueError(f"{quantity.name} declares table {spec.name!r}, which {tables[spec.name]} "
+                                 f"writes already")
+            tables[spec.name] = quantity.name
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..schema import RULES
-from ..store import frames
-from .guard import HookGuard
-from .parts import Flushed, Frames, RecordedStep, RecordedTensors, StepPart
+from ..schema import BUILTIN_TABLES, PROBE, RULES
+from . import frames
+from .quantity import Binding, Flushed, Frames, Quantity, RecordedStep
 
 PROBE_SEED = 20200306  # the same dropout masks at every point of the path, so L(θ) is one function
 
@@ -94,18 +93,37 @@ def path_lca(g0: torch.Tensor, g_half: torch.Tensor, g1: torch.Tensor) -> torch.
     return torch.stack([g0, (g0 + g1) / 2, (g0 + 4 * g_half + g1) / 6])
 
 
-class ProbePart(StepPart):
-    """The probe as a part of a recorder: on every ``every``-th step, L and g on the probe batch at θ_t (before
+class ProbePart(Quantity):
+    """The probe as a recorded quantity: on every ``every``-th step, L and g on the probe batch at θ_t (before
     the step), at θ_{t+1} and at the midpoint (after it), and per tensor each rule's lca against Δθ. Owns its
     buffers: per row the lca of each rule ``[rules, tensors]`` and the losses before and after ``[2]``."""
 
-    def __init__(self, probe: ProbeBatch, every: int, model: nn.Module, tensors: RecordedTensors,
-                 dots: Callable, guard: HookGuard, rows: int) -> None:
-        self._probe, self._every, self._model = probe, every, model
-        self._params, self._dots, self._guard = tensors.params, dots, guard
-        self._lca = tensors.buffer(rows, len(RULES), tensors.n)
-        self._loss = tensors.buffer(rows, 2)
+    tables = (BUILTIN_TABLES[PROBE],)
+
+    def __init__(self, probe: ProbeBatch, every: int = 50) -> None:
+        if not isinstance(probe, ProbeBatch):
+            raise TypeError(f"probe must be a dynamics.ProbeBatch, got {type(probe).__name__}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"probe_every must be a positive int, got {every!r}")
+        self._probe, self._every = probe, every
         self._grads: list[list[torch.Tensor]] | None = None  # g_0, then g_½ and g_1, of the step being probed
+
+    def check(self, model: nn.Module) -> None:
+        check(model, self._probe)
+
+    def bind(self, binding: Binding) -> None:
+        super().bind(binding)
+        tensors = binding.tensors
+        self._model, self._params, self._dots, self._guard = binding.model, tensors.params, binding.dots, \
+            binding.guard
+        self._lca = tensors.buffer(binding.rows, len(RULES), tensors.n)
+        self._loss = tensors.buffer(binding.rows, 2)
+
+    def needs(self, step: int) -> bool:
+        return step % self._every == 0
+
+    def describe(self) -> Mapping[str, Any]:
+        return {"probe": {"every": self._every, "train_mode": self._probe.train_mode, "rules": list(RULES)}}
 
     def on_step_start(self, step: RecordedStep) -> None:
         self._grads = None
@@ -145,4 +163,4 @@ class ProbePart(StepPart):
     def take(self, flushed: Flushed) -> Frames:
         n = len(flushed.steps)
         part, step_columns = frames.probe_frame(flushed.steps, self._lca.take(n), self._loss.take(n))
-        return Frames({} if part is None else {"probe": part}, step_columns)
+        return Frames({} if part is None else {PROBE: part}, step_columns)

@@ -3,8 +3,8 @@ training quantities.
 
 The recorder is a small orchestrator of parts with one job each: the :class:`~.tracker.StepTracker` knows which
 optimizer step is open and whether it was skipped; :class:`~.measurements.StepMeasurements` measures the
-per-tensor quantities of a step into a device buffer; the probe and shared-weight attribution are
-:class:`~.parts.StepPart` objects called at fixed points of each step; :class:`~.guard.HookGuard` keeps every
+per-tensor quantities of a step into a device buffer; the probe, shared-weight attribution and the user's
+``parts`` are :class:`~.quantity.Quantity` plug-ins called at fixed points of each step; :class:`~.guard.HookGuard` keeps every
 failure out of the training loop; :mod:`.runs` writes the flushed rows. Nothing here moves data to the host
 between flushes.
 """
@@ -27,7 +27,7 @@ from .attribution_spec import group_label, resolve_attribution, rows, views_of
 from .guard import HookGuard, Notes
 from .measurements import StepMeasurements
 from .options import RecordingOptions, RunSpec
-from .parts import LossScale, RecordedStep, RecordedTensors, StepPart, StepRow
+from .quantity import Binding, LossScale, Quantity, RecordedStep, RecordedTensors, StepRow
 from .tracker import BackwardHooks, StepTracker
 from .views import ViewAssignment, ViewSpec, resolve_views
 
@@ -67,8 +67,8 @@ class Recorder:
     """The handle ``attach`` returns: owns every hook it made; ``close()`` flushes and removes them."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, assignment: ViewAssignment,
-                 run: runs.OpenRun, options: RecordingOptions, layout: distributed.Layout = distributed.Layout(),
-                 attribute: Mapping | None = None, attributed: Sequence[int] = ()) -> None:
+                 run: runs.OpenRun, options: RecordingOptions, layout: distributed.Layout = distributed.Layout()
+                 ) -> None:
         self.model, self.optimizer, self.assignment = model, optimizer, assignment
         self.run_dir, self.meta, self._run, self._options = run.run_dir, run.meta, run, options
         tensors = RecordedTensors.of(assignment.tensors, layout)
@@ -79,7 +79,7 @@ class Recorder:
         self._measure = StepMeasurements(tensors, scale, options.flush_every, self._notes)
         self._rows: list[StepRow] = []             # one per buffer row in use
         self._pending: RecordedStep | None = None  # the step between the pre- and the post-step hook
-        self._parts: list[StepPart] = []
+        self._parts: list[Quantity] = []
         self._handles: list = []
         self._closed = False
         self._close_errors: list[str] = []
@@ -87,13 +87,11 @@ class Recorder:
         guard = self._guard.wrap
         self._flush_in_loop = guard(self._flush)  # log()'s flush: a failure stops recording, never raises
         try:
-            if attribute:
-                self._parts.append(AttributionPart(attribute, attributed, tensors, self._guard, scale,
-                                                   options.flush_every, self._notes,
-                                                   {id(m): n for n, m in model.named_modules()}))
-            if options.probe is not None:  # run locally, outside DistributedDataParallel
-                self._parts.append(probing.ProbePart(options.probe, options.probe_every, distributed.unwrapped(model),
-                                                     tensors, self._measure.dots, self._guard, options.flush_every))
+            binding = Binding(tensors, distributed.unwrapped(model), self._guard, self._notes, scale,
+                              options.flush_every, self._measure.dots, {id(m): n for n, m in model.named_modules()})
+            for quantity in options.quantities:
+                quantity.bind(binding)
+                self._parts.append(quantity)  # bound: closed with the recorder
             if any(part.watches_forward for part in self._parts):
                 self._handles.append(model.register_forward_pre_hook(guard(self._on_forward, no_grad=False),
                                                                      prepend=True))
@@ -306,7 +304,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
            scaler: Any = None, config: Mapping | None = None, seed: int | None = None,
            condition: str | None = None, resume: bool = False,
            attribute: Mapping[nn.Module | str, Sequence[str] | rows] | None = None,
-           probe: probing.ProbeBatch | None = None, probe_every: int = 50) -> Recorder | InactiveRecorder:
+           probe: probing.ProbeBatch | None = None, probe_every: int = 50,
+           parts: Sequence[Quantity] = ()) -> Recorder | InactiveRecorder:
     """Record per-tensor training quantities of ``model`` at the optimizer steps chosen by ``every``.
 
     ``optimizer`` may be a trainer's wrapper (Lightning's ``LightningOptimizer``, Accelerate's
@@ -317,14 +316,15 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     ``torch.amp.GradScaler`` if one is used, so gradients are recorded unscaled; ``config``, ``seed`` and
     ``condition`` go into the metadata (``load_runs`` turns condition and seed into columns). ``attribute``
     splits the gradient of modules shared by views (see :mod:`dynamics.record.attribution`); ``probe`` checks
-    lca on a fixed batch every ``probe_every`` steps (see :mod:`dynamics.record.probe`). Returns a
+    lca on a fixed batch every ``probe_every`` steps (see :mod:`dynamics.record.probe`); ``parts`` are further
+    recorded quantities (:class:`~dynamics.record.quantity.Quantity` plug-ins, e.g.
+    :class:`~dynamics.record.update_alignment.UpdateAlignment`), each read back by ``load_table``. Returns a
     :class:`Recorder`, which is a context manager; ``close()`` flushes and removes every hook. Under
     DistributedDataParallel or ``fully_shard`` call it on every process: rank 0 writes the run (see
     :mod:`dynamics.record.distributed`).
     """
     optimizer, wrappers = refusals.unwrap_optimizer(optimizer)
     misuse.refuse_second_recorder(model, optimizer)
-    options = RecordingOptions(every, flush_every, scaler, probe, probe_every)
     refusals.check_model(model)
     attribute, labelled = resolve_attribution(model, views, attribute or {})
     attributed_views = list(dict.fromkeys(v for how in attribute.values() for v in views_of(how)))
@@ -336,6 +336,11 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     if empty:
         raise ValueError(f"view(s) {empty} own no parameter: give them modules or patterns, or attribute= a "
                          f"shared module to them")
+    if isinstance(parts, Quantity) or not isinstance(parts, (list, tuple)):
+        raise TypeError(f"parts= takes a list of quantities, got {type(parts).__name__}")
+    quantities = [*([AttributionPart(attribute, attributed)] if attribute else []),
+                  *([probing.ProbePart(probe, probe_every)] if probe is not None else []), *parts]
+    options = RecordingOptions(every, flush_every, scaler, quantities)
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
     parameters = [{**info.as_record(), "group": group_of.get(id(t), -1)}
                   for info, t in zip(assignment.params, assignment.tensors)]
@@ -344,8 +349,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
                                    attribution=bool(attribute), probe=probe is not None)
     if not layout.records:
         return InactiveRecorder(assignment)
-    if probe is not None:
-        probing.check(distributed.unwrapped(model), probe)
+    for quantity in quantities:  # run locally, outside DistributedDataParallel
+        quantity.check(distributed.unwrapped(model))
     run, error = runs.OpenRun(), None
     if layout.writes:
         try:
@@ -356,7 +361,7 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     try:
         # the other processes measure their part at the same steps as rank 0, which writes the run
         run.start_step = distributed.agree_with_writer(run.start_step, error, layout)
-        return Recorder(model, optimizer, assignment, run, options, layout, attribute, attributed)
+        return Recorder(model, optimizer, assignment, run, options, layout)
     except BaseException:
         run.discard()  # a failed attach leaves no run behind: a retry with the same out= may reuse it
         raise

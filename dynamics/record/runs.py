@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from .. import store
-from ..schema import COMMITS, META_FILE, TABLES
-from ..store import frames
-from . import description
+from ..schema import COMMITS, META_FILE, STEPS, tables_of
+from . import description, frames
 from .logs import NOT_RECORDED
 from .measurements import StepMeasurements
 from .options import RecordingOptions, RunSpec
-from .parts import Flushed, StepPart, StepRow
+from .quantity import Flushed, Quantity, StepRow
 from .views import ViewAssignment
 
 
@@ -93,7 +92,8 @@ class OpenRun:
             (run_dir / META_FILE).unlink(missing_ok=True)
         finally:
             self.writer.release()
-        for folder in [*(run_dir / table for table in (*TABLES, COMMITS)), *([run_dir] if self.created else [])]:
+        tables = tables_of(self.meta)
+        for folder in [*(run_dir / table for table in (*tables, COMMITS)), *([run_dir] if self.created else [])]:
             with contextlib.suppress(OSError):  # only empty folders go
                 folder.rmdir()
 
@@ -122,17 +122,15 @@ def open_run(spec: RunSpec, options: RecordingOptions, model: nn.Module, optimiz
     return run
 
 
-def flush(run: OpenRun, rows: Sequence[StepRow], measurements: StepMeasurements, parts: Sequence[StepPart],
+def flush(run: OpenRun, rows: Sequence[StepRow], measurements: StepMeasurements, parts: Sequence[Quantity],
           logs: dict[int, dict[str, float]]) -> None:
-    """Bring the buffered rows and logs to the host (one transfer per buffer) and append them as parts."""
-    columns: dict[int, dict] = {}
+    """Bring the buffered rows and logs to the host (one transfer per buffer) and append every quantity's
+    frames as parts of one flush; the per-step columns of all of them (and the logs) make the steps part."""
+    columns: dict[int, dict] = {int(r.index): {"step": r.index} for r in rows}
     if rows:
         flushed = Flushed.of(rows, measurements.buffer.take(len(rows)))
-        run.write("params", frames.param_frame(flushed.steps, flushed.values, flushed.has_grad, flushed.skipped,
-                                               flushed.measured))
-        columns = measurements.step_columns(rows, flushed.values)
-        for part in parts:
-            taken = part.take(flushed)
+        for quantity in (measurements, *parts):
+            taken = quantity.take(flushed)
             for table, frame in taken.tables.items():
                 run.write(table, frame)
             for step, extra in taken.step_columns.items():
@@ -140,5 +138,5 @@ def flush(run: OpenRun, rows: Sequence[StepRow], measurements: StepMeasurements,
     for step, values in logs.items():
         columns.setdefault(step, {"step": step, **NOT_RECORDED}).update(values)
     if columns:
-        run.write("steps", frames.step_frame(list(columns.values())))
+        run.write(STEPS, frames.step_frame(list(columns.values())))
     run.commit()

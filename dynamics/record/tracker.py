@@ -16,7 +16,7 @@ from torch import nn
 
 from . import schedules
 from .guard import HookGuard
-from .parts import RecordedTensors
+from .quantity import RecordedTensors
 
 
 def _never_compiled(hook: Callable) -> Callable:

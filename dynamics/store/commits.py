@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..schema import COMMITS, TABLES
+from ..schema import BUILTIN_TABLES, COMMITS, TABLES, is_table_name
 from .parts import PartEntry
 from .rundir import RunStoreError, write_atomically
 
@@ -72,8 +72,8 @@ def _parse(path: Path, run_id: str) -> Commit:
     parts: dict[str, tuple[PartEntry, ...]] = {}
     try:
         for table, entries in record["parts"].items():
-            if table not in TABLES:
-                raise ValueError(f"unknown table {table!r}")
+            if not is_table_name(table):
+                raise ValueError(f"not a table name: {table!r}")
             parts[table] = tuple(PartEntry(str(e["file"]), int(e["rows"]), (int(e["steps"][0]), int(e["steps"][1])),
                                            int(e["bytes"]), int(e["crc32"])) for e in entries)
             if any(not e.file.startswith(f"{table}/") or "/" in e.file[len(table) + 1:] for e in parts[table]):
@@ -113,8 +113,10 @@ def read_commits(run_dir: Path, run_id: str) -> list[Commit]:
 
 
 def _check_step_order(commits: Sequence[Commit]) -> None:
-    """Per table, each record's steps come after the previous one's (steps: may share the boundary step)."""
-    for table in TABLES:
+    """Per table, each record's steps come after the previous one's (an open table, the steps: may share the
+    boundary step)."""
+    for table in dict.fromkeys(t for c in commits for t in c.parts):
+        shares_boundary = table in BUILTIN_TABLES and BUILTIN_TABLES[table].open
         previous: Commit | None = None
         for commit in commits:
             steps = commit.steps(table)
@@ -122,7 +124,7 @@ def _check_step_order(commits: Sequence[Commit]) -> None:
                 continue
             if previous is not None:
                 end = previous.steps(table)[1]
-                if steps[0] < end or (steps[0] == end and table != "steps"):
+                if steps[0] < end or (steps[0] == end and not shares_boundary):
                     raise RunStoreError(f"{commit.path}: its {table} steps {steps[0]}-{steps[1]} overlap those of "
                                         f"{previous.path} (up to {end}): the same steps committed twice")
             previous = commit
@@ -133,11 +135,12 @@ def committed_files(commits: Sequence[Commit]) -> set[str]:
     return {e.file for c in commits for entries in c.parts.values() for e in entries}
 
 
-def unreferenced(run_dir: Path, commits: Sequence[Commit]) -> list[Path]:
-    """Files a writer may remove: parts no trusted record names, superseded records, temporary files."""
+def unreferenced(run_dir: Path, commits: Sequence[Commit], tables: Sequence[str] = TABLES) -> list[Path]:
+    """Files a writer may remove: parts no trusted record names, superseded records, temporary files (in the
+    folders of ``tables``, the run's tables, and of commits)."""
     keep = committed_files(commits) | {c.name for c in commits}
     found = []
-    for folder in (*TABLES, COMMITS):
+    for folder in (*tables, COMMITS):
         directory = run_dir / folder
         if not directory.is_dir():
             continue

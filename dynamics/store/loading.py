@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..schema import (DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PART_COLUMNS, QUANTITIES, RULES,
-                      STEP_COLUMNS, is_lr_column, probe_lca)
+from ..schema import (ATTRIBUTION, DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PARAMS, PROBE, QUANTITIES,
+                      STEP_COLUMNS, STEPS, TableSpec, is_lr_column, tables_of)
 from . import commits as records
 from . import parts
 from .rundir import RunStoreError, read_meta
@@ -23,6 +23,7 @@ def _verified(run_dir: Path, meta: dict, tables: Sequence[str]) -> dict[str, pa.
     """Each table's committed parts, verified and concatenated (None: no part). A part that vanished because a
     concurrent compaction merged it is found by reading the commit records again."""
     n_params = len(meta["parameters"])
+    specs = tables_of(meta)
     for table in tables:
         if (run_dir / table).exists() and not (run_dir / table).is_dir():
             raise RunStoreError(f"{run_dir / table}: not a directory (it should hold the run's {table} parts)")
@@ -31,7 +32,7 @@ def _verified(run_dir: Path, meta: dict, tables: Sequence[str]) -> dict[str, pa.
         try:
             out = {}
             for table in tables:
-                found = [parts.read_part(run_dir, e, run_id=meta["run_id"], table=table, flushes=c.flushes,
+                found = [parts.read_part(run_dir, e, run_id=meta["run_id"], spec=specs[table], flushes=c.flushes,
                                          record=c.name, n_params=n_params)
                          for c in trusted for e in c.parts.get(table, ())]
                 out[table] = pa.concat_tables(found, promote_options="default") if found else None
@@ -46,9 +47,9 @@ def _columns(table: pa.Table, names: Iterable[str]) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in names}
 
 
-def _empty_params() -> dict[str, np.ndarray]:
+def _empty(spec: TableSpec) -> dict[str, np.ndarray]:
     return {name: np.array([], dtype={"int64": np.int64, "int32": np.int32, "double": np.float64,
-                                     "bool": bool}[kind]) for name, kind in PART_COLUMNS["params"]}
+                                     "bool": bool, "string": object}[kind]) for name, kind in spec.columns}
 
 
 def _codes(values: Sequence[str], categories: Sequence[str]) -> np.ndarray:
@@ -67,11 +68,11 @@ class _Params:
         self.labels = list(dict.fromkeys(group_of))
         self.codes = _codes(group_of, self.labels)[raw[PARAM_ID]]
 
-    def split(self, where: str, attribution: pa.Table, n_params: int) -> None:
+    def split(self, where: str, attribution: pa.Table, spec: TableSpec, n_params: int) -> None:
         """Replace each attributed tensor's rows by its per-view rows: grad_sq, lca and cross are the view's
         part, param_sq and update_sq the tensor's; ``finite`` also requires the part to be finite."""
         raw = self.columns
-        part = _columns(attribution, [c for c, _ in PART_COLUMNS["attribution"] if c != "view"])
+        part = _columns(attribution, [c for c, _ in spec.columns if c != "view"])
         views = attribution.column("view").combine_chunks().dictionary_encode()
         key = raw["step"] * n_params + raw[PARAM_ID]
         order = None if (np.diff(key) > 0).all() else np.argsort(key, kind="stable")
@@ -113,16 +114,17 @@ def read_rows(run_dir: str | os.PathLike, *, split_shared: bool = True) -> RunRo
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
     info = meta["parameters"]
-    tables = _verified(run_dir, meta, ("params", "steps", "attribution") if split_shared else ("params", "steps"))
-    params = tables["params"]
-    rows = _Params(_empty_params() if params is None else _columns(params, dict(PART_COLUMNS["params"])),
+    specs = tables_of(meta)
+    tables = _verified(run_dir, meta, (PARAMS, STEPS, ATTRIBUTION) if split_shared else (PARAMS, STEPS))
+    params = tables[PARAMS]
+    rows = _Params(_empty(specs[PARAMS]) if params is None else _columns(params, dict(specs[PARAMS].columns)),
                    [p["view"] for p in info])
-    if tables.get("attribution") is not None:
-        rows.split(str(run_dir / "attribution"), tables["attribution"], len(info))
-    attributed = tables.get("attribution") is not None
+    attributed = tables.get(ATTRIBUTION) is not None
+    if attributed:
+        rows.split(str(run_dir / ATTRIBUTION), tables[ATTRIBUTION], specs[ATTRIBUTION], len(info))
     view_order = list(dict.fromkeys(v for v in meta["views"] if not attributed or v in rows.present()))
     view_codes = _codes(rows.labels, view_order)[rows.codes] if len(rows.codes) else rows.codes
-    per_step = _step_table(tables["steps"])
+    per_step = _step_table(tables[STEPS])
     _check_recorded(run_dir, per_step, rows.columns["step"])
     return RunRows(run_dir, meta, rows.columns, view_codes, view_order, per_step)
 
@@ -209,16 +211,23 @@ def _check_recorded(run_dir: Path, per_step: pd.DataFrame, param_steps: np.ndarr
                             f"(in params only: {only_params}; in steps only: {only_steps})")
 
 
-def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """The probe's path-integrated lca per step and tensor: step, param, view, layer, depth, lca_first,
-    lca_trapezoid, lca_simpson. The per-step losses and residuals are columns of ``load(...)[1]``."""
+def load_table(run_dir: str | os.PathLike, table: str) -> pd.DataFrame:
+    """A per-tensor table of one run (the probe's, or a plug-in quantity's) as a tidy frame: step, param, view,
+    layer, depth, then the table's value columns, sorted by step and parameter order. Each part is verified
+    as :func:`load` verifies it; a table the run does not declare, or never wrote, is an error naming it."""
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
     info = meta["parameters"]
-    probe = _verified(run_dir, meta, ("probe",))["probe"]
-    if probe is None:
-        raise RunStoreError(f"{run_dir}: no probe was recorded (attach(..., probe=ProbeBatch(...)))")
-    raw = _columns(probe, [c for c, _ in PART_COLUMNS["probe"]])
+    specs = tables_of(meta)
+    spec = specs.get(table)
+    if spec is None or spec.key != ("step", PARAM_ID):
+        per_tensor = sorted(t for t, s in specs.items() if s.key == ("step", PARAM_ID) and t != PARAMS)
+        raise RunStoreError(f"{run_dir}: no per-tensor table {table!r} (this run's: {per_tensor}; "
+                            f"the params table is read by load())")
+    found = _verified(run_dir, meta, (table,))[table]
+    if found is None:
+        raise RunStoreError(f"{run_dir}: no {table!r} rows were recorded")
+    raw = _columns(found, [c for c, _ in spec.columns])
     order = _row_order(raw["step"], raw[PARAM_ID], np.zeros(len(raw["step"]), np.int32))
     if order is not None:
         raw = {c: v[order] for c, v in raw.items()}
@@ -228,9 +237,17 @@ def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
                         "view": pd.Categorical.from_codes(_codes([p["view"] for p in info], views)[ids],
                                                           categories=views)})
     out = out[["step", "param", "view", "layer", "depth"]]
-    for column in map(probe_lca, RULES):
-        out[column] = raw[column].astype("float64")
+    for column in spec.values:
+        out[column] = raw[column]
     return out
+
+
+def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The probe's path-integrated lca per step and tensor: step, param, view, layer, depth, lca_first,
+    lca_trapezoid, lca_simpson. The per-step losses and residuals are columns of ``load(...)[1]``."""
+    if not read_meta(run_dir).get("probe"):
+        raise RunStoreError(f"{run_dir}: no probe was recorded (attach(..., probe=ProbeBatch(...)))")
+    return load_table(run_dir, PROBE)
 
 
 def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:

@@ -4,8 +4,8 @@ A part's key-value metadata (key ``dynamics``) holds JSON: the run id, the table
 last) and its step range and row count. Its commit record (:mod:`dynamics.store.commits`) holds the same plus
 the file's size and CRC-32. Reading a part checks, in order: the bytes against the commit (size, CRC-32), the
 Parquet pages against their own checksums, the identity and ranges against the commit, the columns and their
-types against :data:`dynamics.schema.PART_COLUMNS`, and the rows (step range, no repeated key, every tensor
-present at every step). Any violation raises :class:`RunStoreError` naming the file.
+types against the table's declaration (:class:`dynamics.schema.TableSpec`), and the rows (step range, no repeated
+key, every tensor present at every step of a dense table). Any violation raises :class:`RunStoreError` naming the file.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..schema import PARAM_ID, PART_COLUMNS, RESERVED_SCALARS
+from ..schema import PARAM_ID, RESERVED_SCALARS, TableSpec
 from .rundir import RunStoreError, fsync_dir
 
 KEY = b"dynamics"
@@ -48,12 +48,12 @@ class PartEntry:
                 "crc32": self.crc32}
 
 
-def to_arrow(table: str, frame: pd.DataFrame) -> pa.Table:
+def to_arrow(spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
     """A part frame as Arrow, its columns checked (a recorder bug must not reach the disk)."""
     arrow = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)  # no pandas
-    problem = schema_problem(table, arrow.schema)
+    problem = schema_problem(spec, arrow.schema)
     if problem:
-        raise RunStoreError(f"{table} part not written: {problem}")
+        raise RunStoreError(f"{spec.name} part not written: {problem}")
     return arrow
 
 
@@ -93,10 +93,10 @@ def step_range(arrow: pa.Table) -> tuple[int, int]:
     return int(bounds["min"].as_py()), int(bounds["max"].as_py())
 
 
-def schema_problem(table: str, schema: pa.Schema) -> str | None:
-    """What is wrong with a part's columns, or None: exactly the table's columns with their types (a steps
-    part: its fixed columns, then only float64 columns whose names are not reserved)."""
-    expected = dict(PART_COLUMNS[table])
+def schema_problem(spec: TableSpec, schema: pa.Schema) -> str | None:
+    """What is wrong with a part's columns, or None: exactly the table's columns with their types (an open
+    table, the steps: its fixed columns, then only float64 columns whose names are not reserved)."""
+    expected = dict(spec.columns)
     found = {field.name: field.type for field in schema}
     missing = [c for c in expected if c not in found]
     if missing:
@@ -108,7 +108,7 @@ def schema_problem(table: str, schema: pa.Schema) -> str | None:
         if not ok:
             return f"column {column!r} has type {actual}, expected {kind}"
     extra = [c for c in found if c not in expected]
-    if table != "steps" and extra:
+    if not spec.open and extra:
         return f"unexpected column(s) {extra}"
     for column in extra:
         if column in RESERVED_SCALARS or column == PARAM_ID:
@@ -118,7 +118,7 @@ def schema_problem(table: str, schema: pa.Schema) -> str | None:
     return None
 
 
-def read_part(run_dir: Path, entry: PartEntry, *, run_id: str, table: str, flushes: tuple[int, int],
+def read_part(run_dir: Path, entry: PartEntry, *, run_id: str, spec: TableSpec, flushes: tuple[int, int],
               record: str, n_params: int) -> pa.Table:
     """The checked contents of one committed part (see the module docstring for the checks)."""
     path = run_dir / entry.file
@@ -135,12 +135,13 @@ def read_part(run_dir: Path, entry: PartEntry, *, run_id: str, table: str, flush
         arrow = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise RunStoreError(f"{path}: truncated or corrupt Parquet part ({exc})") from exc
-    _check_identity(path, arrow.schema.metadata or {}, run_id=run_id, table=table, flushes=flushes, entry=entry)
-    problem = schema_problem(table, arrow.schema)
+    _check_identity(path, arrow.schema.metadata or {}, run_id=run_id, table=spec.name, flushes=flushes,
+                    entry=entry)
+    problem = schema_problem(spec, arrow.schema)
     if problem:
         raise RunStoreError(f"{path}: {problem}")
     arrow = arrow.replace_schema_metadata(None)
-    _check_rows(path, arrow, table, entry, n_params)
+    _check_rows(path, arrow, spec, entry, n_params)
     return arrow
 
 
@@ -158,25 +159,27 @@ def _check_identity(path: Path, metadata: dict, *, run_id: str, table: str, flus
             raise RunStoreError(f"{path}: its metadata says {key} {identity.get(key)!r}, its commit {value!r}")
 
 
-def _check_rows(path: Path, arrow: pa.Table, table: str, entry: PartEntry, n_params: int) -> None:
-    """Rows within the declared step range; in a per-tensor table each key once and every tensor present."""
+def _check_rows(path: Path, arrow: pa.Table, spec: TableSpec, entry: PartEntry, n_params: int) -> None:
+    """Rows within the declared step range; in a per-tensor table each key once, and in a dense one every
+    tensor present at every step."""
     if arrow.num_rows != entry.rows or (arrow.num_rows and step_range(arrow) != entry.steps):
         raise RunStoreError(f"{path}: {arrow.num_rows} rows over steps {step_range(arrow) if arrow.num_rows else ()}"
                             f", its commit lists {entry.rows} rows over steps {entry.steps}")
-    if table == "steps" or not arrow.num_rows:
+    if PARAM_ID not in spec.key or not arrow.num_rows:
         return
     steps = arrow.column("step").to_numpy()
     ids = arrow.column(PARAM_ID).to_numpy()
     if ids.min() < 0 or ids.max() >= n_params:
         raise RunStoreError(f"{path}: parameter ids outside the parameter table of meta.json")
     key = steps * n_params + ids
-    if table == "attribution":
-        views = pc.dictionary_encode(arrow.column("view")).combine_chunks()
-        key = key * max(len(views.dictionary), 1) + views.indices.to_numpy(zero_copy_only=False)
+    for column in spec.key:
+        if column in ("step", PARAM_ID):
+            continue
+        codes = pc.dictionary_encode(arrow.column(column)).combine_chunks()
+        key = key * max(len(codes.dictionary), 1) + codes.indices.to_numpy(zero_copy_only=False)
     if not (np.diff(key) > 0).all() and pd.Index(key).has_duplicates:
-        what = "step, tensor and view" if table == "attribution" else "step and tensor"
-        raise RunStoreError(f"{path}: repeated rows (the same {what} more than once)")
-    if table == "params" or table == "probe":
+        raise RunStoreError(f"{path}: repeated rows (the same {', '.join(spec.key)} more than once)")
+    if spec.dense:
         n_steps = np.count_nonzero(np.diff(steps)) + 1 if (np.diff(steps) >= 0).all() else len(np.unique(steps))
         if n_steps * n_params != arrow.num_rows:
             raise RunStoreError(f"{path}: {arrow.num_rows} rows for {n_steps} steps of {n_params} tensors: some "

@@ -17,7 +17,7 @@ from typing import Mapping
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ..schema import COMMITS, LOCK_FILE, META_FILE, TABLES
+from ..schema import COMMITS, LOCK_FILE, META_FILE, TABLES, tables_of
 from . import commits as records
 from . import compaction, parts
 from .lock import WriterLock
@@ -26,9 +26,9 @@ from .rundir import RunStoreError, read_meta, write_meta
 _OURS = {*TABLES, COMMITS, LOCK_FILE}
 
 
-def _check_folders(run_dir: Path) -> None:
+def _check_folders(run_dir: Path, tables=TABLES) -> None:
     """Each table's folder and the commits folder are directories (created when missing)."""
-    for folder in (*TABLES, COMMITS):
+    for folder in (*tables, COMMITS):
         path = run_dir / folder
         if path.exists() and not path.is_dir():
             raise RunStoreError(f"{path}: exists and is not a directory (it holds the run's {folder} files)")
@@ -52,6 +52,7 @@ class RunWriter:
         self.run_dir, self.run_id, self.old_meta = run_dir, run_id, old_meta
         self._lock, self._commits, self._recovered = lock, trusted, recovered
         self._n_params = len(old_meta["parameters"]) if old_meta else 0
+        self._tables = tables_of(old_meta)
 
     @property
     def next_step(self) -> int:
@@ -69,6 +70,8 @@ class RunWriter:
         if self._recovered:
             meta["recovered"] = self._recovered
         self._n_params = len(meta.get("parameters") or ())
+        self._tables = tables_of(meta)
+        _check_folders(self.run_dir, self._tables)
         write_meta(self.run_dir, meta)
 
     def commit(self, frames: Mapping[str, pd.DataFrame]) -> None:
@@ -81,7 +84,9 @@ class RunWriter:
         entries: dict[str, list[parts.PartEntry]] = {}
         try:
             for table, frame in frames.items():
-                arrow = parts.to_arrow(table, frame)
+                if table not in self._tables:
+                    raise RunStoreError(f"{self.run_dir}: a {table!r} part, but meta.json declares no such table")
+                arrow = parts.to_arrow(self._tables[table], frame)
                 entries[table] = [parts.write_part(
                     self.run_dir, f"{table}/part-{flush:06d}.parquet", [arrow], arrow.schema, run_id=self.run_id,
                     table=table, flushes=(flush, flush), steps=parts.step_range(arrow), rows=arrow.num_rows)]
@@ -90,14 +95,15 @@ class RunWriter:
         except BaseException:
             for es in entries.values():
                 for e in es:
-                    compaction._remove(self.run_dir / e.file)
+                    compaction.remove(self.run_dir / e.file)
             raise
         self._commits.append(commit)
 
     def compact(self) -> tuple[int, int]:
         """Merge the committed parts into a few files (see :mod:`dynamics.store.compaction`); files before, after."""
         before = self.files
-        self._commits = compaction.compact(self.run_dir, self._commits, run_id=self.run_id, n_params=self._n_params)
+        self._commits = compaction.compact(self.run_dir, self._commits, run_id=self.run_id, n_params=self._n_params,
+                                           tables=self._tables)
         return before, self.files
 
     def close(self, meta: dict) -> None:
@@ -150,13 +156,14 @@ def _opened(run_dir: Path, lock: WriterLock, resume: bool) -> RunWriter:
         return RunWriter(run_dir, lock, uuid.uuid4().hex, None, [], _stale_note(lock, []))
     old_meta = read_meta(run_dir)
     trusted = records.read_commits(run_dir, old_meta["run_id"])
-    _check_folders(run_dir)
+    tables = tables_of(old_meta)
+    _check_folders(run_dir, tables)
     covered = trusted[-1].flushes[1] if trusted else -1
     discarded = []
-    for path in records.unreferenced(run_dir, trusted):
+    for path in records.unreferenced(run_dir, trusted, tuple(tables)):
         if path.suffix == ".parquet" and not _merged(path, covered, old_meta["run_id"]):
             discarded.append(_leftover_steps(path))
-        compaction._remove(path)
+        compaction.remove(path)
     if discarded:
         warnings.warn(f"dynamics: {run_dir}: removed parts that were never committed (of a flush the writing "
                       f"process did not finish, or copied in): {', '.join(discarded)}", RuntimeWarning, stacklevel=3)

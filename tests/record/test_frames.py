@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 import dynamics
-from dynamics.store.frames import clip_factor
+from dynamics.record.frames import clip_factor
 from tests.harness import fresh_model, make_batches
 
 
@@ -40,7 +40,7 @@ def test_clip_grad_value_is_noted_with_its_steps(tmp_path):
 
 def test_unattributed_rows_by_hand():
     from dynamics.schema import BUFFER_ROWS as QUANTITIES, GRAD_SQ
-    from dynamics.store.frames import unattributed_rows
+    from dynamics.record.frames import unattributed_rows
     values = np.full((2, len(QUANTITIES), 3), np.nan)
     values[:, GRAD_SQ] = [[5.0, 1e-16, 2.0], [5.0, 1e-16, 2.0]]   # tensor 0 is not attributed
     parts = np.zeros((2, 2, 3, 2))                                  # [row, view, (grad_sq, lca, cross), shared]

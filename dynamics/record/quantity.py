@@ -1,26 +1,34 @@
-"""What the parts of a recorder share: the recorded tensors, one recorded step, and the narrow interface through
-which the recorder calls a part (the probe, shared-weight attribution).
+"""A recorded quantity as a plug-in: the :class:`Quantity` interface, what it is given when attached
+(:class:`Binding`), and what it sees of a step (:class:`RecordedStep`) and of a flush (:class:`Flushed`).
 
-A part owns its device buffers and is called at fixed points of a step only (in the spirit of torchmetrics'
-update/compute split): ``on_step_start`` at the optimizer's pre-step, ``on_update`` once the step has run
-(θ_t and θ_{t+1} both at hand), ``on_step_end`` once the update Δθ is formed, ``on_skipped`` for a step the
-optimizer did not take, and ``take(flushed)``, which turns its buffered rows into part frames at a flush.
-Parts that need to see forward passes of the model set ``watches_forward``.
+A quantity is one class in one file (Cockpit's quantities, torchmetrics' declared state): it declares its
+tables (:class:`dynamics.schema.TableSpec`: columns, key, density, how values reduce), the steps it needs
+recorded beyond ``every`` (``needs``), what ``meta.json`` says of it (``describe``), and owns its device
+buffers. The recorder calls it at fixed points of a step only: ``on_forward`` (if it ``watches_forward``),
+``on_step_start`` at the optimizer's pre-step, ``on_update`` once the step has run (θ_t and θ_{t+1} both at
+hand), ``on_step_end`` once the update Δθ is formed, ``on_skipped`` for a step the optimizer did not take, and
+``take(flushed)``, which turns its buffered rows into part frames at a flush (one transfer per buffer). The
+base measurements (:mod:`.measurements`), the probe and shared-weight attribution are quantities;
+``attach(..., parts=[...])`` takes more.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from ..schema import TableSpec
 from . import distributed, kernels
 from .buffers import DeviceBuffer
 from .views import device_of
+
+if TYPE_CHECKING:
+    from .guard import HookGuard, Notes
 
 
 class LossScale:
@@ -107,6 +115,23 @@ class RecordedStep:
 
 
 @dataclass(frozen=True)
+class Binding:
+    """What a quantity is given when it is attached: the recorded tensors, the model (outside any
+    DistributedDataParallel wrapper), the failure guard and the run's notes, the loss scale, the number of
+    buffer rows (one per recorded step until a flush), per-tensor dot products for tensors shaped like the
+    recorded ones, and each module's name by ``id``."""
+
+    tensors: RecordedTensors
+    model: nn.Module
+    guard: "HookGuard"
+    notes: "Notes"
+    loss_scale: LossScale
+    rows: int
+    dots: Callable
+    module_names: Mapping[int, str]
+
+
+@dataclass(frozen=True)
 class StepRow:
     """What the host keeps of a buffered step until the flush (no device data)."""
 
@@ -120,19 +145,21 @@ class StepRow:
 
 @dataclass(frozen=True)
 class Flushed:
-    """The buffered steps of one flush, on the host: the per-tensor quantities ``[n, rows, tensors]`` in the
-    order of :data:`dynamics.schema.BUFFER_ROWS`, and per step its index and flags."""
+    """The buffered steps of one flush, on the host: the base quantities ``[n, rows, tensors]`` in the order of
+    :data:`dynamics.schema.BUFFER_ROWS`, and per step its index, flags and what the host kept of it."""
 
     steps: np.ndarray
     values: np.ndarray
     has_grad: np.ndarray
     skipped: np.ndarray
     measured: np.ndarray
+    rows: Sequence[StepRow]
 
     @classmethod
     def of(cls, rows: Sequence[StepRow], values: np.ndarray) -> "Flushed":
         return cls(np.array([r.index for r in rows], dtype=np.int64), values, np.stack([r.has_grad for r in rows]),
-                   np.array([r.skipped for r in rows], dtype=bool), np.array([r.measured for r in rows], dtype=bool))
+                   np.array([r.skipped for r in rows], dtype=bool), np.array([r.measured for r in rows], dtype=bool),
+                   list(rows))
 
 
 @dataclass
@@ -143,10 +170,41 @@ class Frames:
     step_columns: dict[int, dict] = field(default_factory=dict)
 
 
-class StepPart:
-    """A quantity measured alongside the per-tensor basics. Every method is optional (does nothing here)."""
+class Quantity:
+    """A recorded quantity (see the module docstring). Every method is optional (does nothing here); a
+    subclass declares ``tables`` and overrides what it needs, and calls ``super().bind(binding)`` if it
+    overrides :meth:`bind`."""
 
+    tables: tuple[TableSpec, ...] = ()  # the tables this quantity writes
     watches_forward = False  # on_forward is called at every grad-enabled forward pass of the model
+    _binding: Binding | None = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def check(self, model: nn.Module) -> None:
+        """At attach, before the run is opened: refuse a set-up this quantity cannot record (raise)."""
+
+    def bind(self, binding: Binding) -> None:
+        """Attached to a recorder (once): allocate device buffers here, never in the hot path."""
+        if self._binding is not None:
+            raise ValueError(f"{self.name} is already attached to a recorder: give each attach() its own")
+        self._binding = binding
+
+    @property
+    def binding(self) -> Binding:
+        if self._binding is None:
+            raise RuntimeError(f"{self.name} is not attached (pass it to attach(..., parts=[...]))")
+        return self._binding
+
+    def needs(self, step: int) -> bool:
+        """Whether step ``step`` must be recorded for this quantity even where ``every`` skips it."""
+        return False
+
+    def describe(self) -> Mapping[str, Any]:
+        """Entries this quantity adds to ``meta.json`` (JSON values)."""
+        return {}
 
     def on_forward(self, *, recording: bool, new_step: bool) -> None:
         """A forward pass of the model; ``new_step``: no backward pass of the coming step has run yet."""
@@ -164,8 +222,8 @@ class StepPart:
         """Step ``index`` ended without an optimizer step; it is recorded in buffer row ``row``."""
 
     def take(self, flushed: Flushed) -> Frames:
-        """This part's first ``len(flushed.steps)`` rows as frames (one transfer per buffer), rows reset."""
+        """This quantity's first ``len(flushed.steps)`` rows as frames (one transfer per buffer), rows reset."""
         return Frames()
 
     def close(self, step: int) -> None:
-        """Remove this part's hooks; its last notes (``step``: the recorder's next step)."""
+        """Remove this quantity's hooks; its last notes (``step``: the recorder's next step)."""

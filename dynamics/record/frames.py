@@ -1,6 +1,7 @@
 """Host-side arrays of one flush → the tidy frames written as Parquet parts. Pure functions, no torch.
 
-Layouts (``n`` buffered rows, ``k`` recorded tensors): quantities ``[n, 5, k]`` in the order of
+Record's own: the gradient verdicts (clip factor, unattributed rows) go back into the run's notes. Layouts (``n``
+buffered rows, ``k`` recorded tensors): quantities ``[n, 5, k]`` in the order of
 :data:`dynamics.schema.BUFFER_ROWS`; attribution ``[n, views, 3, shared]`` (grad_sq, lca, cross); probe lca ``[n, 3, k]``
 (first, trapezoid, Simpson) and probe losses ``[n, 2]`` (before, after).
 """
@@ -57,16 +58,20 @@ def unattributed_rows(values: np.ndarray, parts: np.ndarray, ids: Sequence[int],
     return np.flatnonzero((judged & off).any(axis=1))
 
 
+def tensor_frame(steps: np.ndarray, values: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A per-tensor table's part: one row per step × tensor, each column from its ``[n, tensors]`` array."""
+    n, k = next(iter(values.values())).shape
+    return pd.DataFrame({"step": np.repeat(steps, k), "param_id": np.tile(np.arange(k, dtype=np.int32), n),
+                         **{column: array.ravel() for column, array in values.items()}})
+
+
 def probe_frame(steps: np.ndarray, lca: np.ndarray, losses: np.ndarray) -> tuple[pd.DataFrame | None, dict[int, dict]]:
     """Per-tensor probe lca of the probed rows, and per step the losses, their change and each rule's residual
     (change − Σ over tensors of that rule's lca)."""
     probed = np.flatnonzero(~np.isnan(losses[:, 1]))
     if not len(probed):
         return None, {}
-    k = lca.shape[2]
-    frame = pd.DataFrame({
-        "step": np.repeat(steps[probed], k), "param_id": np.tile(np.arange(k, dtype=np.int32), len(probed)),
-        **{probe_lca(rule): lca[probed, r].ravel() for r, rule in enumerate(RULES)}})
+    frame = tensor_frame(steps[probed], {probe_lca(rule): lca[probed, r] for r, rule in enumerate(RULES)})
     rows = {}
     for i in probed:
         change = losses[i, 1] - losses[i, 0]
