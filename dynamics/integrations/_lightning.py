@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..record import attach
-from ._common import check_attach_options, views_by_module_name
+from ._common import RecorderSession, views_by_module_name
 
 __all__ = ["LightningRecording"]
 
@@ -59,13 +57,14 @@ class LightningRecording:
                             f"{type(views_of).__name__}")
         self.out = out
         self._views, self._views_of, self._loss_name, self._metrics = views, views_of, loss_name, tuple(metrics)
-        self._options = check_attach_options(attach_options, "DynamicsCallback")
-        self.recorder = None          # the last recorder (kept after fit, for its run_dir)
-        self._open = False
-        self._opened_before = False
-        self._log_failed = False
+        self._session = RecorderSession(out, attach_options, "DynamicsCallback")
         self._losses: list[torch.Tensor] = []
         self._global_step = 0
+
+    @property
+    def recorder(self) -> Any:
+        """The last recorder (kept after fit, for its ``run_dir``; None on ranks other than 0)."""
+        return self._session.recorder
 
     # ------------------------------------------------------------------------------------------ set-up
     def _check_set_up(self, trainer: Any) -> torch.optim.Optimizer:
@@ -75,7 +74,7 @@ class LightningRecording:
         if _SINGLE not in kinds and _DDP not in kinds:
             raise NotImplementedError(f"DynamicsCallback supports the single-device and DDP strategies, not {name}: "
                                       f"record other strategies with dynamics.attach in your own loop")
-        if _DDP in kinds and trainer.world_size > 1 and self._options.get("attribute"):
+        if _DDP in kinds and trainer.world_size > 1 and self._session.options.get("attribute"):
             raise NotImplementedError("DynamicsCallback: shared-weight attribution (attribute=) under the DDP strategy "
                                       "is not supported by the callback; record it with dynamics.attach on the "
                                       "DistributedDataParallel model in a plain loop")
@@ -93,27 +92,14 @@ class LightningRecording:
         return views_by_module_name(pl_module, views)
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
-        if self._open:  # a fit that ended without on_fit_end or on_exception
+        if self._session.open:  # a fit that ended without on_fit_end or on_exception
             self._close(RuntimeError("fit began again before the last fit ended"))
         optimizer = self._check_set_up(trainer)
-        error = None
-        if trainer.global_rank == 0:
-            options = dict(self._options)
-            if self._opened_before:  # a second fit continues the run it began
-                options["resume"] = True
-            scaler = getattr(trainer.precision_plugin, "scaler", None)
-            try:
-                self.recorder = attach(pl_module, optimizer, self._views_for(pl_module), out=self.out,
-                                       scaler=scaler, **options)
-                self._open = self._opened_before = True
-                self._losses, self._global_step = [], trainer.global_step
-            except Exception as exc:  # told to the other ranks first, so none trains on without rank 0
-                error = exc
-        message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
-        if error is not None:
-            raise error
-        if message is not None:
-            raise RuntimeError(f"dynamics: rank 0 could not attach the recorder: {message}")
+        writes = trainer.global_rank == 0
+        self._losses, self._global_step = [], trainer.global_step
+        self._session.start(pl_module, optimizer, self._views_for(pl_module) if writes else None,
+                            scaler=getattr(trainer.precision_plugin, "scaler", None), writes=writes,
+                            agree=lambda message: trainer.strategy.broadcast(message, src=0))
 
     # ------------------------------------------------------------------------------------------ training
     def on_train_start(self, trainer: Any, pl_module: nn.Module) -> None:
@@ -123,7 +109,7 @@ class LightningRecording:
                            batch_idx: int) -> None:
         """The training loss: kept on the device per batch, logged once per optimizer step (the mean over the
         step's batches), after that step, so the recorder files it under the step just taken."""
-        if not self._open or self._loss_name is None:
+        if not self._session.open or self._loss_name is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
@@ -137,28 +123,17 @@ class LightningRecording:
     def _log_losses(self) -> None:
         losses, self._losses = self._losses, []
         if losses:
-            self._log({self._loss_name: torch.stack(losses).mean()})
+            self._session.log({self._loss_name: torch.stack(losses).mean()})
 
     def on_validation_end(self, trainer: Any, pl_module: nn.Module) -> None:
         """The module's validation metrics (``self.log``), filed under the training step validation followed."""
-        if not self._open or trainer.sanity_checking or not self._metrics:
+        if not self._session.open or trainer.sanity_checking or not self._metrics:
             return
         chosen = {name: value for name, value in trainer.callback_metrics.items()
                   if any(fnmatch.fnmatchcase(name, g) for g in self._metrics)
                   and (isinstance(value, torch.Tensor) and value.numel() == 1
                        or isinstance(value, (int, float)) and not isinstance(value, bool))}
-        if chosen:
-            self._log(chosen)
-
-    def _log(self, scalars: dict) -> None:
-        if self._log_failed:
-            return
-        try:
-            self.recorder.log(**scalars)
-        except (RuntimeError, ValueError) as exc:  # a bad name or value: stop logging, never stop training
-            self._log_failed = True
-            warnings.warn(f"dynamics: scalars are no longer logged into the run: {exc}", RuntimeWarning,
-                          stacklevel=2)
+        self._session.log(chosen)
 
     # ------------------------------------------------------------------------------------------ the end
     def on_fit_end(self, trainer: Any, pl_module: nn.Module) -> None:
@@ -168,8 +143,6 @@ class LightningRecording:
         self._close(exception)
 
     def _close(self, exception: BaseException | None) -> None:
-        if self._open:
+        if self._session.open:
             self._log_losses()  # batches after the last optimizer step
-            self._open = False
-            self.recorder.__exit__(None if exception is None else type(exception), exception,
-                              None if exception is None else exception.__traceback__)
+        self._session.close(exception)

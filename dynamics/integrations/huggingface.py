@@ -15,13 +15,11 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
-import warnings
 from typing import Any, Sequence
 
 import torch
 
-from ..record import attach
-from ._common import check_attach_options, require, views_by_module_name
+from ._common import RecorderSession, require, views_by_module_name
 
 __all__ = ["DynamicsCallback"]
 
@@ -49,60 +47,42 @@ class DynamicsCallback(_transformers.TrainerCallback):
     def __init__(self, out: str | os.PathLike, views: Any, *,
                  log_keys: Sequence[str] = ("loss", "grad_norm", "eval_*"), **attach_options: Any) -> None:
         self.out, self._views, self._log_keys = out, views, tuple(log_keys)
-        self._options = check_attach_options(attach_options, "DynamicsCallback")
-        self.recorder = None
-        self._open = self._opened_before = False
+        self._session = RecorderSession(out, attach_options, "DynamicsCallback")
+
+    @property
+    def recorder(self) -> Any:
+        """The last recorder (kept after training, for its ``run_dir``; None on processes other than the first)."""
+        return self._session.recorder
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: torch.nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:
-        if self._open:
-            self.close(RuntimeError("training began again before the last train() ended (did it raise?)"))
         if model is None or optimizer is None:
             raise RuntimeError("DynamicsCallback: the Trainer gave the callback no model or optimizer at "
                                "on_train_begin")
-        error = None
-        if state.is_world_process_zero:  # under DDP the first process records, as with plain DDP
-            options = dict(self._options)
-            if self._opened_before:
-                options["resume"] = True
-            try:
-                self.recorder = attach(model, optimizer, views_by_module_name(model, self._views), out=self.out,
-                                       scaler=getattr(optimizer, "scaler", None), **options)
-                self._open = self._opened_before = True
-            except Exception as exc:  # told to the other processes first, so none trains on without it
-                error = exc
-        _agree(error)
+        writes = state.is_world_process_zero  # under DDP the first process records, as with plain DDP
+        self._session.start(model, optimizer, views_by_module_name(model, self._views) if writes else None,
+                            scaler=getattr(optimizer, "scaler", None), writes=writes, agree=_agree)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if not self._open or not logs:
+        if not self._session.open or not logs:
             return
-        chosen = {key: float(value) for key, value in logs.items()
-                  if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                  and any(fnmatch.fnmatchcase(key, g) for g in self._log_keys)
-                  and not any(fnmatch.fnmatchcase(key, g) for g in _NOT_LOGGED)}
-        if chosen:
-            try:
-                self.recorder.log(**chosen)
-            except (RuntimeError, ValueError) as exc:
-                warnings.warn(f"dynamics: the Trainer's logs {sorted(chosen)} were not logged: {exc}", RuntimeWarning,
-                              stacklevel=2)
+        self._session.log({key: float(value) for key, value in logs.items()
+                           if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                           and any(fnmatch.fnmatchcase(key, g) for g in self._log_keys)
+                           and not any(fnmatch.fnmatchcase(key, g) for g in _NOT_LOGGED)})
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close()
 
     def close(self, exception: BaseException | None = None) -> None:
         """Flush and close the recorder (an ``exception`` goes into ``meta.json``); safe to call twice."""
-        if self._open:
-            self._open = False
-            self.recorder.__exit__(None if exception is None else type(exception), exception, None)
+        self._session.close(exception)
 
 
-def _agree(error: Exception | None) -> None:
-    """Raise on every process if the first could not attach (no process trains on while another stopped)."""
+def _agree(message: str | None) -> str | None:
+    """The first process's attach outcome on every process (no process trains on while another stopped)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        message = [None if error is None else f"{type(error).__name__}: {error}"]
-        torch.distributed.broadcast_object_list(message, src=0)
-        if error is None and message[0] is not None:
-            raise RuntimeError(f"dynamics: the first process could not attach the recorder: {message[0]}")
-    if error is not None:
-        raise error
+        shared = [message]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        return shared[0]
+    return message
