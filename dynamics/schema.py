@@ -167,6 +167,9 @@ REBALANCE_SPEED_PREFIX = "rebalance_speed_"  # re-balancing: the view's accumula
 OGM_COEF_PREFIX = "ogm_coef_"                # OGM-GE: the coefficient k of the view's branch gradient
 OGM_SCORE_PREFIX = "ogm_score_"              # OGM-GE: the view's unimodal score (mean probability of the target)
 BALANCE_PREFIXES = (PRESENT_PREFIX, REBALANCED_PREFIX, REBALANCE_SPEED_PREFIX, OGM_COEF_PREFIX, OGM_SCORE_PREFIX)
+# the kinds of intervention, each with the prefix of the per-step decision the report draws for it
+DROPOUT_KIND, REBALANCE_KIND, OGM_KIND = "modality dropout", "re-balancing", "OGM-GE"
+DECISION_PREFIX = {REBALANCE_KIND: REBALANCED_PREFIX, OGM_KIND: OGM_COEF_PREFIX, DROPOUT_KIND: PRESENT_PREFIX}
 
 
 def balance_column(prefix: str, view: str) -> str:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..record import registry
-from ..schema import PRESENT_PREFIX, balance_column
+from ..schema import DROPOUT_KIND, PRESENT_PREFIX, balance_column
 from . import phase
 from .fusion import FusionInput
 from .handle import Intervention, eager, log_at_backward_end
@@ -146,7 +146,7 @@ class ModalityDropout(nn.Module):
 class DropoutHandle(Intervention):
     """:func:`modality_dropout`'s handle: the module it applies is ``.dropout``."""
 
-    kind = "modality dropout"
+    kind = DROPOUT_KIND
 
     def __init__(self, fusion: nn.Module, dropout: ModalityDropout, fusion_input: FusionInput) -> None:
         super().__init__(fusion)

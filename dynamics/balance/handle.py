@@ -8,13 +8,14 @@ recorder attached to the same model (found with ``dynamics.record.registry.activ
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..record import registry
 from . import phase
+from .fusion import Branch, FusionInput, branch_parameters
 
 
 class Intervention:
@@ -66,6 +67,42 @@ class Intervention:
         if not self._warned:
             self._warned = True
             warnings.warn(f"dynamics.balance ({self.kind}): {text}", RuntimeWarning, stacklevel=3)
+
+
+class BranchIntervention(Intervention):
+    """The frame of an intervention that acts at a fusion module on the views' branches, step by step of an
+    optimizer (re-balancing, OGM-GE): the optimizer checked, each branch's parameters (``named``, view → (name,
+    parameter)), the fusion input split by view (``_input``), the branches observed, and the optimizer steps
+    counted (``step``, from 0 at attach) around the subclass's ``_pre_step`` and ``_post_step``."""
+
+    def __init__(self, fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch],
+                 widths: Mapping[str, int] | Sequence[int] | None) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.named = branch_parameters(branches)
+        self.views = list(self.named)
+        self._input = FusionInput(fusion, self.views, widths)
+        super().__init__(fusion)
+        for handle in self._input.observe(branches):
+            self._keep(handle)
+        self.step = 0
+        self._keep(optimizer.register_step_pre_hook(self._on_pre_step))
+        self._keep(optimizer.register_step_post_hook(self._on_post_step))
+
+    def _on_pre_step(self, optimizer, args, kwargs) -> None:
+        if not self._removed:
+            self._pre_step()
+
+    def _on_post_step(self, optimizer, args, kwargs) -> None:
+        if not self._removed:
+            self._post_step()
+            self.step += 1
+
+    def _pre_step(self) -> None:
+        """Before an optimizer step of the user's loop (the gradients are those the optimizer will use)."""
+
+    def _post_step(self) -> None:
+        """After it (``step`` is still the index of the step just taken)."""
 
 
 def eager(hook: Callable) -> Callable:

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import OGM_COEF_PREFIX, OGM_SCORE_PREFIX, balance_column
-from .fusion import Branch, FusionInput, branch_parameters
-from .handle import Intervention, eager
+from ..schema import OGM_COEF_PREFIX, OGM_KIND, OGM_SCORE_PREFIX, balance_column
+from .fusion import Branch, FusionInput
+from .handle import BranchIntervention, eager
 
 RULES = ("shifted", "authors")
 Unimodal = Callable[[nn.Module, list[torch.Tensor]], Sequence[torch.Tensor]]
@@ -93,18 +93,16 @@ def coefficients(s: torch.Tensor, alpha: float, rule: str = "shifted") -> tuple[
     return k, rho
 
 
-class OGMGE(Intervention):
+class OGMGE(BranchIntervention):
     """:func:`ogm_ge`'s handle. ``targets(y)`` gives the targets of the current pass when no ``loss`` module is
     hooked."""
 
-    kind = "OGM-GE"
+    kind = OGM_KIND
 
     def __init__(self, fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch], *,
                  loss: nn.Module | None, widths, alpha: float, noise: bool, start: int, stop: int | None,
                  rule: str, select: Callable[[str, nn.Parameter], bool] | None, seed: int,
                  unimodal: Unimodal | None) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if not alpha >= 0:
@@ -112,19 +110,14 @@ class OGMGE(Intervention):
         if loss is not None and not isinstance(loss, nn.Module):
             raise TypeError(f"loss must be an nn.Module called as loss(prediction, target) (or None: call "
                             f"handle.targets(y)), got {type(loss).__name__}")
-        named = branch_parameters(branches)
-        self.views = list(named)
-        self._input = FusionInput(fusion, self.views, widths)
-        chosen = {v: [(n, p) for n, p in ps if select is None or select(n, p)] for v, ps in named.items()}
+        super().__init__(fusion, optimizer, branches, widths)
+        chosen = {v: [(n, p) for n, p in ps if select is None or select(n, p)] for v, ps in self.named.items()}
         empty = [v for v, ps in chosen.items() if not ps]
         if empty:
+            self.remove()
             raise ValueError(f"select= keeps no parameter of the branch(es) {empty}")
-        super().__init__(fusion)
-        for handle in self._input.observe(branches):
-            self._keep(handle)
         self.alpha, self.noise, self.start, self.stop, self.rule = float(alpha), bool(noise), start, stop, rule
         self._unimodal, self._seed = unimodal, seed
-        self.step = 0
         self._outputs: list[torch.Tensor] | None = None   # this pass's unimodal outputs, awaiting targets
         self.coef: torch.Tensor | None = None            # this pass's k (device), applied in its backward
         self._sums: torch.Tensor | None = None           # Σ over the step's passes of [k; s]
@@ -136,8 +129,6 @@ class OGMGE(Intervention):
         for i, v in enumerate(self.views):
             for _, p in chosen[v]:
                 self._keep(p.register_hook(eager(self._grad_hook(i))))
-        self._keep(optimizer.register_step_pre_hook(self._pre_step))
-        self._keep(optimizer.register_step_post_hook(self._post_step))
 
     def _on(self) -> bool:
         return self._active() and self.step >= self.start and (self.stop is None or self.step < self.stop)
@@ -193,19 +184,16 @@ class OGMGE(Intervention):
         return self._generators[device]
 
     # --------------------------------------------------------------------------------- optimizer steps
-    def _pre_step(self, optimizer, args, kwargs) -> None:
-        if self._removed or self._sums is None:
+    def _pre_step(self) -> None:
+        if self._sums is None:
             return
         n = len(self.views)
         mean = self._sums / self._passes
         self._log(**{balance_column(OGM_COEF_PREFIX, v): mean[i] for i, v in enumerate(self.views)},
                   **{balance_column(OGM_SCORE_PREFIX, v): mean[n + i] for i, v in enumerate(self.views)})
 
-    def _post_step(self, optimizer, args, kwargs) -> None:
-        if self._removed:
-            return
+    def _post_step(self) -> None:
         self._sums, self._passes = None, 0
-        self.step += 1
 
 
 def ogm_ge(fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch], *,

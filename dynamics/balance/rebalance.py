@@ -21,9 +21,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..schema import REBALANCE_SPEED_PREFIX, REBALANCED_PREFIX, balance_column
-from .fusion import Branch, FusionInput, branch_parameters
-from .handle import Intervention, eager
+from ..schema import REBALANCE_KIND, REBALANCE_SPEED_PREFIX, REBALANCED_PREFIX, balance_column
+from .fusion import Branch
+from .handle import BranchIntervention, eager
 
 MODES = ("guided", "random")
 
@@ -36,16 +36,14 @@ def decide(speeds: Sequence[float], threshold: float) -> tuple[int | None, float
     return (min(range(len(speeds)), key=lambda i: speeds[i]) if d > threshold else None), d
 
 
-class Rebalance(Intervention):
+class Rebalance(BranchIntervention):
     """:func:`rebalance`'s handle; ``schedule`` lists (step, view) for every re-balancing step so far."""
 
-    kind = "re-balancing"
+    kind = REBALANCE_KIND
 
     def __init__(self, fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch], *,
                  widths: Mapping[str, int] | Sequence[int] | None, threshold: float, every: int, steps: int,
                  warmup: int, mode: str, seed: int) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         for name, value, low in (("every", every, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
@@ -53,16 +51,10 @@ class Rebalance(Intervention):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0 (a log10 ratio), got {threshold!r}")
-        named = branch_parameters(branches)
-        self.views = list(named)
-        self._input = FusionInput(fusion, self.views, widths)
-        super().__init__(fusion)
-        for handle in self._input.observe(branches):
-            self._keep(handle)
-        self._params = [[p for _, p in named[v]] for v in self.views]
+        super().__init__(fusion, optimizer, branches, widths)
+        self._params = [[p for _, p in self.named[v]] for v in self.views]
         self.threshold, self.every, self.steps, self.warmup, self.mode = threshold, every, steps, warmup, mode
         self._rng = random.Random(seed)
-        self.step = 0                          # optimizer steps since attached
         self.current: int | None = None       # the view re-balanced at this step (index), None: a regular step
         self._left = 0
         self._decision: tuple[int | None] | None = None  # taken at a pre-step hook, applied at the post-step
@@ -72,8 +64,6 @@ class Rebalance(Intervention):
         self.schedule: list[tuple[int, str]] = []
         self.reads = 0                         # host reads of the accumulated speeds so far
         self._keep(fusion.register_forward_pre_hook(eager(self._pre_forward)))
-        self._keep(optimizer.register_step_pre_hook(self._pre_step))
-        self._keep(optimizer.register_step_post_hook(self._post_step))
 
     # ------------------------------------------------------------------------------------------ forward
     def _pre_forward(self, module: nn.Module, args: tuple):
@@ -96,9 +86,7 @@ class Rebalance(Intervention):
         return self._input.join(args, swapped)
 
     # --------------------------------------------------------------------------------- optimizer steps
-    def _pre_step(self, optimizer, args, kwargs) -> None:
-        if self._removed:
-            return
+    def _pre_step(self) -> None:
         if self.current is None:
             self._accumulate()
         scalars = {balance_column(REBALANCED_PREFIX, v): float(i == self.current) for i, v in enumerate(self.views)}
@@ -116,9 +104,7 @@ class Rebalance(Intervention):
             scalars.update({balance_column(REBALANCE_SPEED_PREFIX, v): s for v, s in zip(self.views, speeds)})
         self._log(**scalars)
 
-    def _post_step(self, optimizer, args, kwargs) -> None:
-        if self._removed:
-            return
+    def _post_step(self) -> None:
         if self.current is not None:
             self._left -= 1
             if self._left <= 0:
@@ -127,7 +113,6 @@ class Rebalance(Intervention):
             (self.current,) = self._decision
             self._left = self.steps if self.current is not None else 0
             self._decision = None
-        self.step += 1
 
     def _accumulate(self) -> None:
         """S_v += Σ‖g‖² / Σ‖θ‖² over each branch's tensors that have a gradient: one device accumulation."""
