@@ -10,7 +10,6 @@ key, every tensor present at every step of a dense table). Any violation raises 
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..schema import PARAM_ID, RESERVED_SCALARS, TableSpec
-from .rundir import RunStoreError, fsync_dir
+from .rundir import RunStoreError, fsync_dir, write_atomically
 
 KEY = b"dynamics"
 _STRINGS = (pa.string(), pa.large_string())
@@ -60,22 +59,20 @@ def to_arrow(spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
 def write_part(run_dir: Path, name: str, chunks: Iterable[pa.Table], schema: pa.Schema, *, run_id: str,
                table: str, flushes: tuple[int, int], steps: tuple[int, int], rows: int) -> PartEntry:
     """Write ``chunks`` (tables of ``schema``, missing columns as nulls; one row group per chunk) as
-    ``run_dir/name``: a temporary name, page checksums, fsync, rename. Returns the part's commit entry."""
+    ``run_dir/name``, atomically, with page checksums (:func:`fsync_tables` then makes the renames durable).
+    Returns the part's commit entry."""
     identity = {"run_id": run_id, "table": table, "flushes": list(flushes), "steps": list(steps), "rows": rows}
     schema = schema.with_metadata({**(schema.metadata or {}), KEY: json.dumps(identity).encode()})
-    path = run_dir / name
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    written: list[bytes] = []
+
+    def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
             for chunk in chunks:
                 writer.write_table(conform(chunk, schema))
-        data = tmp.read_bytes()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        written.append(tmp.read_bytes())
+
+    write_atomically(run_dir / name, write, sync_dir=False)  # the folders are synced once per flush
+    data = written[0]
     return PartEntry(name, rows, steps, len(data), zlib.crc32(data))
 
 

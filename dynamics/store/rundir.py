@@ -42,8 +42,9 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)``, fsync, rename over ``path``; a failure leaves ``path`` as it was and no temporary file."""
+def write_atomically(path: Path, write: Callable[[Path], Any], *, sync_dir: bool = True) -> None:
+    """``write(tmp)``, fsync, rename over ``path``; a failure leaves ``path`` as it was and no temporary file.
+    ``sync_dir``: make the rename durable now (a caller writing many files syncs their folders once instead)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         write(tmp)
@@ -53,7 +54,8 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def write_meta(run_dir: Path, meta: dict) -> None:
