@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..schema import SHARED
-from . import closures, distributed, logs, misuse, refusals, registry, runs, schedules
+from . import closures, distributed, logs, misuse, registry, runs, schedules, unsupported
 from . import probe as probing
 from .attribution import AttributionPart
 from .attribution_spec import group_label, resolve_attribution, rows, views_of
@@ -323,9 +323,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
     DistributedDataParallel or ``fully_shard`` call it on every process: rank 0 writes the run (see
     :mod:`dynamics.record.distributed`).
     """
-    optimizer, wrappers = refusals.unwrap_optimizer(optimizer)
+    optimizer, wrappers = unsupported.unwrap_optimizer(optimizer)
     misuse.refuse_second_recorder(model, optimizer)
-    refusals.check_model(model)
+    unsupported.check_model(model)
     attribute, labelled = resolve_attribution(model, views, attribute or {})
     attributed_views = list(dict.fromkeys(v for how in attribute.values() for v in views_of(how)))
     assignment = resolve_views(model, labelled, shared_name=shared_name, extra_views=attributed_views)

@@ -1,5 +1,6 @@
-"""Set-ups whose gradients the recorder would get wrong are refused at ``attach``, with an error naming the cause
-(never recorded wrongly)."""
+"""Training set-ups whose gradients the recorder would get wrong are refused at ``attach``, with an error naming
+the cause (never recorded wrongly); trainers' optimizer wrappers are unwrapped to the torch optimizer inside.
+(The user's misuse of dynamics itself is :mod:`.misuse`.)"""
 from __future__ import annotations
 
 from typing import Any
