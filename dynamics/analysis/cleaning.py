@@ -62,7 +62,7 @@ def phase_labels(n_phases: int) -> list[str]:
     return list(PHASES) if n_phases == 3 else [f"phase {i + 1}" for i in range(n_phases)]
 
 
-def _assign_phase(step: pd.Series, run: pd.Series, n_phases: int) -> pd.Categorical:
+def assign_phase(step: pd.Series, run: pd.Series, n_phases: int) -> pd.Categorical:
     """Phase of each step: the run's step range [first, last] cut into ``n_phases`` equal parts."""
     first = step.groupby(run, observed=True).transform("min")
     last = step.groupby(run, observed=True).transform("max")
@@ -77,7 +77,7 @@ def _step_keys(run: pd.Series, step: pd.Series, categories: pd.Index, base: int)
     return np.where(codes < 0, -1, keys)
 
 
-def _skipped_steps(per_step: pd.DataFrame | None, runs: list[str]) -> pd.DataFrame:
+def skipped_steps(per_step: pd.DataFrame | None, runs: list[str]) -> pd.DataFrame:
     """(run, step) pairs the optimizer skipped, from ``per_step.skipped``."""
     if per_step is None or "skipped" not in per_step.columns:
         return pd.DataFrame({"run": [], "step": []})
@@ -117,11 +117,11 @@ def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_ph
     if n_phases < 1:
         raise ValueError(f"n_phases must be >= 1, got {n_phases}")
     df = with_run(per_param)
-    df = df.assign(phase=_assign_phase(df["step"], df["run"], n_phases))  # on the full recorded range
+    df = df.assign(phase=assign_phase(df["step"], df["run"], n_phases))  # on the full recorded range
     bad = bad_rows(df["grad_sq"].to_numpy(float), df["param_sq"].to_numpy(float),
                    df["finite"].fillna(False).to_numpy(bool) if "finite" in df.columns else None)
     runs = pd.Index([str(r) for r in pd.unique(df["run"].astype(str))])
-    skipped = _skipped_steps(per_step, list(runs))
+    skipped = skipped_steps(per_step, list(runs))
     keys = skipped_keys = np.zeros(0, np.int64)
     if bad.any() or len(skipped):
         base = int(max(df["step"].max(), skipped["step"].max() if len(skipped) else 0)) + 1
@@ -153,7 +153,7 @@ def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
     used = kept.groupby("run", observed=True)["step"].nunique().reindex(recorded.index, fill_value=0)
     out = pd.DataFrame({"recorded_steps": recorded, "used_steps": used})
     skipped = pd.Series(0, index=recorded.index)
-    sk = _skipped_steps(per_step, [str(r) for r in recorded.index])
+    sk = skipped_steps(per_step, [str(r) for r in recorded.index])
     if len(sk):  # count only skipped steps that were recorded
         steps_in = df[["run", "step"]].drop_duplicates().astype({"run": str})
         sk = sk.merge(steps_in, on=["run", "step"])

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..schema import PARAM_ID, QUANTITIES
 from ..store.loading import RunRows, concat_runs, param_layers, read_runs, tag_run
-from .cleaning import _assign_phase, _skipped_steps, bad_rows, finite_or_nan, phase_labels, usable
+from .cleaning import assign_phase, skipped_steps, bad_rows, finite_or_nan, phase_labels, usable
 
 __all__ = ["Sweep", "aggregate_runs", "sweep_layer_means", "ratio_table", "ratio_cells"]
 
@@ -85,7 +85,7 @@ class _Reduction:
         layers = _layer_sums(label, rows)
         recorded = rows.per_step["recorded"].to_numpy(bool)
         steps = rows.per_step["step"].to_numpy(np.int64)[recorded]  # the params' steps (read_rows checks), sorted
-        phases = _assign_phase(pd.Series(steps), pd.Series(np.zeros(len(steps))), self.n_phases).codes
+        phases = assign_phase(pd.Series(steps), pd.Series(np.zeros(len(steps))), self.n_phases).codes
         order = rows.view_order
         views = _view_sums(layers).to_pandas()
         views = views.assign(view=pd.Categorical.from_codes(views["view"], categories=order),
@@ -145,7 +145,7 @@ def _layer_sums(label: str, rows: RunRows) -> pa.Table:
     rows (:func:`~dynamics.analysis.cleaning.usable`; a non-finite update_sq or lca counts as missing), null
     where the layer has none, with ``norm`` = √Σ‖g‖²."""
     c = rows.columns
-    skipped = _skipped_steps(rows.per_step, [label])["step"].to_numpy(np.int64)
+    skipped = skipped_steps(rows.per_step, [label])["step"].to_numpy(np.int64)
     keep = usable(c["step"], bad_rows(c["grad_sq"], c["param_sq"], c["finite"]), skipped, c["has_grad"])
     recorded = rows.view_codes >= 0
     keep, ids = keep[recorded], c[PARAM_ID][recorded]
