@@ -1,8 +1,8 @@
 """Recorder overhead on a two-view ResNet-22 (the NYU widths 16→256), beside the floor: the unavoidable traffic.
 
-Median optimizer-step time without the recorder and with it (every step, every 10th, with the probe, and
-shared-weight attribution), measured in interleaved rounds in shuffled order so that drift of the machine hits
-every variant alike. In the same rounds it times **the floor**: plain torch ops that do only the memory
+Median optimizer-step time without the recorder and with it (every step, every 10th, with the probe, with the
+update-alignment plug-in, and shared-weight attribution), measured in interleaved rounds in shuffled order so
+that drift of the machine hits every variant alike. In the same rounds it times **the floor**: plain torch ops that do only the memory
 traffic no recorder of these quantities can avoid. Before the optimizer step they read g and θ and write one
 copy θ_t; after it they read θ_t back with θ_{t+1} and g (and, with attribution, read each view's part of the
 shared gradient once: autograd makes the parts anyway, so keeping them costs no write). Any recorder of ‖g‖²,
@@ -97,6 +97,8 @@ def _attach_kwargs(name: str, model, probe) -> dict:
         kwargs.update(probe=probe, probe_every=50)
     if "every=10" in name:
         kwargs.update(every=10)
+    if "update alignment" in name:
+        kwargs.update(parts=[dynamics.UpdateAlignment()])
     return kwargs
 
 
@@ -104,6 +106,7 @@ VARIANTS = [  # (name, condition, kind): kind is plain, control, floor or record
     ("plain", SEPARATE, "plain"), ("plain, second copy", SEPARATE, "control"), ("floor ops", SEPARATE, "floor"),
     ("recorded every step", SEPARATE, "recorded"),
     ("recorded every=10", SEPARATE, "recorded"), ("recorded + probe K=50", SEPARATE, "recorded"),
+    ("recorded + update alignment", SEPARATE, "recorded"),
     ("plain shared", SHARED, "plain"), ("floor ops shared + parts", SHARED, "floor"),
     ("recorded shared + attribution", SHARED, "recorded")]
 ALONE = [("floor ops alone", SEPARATE, 0), ("floor ops alone shared + parts", SHARED, 2)]  # (name, condition, views)
