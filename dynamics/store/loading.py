@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..schema import (DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PART_COLUMNS, QUANTITIES, RULES,
-                      STEP_COLUMNS, is_lr_column, probe_lca)
+                      PROBE_PREFIX, STEP_COLUMNS, is_lr_column, probe_lca)
 from . import commits as records
 from . import parts
 from .rundir import RunStoreError, read_meta
@@ -234,13 +234,20 @@ def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:
-    """One row per step: a step's quantities and the scalars logged for it may sit in consecutive parts."""
+    """One row per step: a step's quantities and the scalars logged for it may sit in different parts (a
+    resumed run's log before its first backward pass belongs to the step it resumes after). A logged scalar
+    that several parts hold is the mean of their values, each part's value (already a mean over its
+    micro-batches) counting once: the parts store no counts. Every other column keeps its one value."""
     if not per_step["step"].duplicated().any():
         return per_step
     grouped = per_step.groupby("step", sort=True)
     merged = grouped.first()  # first non-missing value of every column
     for column in ("recorded", "skipped"):
         merged[column] = grouped[column].any()
+    logged = [c for c in merged.columns if c not in STEP_COLUMNS and not is_lr_column(c)
+              and not c.startswith(PROBE_PREFIX)]
+    if logged:
+        merged[logged] = grouped[logged].mean()  # NaN (not logged in that part) is left out
     return merged.reset_index()
 
 
