@@ -159,8 +159,8 @@ class DropoutHandle(Intervention):
         super().remove()
 
     def _pre_forward(self, module: nn.Module, args: tuple):
-        if self._removed or not module.training:
-            return None
+        if not self._active() or not module.training:  # a pass inside optimizer.step() (the probe's) is left
+            return None                                  # alone: no mask drawn, from any generator
         self.dropout.training = True
         return self._input.join(args, self.dropout(self._input.split(args)))
 
