@@ -15,7 +15,7 @@ import pyarrow as pa
 from ..schema import (DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PART_COLUMNS, QUANTITIES, RULES,
                       PROBE_PREFIX, STEP_COLUMNS, is_lr_column, probe_lca)
 from . import commits as records
-from . import parts
+from . import completeness, parts
 from .rundir import RunStoreError, read_meta
 
 
@@ -28,6 +28,9 @@ def _verified(run_dir: Path, meta: dict, tables: Sequence[str]) -> dict[str, pa.
             raise RunStoreError(f"{run_dir / table}: not a directory (it should hold the run's {table} parts)")
     for attempt in range(3):
         trusted = records.read_commits(run_dir, meta["run_id"])
+        missing = completeness.refusal(run_dir, meta, trusted)
+        if missing:  # fewer records than meta.json says were committed: never a silently shorter run
+            raise RunStoreError(missing)
         try:
             out = {}
             for table in tables:

@@ -1,9 +1,12 @@
 """The one writer of a run directory: opens (or resumes) it under the writer lock, commits each flush as one
 unit, compacts, and closes. The recorder is its only caller during training; ``dynamics compact`` uses it too.
 
-Resuming a run first trusts only its commit records (:mod:`dynamics.store.commits`): parts of a flush that a
-killed process did not commit are removed, and said so (a warning, and ``meta.json["recovered"]``, with their
-steps), as is a stale lock taken over. The run continues after its last committed step.
+Resuming a run first trusts only its commit records (:mod:`dynamics.store.commits`) and refuses a run whose
+records are fewer than ``meta.json`` says were committed (:mod:`dynamics.store.completeness`), changing nothing
+in it. Parts of a flush that a killed process did not commit are moved to ``quarantine/`` when they verify
+(:mod:`dynamics.store.quarantine`) and removed when they do not, and said so (a warning, and
+``meta.json["recovered"]`` and ``["quarantined"]``, with their steps), as is a stale lock taken over. The run
+continues after its last committed step.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ..schema import COMMITS, LOCK_FILE, META_FILE, TABLES
 from . import commits as records
-from . import compaction, parts
+from . import compaction, completeness, parts, quarantine
 from .lock import WriterLock
 from .rundir import RunStoreError, read_meta, write_meta
 
@@ -48,9 +51,10 @@ class RunWriter:
     """Holds the run's lock from :func:`open_run` until :meth:`close` (or :meth:`release`)."""
 
     def __init__(self, run_dir: Path, lock: WriterLock, run_id: str, old_meta: dict | None,
-                 trusted: list[records.Commit], recovered: list[dict]) -> None:
+                 trusted: list[records.Commit], recovered: list[dict], quarantined: list[dict] = ()) -> None:
         self.run_dir, self.run_id, self.old_meta = run_dir, run_id, old_meta
         self._lock, self._commits, self._recovered = lock, trusted, recovered
+        self._quarantined = list(quarantined)
         self._n_params = len(old_meta["parameters"]) if old_meta else 0
 
     @property
@@ -64,10 +68,14 @@ class RunWriter:
         return len(records.committed_files(self._commits))
 
     def write_meta(self, meta: dict) -> None:
-        """Write ``meta.json``, adding (in place) the run id and what resuming recovered."""
+        """Write ``meta.json``, adding (in place) the run id, what resuming recovered and quarantined, and how
+        many flushes are committed now (what a reader checks the records against)."""
         meta["run_id"] = self.run_id
         if self._recovered:
             meta["recovered"] = self._recovered
+        if self._quarantined:
+            meta["quarantined"] = self._quarantined
+        meta["committed"] = completeness.stated(self._commits)
         self._n_params = len(meta.get("parameters") or ())
         write_meta(self.run_dir, meta)
 
@@ -151,36 +159,39 @@ def _opened(run_dir: Path, lock: WriterLock, resume: bool) -> RunWriter:
     old_meta = read_meta(run_dir)
     trusted = records.read_commits(run_dir, old_meta["run_id"])
     _check_folders(run_dir)
-    covered = trusted[-1].flushes[1] if trusted else -1
-    discarded = []
-    for path in records.unreferenced(run_dir, trusted):
-        if path.suffix == ".parquet" and not _merged(path, covered, old_meta["run_id"]):
-            discarded.append(_leftover_steps(path))
+    missing = completeness.refusal(run_dir, old_meta, trusted)
+    if missing:  # damage: nothing is moved, removed or appended
+        raise RunStoreError(f"{missing}. resume=True refuses a run whose committed data is incomplete and "
+                            f"changes nothing in it; restore the missing commit records, or record into another "
+                            f"out=")
+    orphans, removable = quarantine.find(run_dir, trusted, old_meta["run_id"], len(old_meta["parameters"]))
+    moved = quarantine.move(run_dir, orphans)
+    discarded = [_leftover_steps(o.path) for o in orphans if not o.verified]
+    for path in [*removable, *(o.path for o in orphans if not o.verified)]:
         compaction._remove(path)
+    if moved:
+        warnings.warn(f"dynamics: {run_dir}: moved parts that were never committed (of a flush the writing "
+                      f"process did not finish) to {quarantine.FOLDER}/, listed in meta.json['quarantined']: "
+                      f"{', '.join(o.describe() for o in orphans if o.verified)}", RuntimeWarning, stacklevel=3)
     if discarded:
-        warnings.warn(f"dynamics: {run_dir}: removed parts that were never committed (of a flush the writing "
-                      f"process did not finish, or copied in): {', '.join(discarded)}", RuntimeWarning, stacklevel=3)
-    recovered = [*old_meta.get("recovered", []), *_stale_note(lock, discarded)]
-    return RunWriter(run_dir, lock, old_meta["run_id"], old_meta, trusted, recovered)
+        warnings.warn(f"dynamics: {run_dir}: removed files that were never committed and are not this run's "
+                      f"verified parts (half-written, or copied in): {', '.join(discarded)}", RuntimeWarning,
+                      stacklevel=3)
+    recovered = [*old_meta.get("recovered", []), *_stale_note(lock, discarded, moved)]
+    return RunWriter(run_dir, lock, old_meta["run_id"], old_meta, trusted, recovered,
+                     [*old_meta.get("quarantined", []), *moved])
 
 
-def _merged(path: Path, covered: int, run_id: str) -> bool:
-    """A leftover of this run's compaction (its flushes are committed in a merged part), not an uncommitted
-    flush nor a file from elsewhere."""
-    try:
-        identity = json.loads((pq.read_schema(path).metadata or {})[parts.KEY])
-        return identity["run_id"] == run_id and identity["flushes"][1] <= covered
-    except Exception:  # noqa: BLE001 - unreadable: an interrupted write, reported as discarded
-        return False
-
-
-def _stale_note(lock: WriterLock, discarded: list[str]) -> list[dict]:
+def _stale_note(lock: WriterLock, discarded: list[str], moved: list[dict] = ()) -> list[dict]:
     """What opening the run found and set right, for meta.json["recovered"] (empty when nothing)."""
-    if not lock.stale and not discarded:
+    if not lock.stale and not discarded and not moved:
         return []
     note: dict = {"at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     if lock.stale:
         note["stale_lock"] = {k: lock.stale.get(k) for k in ("pid", "host", "since")}
+    if moved:
+        note["quarantined_uncommitted"] = [f"{m['file']} (steps {m['steps'][0]}-{m['steps'][1]}) -> {m['moved_to']}"
+                                           if "steps" in m else f"{m['file']} -> {m['moved_to']}" for m in moved]
     if discarded:
         note["discarded_uncommitted"] = discarded
     return [note]
