@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from ..schema import COMMITS, LOCK_FILE, META_FILE, TABLES
 from . import commits as records
 from . import compaction, completeness, parts, quarantine
-from .lock import WriterLock
+from .lock import WriterLock, holder
 from .rundir import RunStoreError, read_meta, write_meta
 
 _OURS = {*TABLES, COMMITS, LOCK_FILE}
@@ -133,8 +133,7 @@ def open_run(out: str | Path, *, resume: bool) -> RunWriter:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunStoreError(f"{run_dir}: exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
-        raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True "
-                            f"to append to it, or choose another out=")
+        raise RunStoreError(_already_there(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = WriterLock.acquire(run_dir)
     try:
@@ -142,6 +141,34 @@ def open_run(out: str | Path, *, resume: bool) -> RunWriter:
     except BaseException:
         lock.release()
         raise
+
+
+def _already_there(run_dir: Path) -> str:
+    """Why a non-empty ``out=`` is refused without ``resume=True``: what run is there (closed or not, how many
+    steps committed, its lock), and what to do, which differs for a run that never committed a step."""
+    head = f"{run_dir}: run directory already exists"
+    try:
+        meta = read_meta(run_dir)
+    except RunStoreError:
+        names = sorted(p.name for p in run_dir.iterdir())[:5]
+        return f"{head} and is not empty (it holds {names}, no readable {META_FILE}): choose another out="
+    try:
+        end = records.next_step(records.read_commits(run_dir, meta["run_id"]))
+    except RunStoreError as exc:
+        return f"{head}: a run whose commit records cannot be read ({exc}); `dynamics check {run_dir}` says more"
+    status = meta.get("status")
+    what = "a closed run" if status == "closed" else f"a run that was not closed (status {status!r})"
+    steps = "no step" if end == 0 else "step 0" if end == 1 else f"steps 0-{end - 1}"
+    lock, live = holder(run_dir)
+    there = f"{head}: {what}, with {steps} committed, {lock}"
+    if live:
+        return f"{there}: wait until it is closed, or choose another out="
+    if end == 0 and status != "closed":
+        return (f"{there}: nothing committed is lost by starting again: remove the folder or choose another out=; "
+                f"resume=True continues this run from step 0")
+    after = f" after step {end - 1}" if end else ""
+    return (f"{there}: pass resume=True to continue it{after}, or choose another out= (or remove the folder) "
+            f"for a new run")
 
 
 def _opened(run_dir: Path, lock: WriterLock, resume: bool) -> RunWriter:
