@@ -19,6 +19,7 @@ from torch import nn
 
 from ..schema import RULES
 from ..store import frames
+from . import registry
 from .guard import HookGuard
 from .parts import Flushed, Frames, RecordedStep, RecordedTensors, StepPart
 
@@ -66,7 +67,7 @@ def preserved(model: nn.Module, train_mode: bool) -> Iterator[None]:
                      {p.device.index for p in model.parameters() if p.device.type == "cuda"})
     generators = [(g, g.get_state()) for g in user_generators(model)]
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), registry.own_pass():  # no intervention acts on it
             model.train(train_mode)
             yield
     finally:

@@ -47,19 +47,24 @@ def _intervene(kind, model, optimizer, criterion):
     raise AssertionError(kind)
 
 
-def _train(kind, out, probe):
+def _train(kind, out, probe, order="after"):
+    """``order``: the intervention made after attach, or before it (then the probe's check of its batch at
+    attach runs through the intervention's hooks too)."""
     torch.manual_seed(0)
     model = _WithDropoutModule() if kind == "dropout_module_generator" else TinyTwoView()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.5)
     criterion = nn.CrossEntropyLoss()
-    rec = None
+    rec = handle = None
+    if order == "before":
+        handle = _intervene(kind, model, optimizer, criterion)
     if out is not None:
         g = torch.Generator().manual_seed(9)
         xa, xb, y = batch(g, n=32)
         batch_probe = dynamics.ProbeBatch((xa, xb), y, nn.functional.cross_entropy) if probe else None
         rec = dynamics.attach(model, optimizer, views={"a": model.a, "b": model.b}, out=out, probe=batch_probe,
                               probe_every=1)
-    handle = _intervene(kind, model, optimizer, criterion)
+    if order == "after":
+        handle = _intervene(kind, model, optimizer, criterion)
     g = torch.Generator().manual_seed(1)
     torch.manual_seed(2)  # the global stream dropout draws from without a generator
     for _ in range(STEPS):
@@ -77,11 +82,12 @@ def _train(kind, out, probe):
 KINDS = ["dropout", "dropout_generator", "dropout_module_generator", "rebalance", "ogm_ge"]
 
 
+@pytest.mark.parametrize("order", ["after", "before"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_probe_changes_no_parameter_and_no_decision_of_any_intervention(tmp_path, kind):
-    plain = _train(kind, None, probe=False)
-    recorded = _train(kind, tmp_path / "recorded", probe=False)
-    probed = _train(kind, tmp_path / "probed", probe=True)
+def test_the_probe_changes_no_parameter_and_no_decision_of_any_intervention(tmp_path, kind, order):
+    plain = _train(kind, None, probe=False, order=order)
+    recorded = _train(kind, tmp_path / "recorded", probe=False, order=order)
+    probed = _train(kind, tmp_path / "probed", probe=True, order=order)
     for name in plain:
         assert torch.equal(plain[name], recorded[name]), f"{kind}: the recorder changed {name}"
         assert torch.equal(plain[name], probed[name]), f"{kind}: the probe changed {name}"
