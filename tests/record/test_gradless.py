@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dynamics
-from tests.harness import TwoView, make_batches
+from tests.harness import DEVICES, TwoView, device_or_skip, make_batches
 
 # per step: which part of the model the loss reaches ("none": optimizer.step() with no backward pass at all)
 PLAN = ["none", "all", "cc", "none", "all"]
@@ -33,8 +33,9 @@ def _run(model, plan, out=None):
     rows = {}
     for step, (reach, micro) in enumerate(zip(plan, make_batches(len(plan), seed=3))):
         if reach != "none":
+            device = next(model.parameters()).device
             for batch in micro:
-                _loss(model, *batch, reach).backward()
+                _loss(model, *(t.to(device) for t in batch), reach).backward()
         grads = {n: None if p.grad is None else p.grad.detach().double().clone() for n, p in names.items()}
         theta = {n: p.detach().double().clone() for n, p in names.items()}
         optimizer.step()
@@ -49,10 +50,11 @@ def _run(model, plan, out=None):
     return rows
 
 
+@pytest.mark.parametrize("device", DEVICES)  # on a GPU every tensor goes through the multi-tensor kernels
 @pytest.mark.parametrize("width", [6, 200])  # 200: a 200x200 weight is measured alone on a CPU (cache-blocked)
-def test_steps_without_gradients_are_recorded_and_recording_goes_on(tmp_path, width, cache_blocking):
+def test_steps_without_gradients_are_recorded_and_recording_goes_on(tmp_path, width, cache_blocking, device):
     torch.manual_seed(0)
-    model = TwoView(width)
+    model = TwoView(width).to(device_or_skip(device))
     reference = _run(copy.deepcopy(model), PLAN)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
