@@ -186,8 +186,8 @@ def _claimed_by_mapping(model: nn.Module, views: Mapping, distinct: list, traina
             hits = {alias_to_first[n] for n in _matching_names(view, item, all_names, module_names)}
             live = hits & trainable
             if not live:
-                detail = " (all of its parameters are frozen)" if hits else _suggestion(item, model, trainable,
-                                                                                       alias_to_first)
+                detail = (" (all of its parameters are frozen)" if hits
+                          else _suggestion(item, trainable, alias_to_first))
                 raise ValueError(f"view {view!r}: {_describe(item)} matches no trainable parameter{detail}")
             for name in live:
                 other = claimed.get(name)
@@ -198,14 +198,13 @@ def _claimed_by_mapping(model: nn.Module, views: Mapping, distinct: list, traina
     return claimed
 
 
-def _suggestion(target, model: nn.Module, trainable: set[str], alias_to_first: Mapping[str, str]) -> str:
+def _suggestion(target, trainable: set[str], alias_to_first: Mapping[str, str]) -> str:
     """For a glob string that matched nothing: the closest module and parameter names (difflib), and how a
     string is read; '' for anything else."""
     if not isinstance(target, str):
         return ""
     params = [n for n, first in alias_to_first.items() if first in trainable]
-    modules = sorted({n for n, m in model.named_modules(remove_duplicate=False) if n
-                      and any(p.startswith(n + ".") for p in params)})
+    modules = sorted({p.rsplit(".", k)[0] for p in params for k in range(1, p.count(".") + 1)})  # owning ones
     if target in modules:  # a module's name alone matches no parameter name
         return (f"; did you mean {target + '.*'!r}? (a string is read as a glob (fnmatch) over parameter names: "
                 f"{target + '.*'!r} matches the module's parameters)")

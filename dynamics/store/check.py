@@ -100,9 +100,10 @@ def check_run(run_dir: str | os.PathLike) -> RunCheck:
         if missing:  # loading refuses it: say so, without reading the parts
             result.damage.append(missing)
             return result
-        if result.status == "closed" and any(o.verified for o in result.uncommitted):
+        lost = [o.describe() for o in result.uncommitted if o.verified]
+        if result.status == "closed" and lost:
             result.damage.append(f"{run_dir}: a closed run holds parts that verify but no commit record commits "
-                                 f"(a lost record): {', '.join(o.describe() for o in result.uncommitted if o.verified)}")
+                                 f"(a lost record): {', '.join(lost)}")
         _read(result)
     except (RunStoreError, OSError) as exc:
         result.damage.append(str(exc))
