@@ -166,3 +166,20 @@ def test_check_a_folder_that_is_not_a_run_is_damage_and_the_others_are_still_che
     assert cli.main(["check", str(tmp_path / "empty"), str(run)]) == 1
     out = capsys.readouterr().out
     assert f"{tmp_path / 'empty'}: DAMAGED" in out and "not a dynamics run" in out and f"{run}: whole" in out
+
+
+def test_check_calls_a_closed_run_holding_a_verified_part_no_record_commits_damaged(tmp_path, capsys, monkeypatch):
+    """Where meta.json cannot tell (a run from before meta.json["committed"], not recording every step), a closed
+    run that still holds a verified part no record commits has lost a record: check says so and exits 1."""
+    run = _closed_run(tmp_path / "run", compacted=False, monkeypatch=monkeypatch)
+    meta = json.loads((run / "meta.json").read_text())
+    del meta["committed"]
+    meta["schedule"] = "log"
+    (run / "meta.json").write_text(json.dumps(meta))
+    for flush in (2, 3):
+        (run / "commits" / f"00000{flush}-00000{flush}.json").unlink()
+    assert cli.main(["check", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert f"{run}: DAMAGED (closed)" in out and "committed: steps 0-3" in out
+    assert "a closed run holds parts that verify but no commit record commits (a lost record): " \
+           "params/part-000002.parquet (flushes 2-2, steps 4-5)" in out
