@@ -1,9 +1,10 @@
 """Command line: ``dynamics report RUNS... --out DIR``, ``dynamics summary RUNS...``,
-``dynamics export RUNS... --tensorboard DIR`` and ``dynamics compact RUNS...``.
+``dynamics export RUNS... --tensorboard DIR``, ``dynamics compact RUNS...`` and ``dynamics check RUNS...``.
 
 Also reachable as ``python -m dynamics``. Errors in the input (not a run directory, unknown view,
 unknown grouping field, a damaged part) and every OSError (an unreadable folder, a full disk) end with a
-one-line message naming the path and exit status 2, not a traceback.
+one-line message naming the path and exit status 2, not a traceback. ``check`` reports every run given and exits
+1 when any of them is damaged.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ _EXAMPLES = """examples:
   dynamics summary runs/base-s1 --phase every --csv     every phase, as CSV
   dynamics export runs/* --tensorboard tb/              scalars for TensorBoard (tensorboard --logdir tb/)
   dynamics compact runs/*                               merge each run's parts into a few files
+  dynamics check runs/*                                 committed and flagged steps, quarantine, damage
 """
 
 
@@ -58,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace event files of an earlier export")
     comp = sub.add_parser("compact", help="merge a run's committed parts into a few files (atomically)")
     comp.add_argument("runs", nargs="+", help="run directories (globs allowed)")
+    check = sub.add_parser("check", help="say per run what is committed, flagged, quarantined or damaged "
+                                         "(exit status 1 when any run is damaged)")
+    check.add_argument("runs", nargs="+", help="run directories (globs allowed)")
     return parser
 
 
@@ -78,6 +83,18 @@ def _compact(runs) -> int:
     return 0
 
 
+def _check(runs) -> int:
+    from dynamics.store.check import check_run
+
+    results = [check_run(run) for run in runs]
+    for result in results:
+        print("\n".join(result.lines()))
+    damaged = [r for r in results if r.damaged]
+    print(f"{len(results) - len(damaged)} of {len(results)} run(s) whole" +
+          (f"; damaged: {', '.join(str(r.run_dir) for r in damaged)}" if damaged else ""))
+    return 1 if damaged else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from dynamics.store import RunStoreError, expand_runs
@@ -88,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = expand_runs(args.runs)
         if args.command == "compact":
             return _compact(runs)
+        if args.command == "check":
+            return _check(runs)
         from dynamics import report as rep  # heavy imports only after argument parsing
 
         by = None if args.by == "run" else args.by

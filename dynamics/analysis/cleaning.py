@@ -144,7 +144,8 @@ def clean(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *, n_ph
 
 def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
                cleaned: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per run: recorded steps, steps kept, and steps dropped as skipped or non-finite (for the report).
+    """Per run: recorded steps, steps kept, and steps dropped as skipped, without any gradient or non-finite
+    (for the report).
 
     ``cleaned``: ``clean(per_param, per_step)`` when the caller has it already (it is not recomputed)."""
     df = with_run(per_param)
@@ -160,7 +161,26 @@ def exclusions(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
         skipped = sk.groupby("run")["step"].nunique().reindex(recorded.index.astype(str), fill_value=0)
         skipped.index = recorded.index
     out["skipped_steps"] = skipped
-    out["nonfinite_steps"] = out["recorded_steps"] - out["used_steps"] - out["skipped_steps"]
+    dropped = out["recorded_steps"] - out["used_steps"] - out["skipped_steps"]
+    gradless = _gradless_steps(df, sk).reindex(recorded.index.astype(str), fill_value=0).to_numpy()
+    out["gradless_steps"] = np.minimum(gradless, dropped.to_numpy())
+    out["nonfinite_steps"] = dropped - out["gradless_steps"]
     return out.reset_index()
+
+
+def _gradless_steps(df: pd.DataFrame, skipped: pd.DataFrame) -> pd.Series:
+    """Per run: the steps, not skipped, where no tensor had a gradient (an optimizer step without a backward
+    pass) and no row was non-finite; they are dropped by ``has_grad``, not as non-finite."""
+    if "has_grad" not in df.columns:
+        return pd.Series(dtype=np.int64)  # by str(run)
+    bad = bad_rows(df["grad_sq"].to_numpy(float), df["param_sq"].to_numpy(float),
+                   df["finite"].fillna(False).to_numpy(bool) if "finite" in df.columns else None)
+    per = df.assign(_any=df["has_grad"].fillna(False).astype(bool), _bad=bad).groupby(
+        ["run", "step"], observed=True)[["_any", "_bad"]].any().reset_index()
+    per = per[~per["_any"] & ~per["_bad"]].astype({"run": str})
+    if len(skipped):
+        per = per.merge(skipped.assign(_skip=True), on=["run", "step"], how="left")
+        per = per[per["_skip"].isna()]
+    return per.groupby("run")["step"].nunique()
 
 

@@ -123,7 +123,7 @@ class ModalityDropout(nn.Module):
         if self._tracking is None:  # know from now on whether a pass runs inside optimizer.step() (the probe's)
             phase.acquire()
             self._tracking = weakref.finalize(self, phase.release)
-        if phase.inside_step():
+        if phase.inside_step() or registry.in_own_pass():
             return
         anchor = self if self._anchor is None else self._anchor()
         rec = None if anchor is None else registry.active_for(anchor)
@@ -159,8 +159,8 @@ class DropoutHandle(Intervention):
         super().remove()
 
     def _pre_forward(self, module: nn.Module, args: tuple):
-        if self._removed or not module.training:
-            return None
+        if not self._active() or not module.training:  # a pass inside optimizer.step() (the probe's) is left
+            return None                                  # alone: no mask drawn, from any generator
         self.dropout.training = True
         return self._input.join(args, self.dropout(self._input.split(args)))
 

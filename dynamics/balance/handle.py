@@ -54,8 +54,9 @@ class Intervention:
         self.remove()
 
     def _active(self) -> bool:
-        """A training pass of the user's loop (not one run by an optimizer hook, such as the probe)."""
-        return not self._removed and not phase.inside_step()
+        """A training pass of the user's loop: not one run inside an optimizer step (by an optimizer hook) nor
+        one the recorder runs itself (the probe's, also its check at attach)."""
+        return not self._removed and not phase.inside_step() and not registry.in_own_pass()
 
     def _log(self, **scalars: float | torch.Tensor) -> None:
         """Into the attached recorder's per-step table, if there is one; its failure never reaches training."""

@@ -55,6 +55,8 @@ class BatchedDots:
         if len(a) != len(self._views):
             raise ValueError(f"BatchedDots was made for {len(self._views)} tensors, got {len(a)}")
         present = [i for i, x in enumerate(a) if x is not None]
+        if not present:  # no tensor has a gradient (a step without a backward pass): all 0, no empty foreach
+            return self._flat.new_zeros(len(a))
         if len(present) < len(a):  # a tensor without a gradient contributes 0
             self._flat.zero_()
         views = [self._views[i] for i in present]

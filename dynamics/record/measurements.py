@@ -25,6 +25,7 @@ from .guard import Notes
 from .quantity import Flushed, Frames, LossScale, Quantity, RecordedStep, RecordedTensors
 
 _AT_STEP = "gradient taken at the optimizer step (no backward pass seen)"
+_NO_GRADIENT = "optimizer step with no gradient (no backward pass): recorded, its rows have has_grad false"
 _AT_STEP_UNEXPECTED = ("gradient taken at the optimizer step: no backward pass seen, or the gradients were "
                        "changed after it at a step where no change was expected (clipping or scaling began "
                        "mid-run); grad_sq and lca use the optimizer's gradient")
@@ -88,7 +89,9 @@ class StepMeasurements(Quantity):
             out[GRAD_SQ].copy_(self._bwd_sq)
         else:  # no backward pass seen, or a change the recorder did not expect: use the step's gradient
             out[GRAD_SQ].copy_(out[PRE_SQ])
-            self._notes.add(_AT_STEP_UNEXPECTED if opened else _AT_STEP, step.index, warn=True)
+            none = not opened and all(g is self._zero for g in grads)  # a step with no gradient at all
+            self._notes.add(_NO_GRADIENT if none else _AT_STEP_UNEXPECTED if opened else _AT_STEP, step.index,
+                            warn=not none)
             changed, self._at_backward = False, True
         step.grads, step.changed = grads, changed
         step.versions = [g._version for g in grads]

@@ -5,7 +5,8 @@ First-order lca uses g(θ_t)·Δθ. On a fixed probe batch the loss change along
 (g₀ + 4g_½ + g₁)/6·Δθ approximate that integral per tensor, and ``actual − Σ lca`` is each rule's residual
 (Lan et al., NeurIPS 2019). The probe never changes training: parameters are put back bit for bit, the
 parameters' ``.grad`` are not touched (``autograd.grad``), module buffers (BatchNorm running statistics) are
-restored, and the random number generators are forked so the training stream continues unchanged.
+restored, and the random number generators (torch's and every ``generator`` a module of the model holds)
+are forked so the training streams continue unchanged.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ..schema import BUILTIN_TABLES, PROBE, RULES
-from . import frames
+from . import frames, registry
 from .quantity import Binding, Flushed, Frames, Quantity, RecordedStep
 
 PROBE_SEED = 20200306  # the same dropout masks at every point of the path, so L(θ) is one function
@@ -47,20 +48,31 @@ class ProbeBatch:
         return loss.reshape(())
 
 
+def user_generators(model: nn.Module) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects the model's modules draw from (a module's ``generator`` attribute, as
+    ``dynamics.balance.ModalityDropout`` holds one), each once: torch's fork does not cover them."""
+    found = {id(g): g for m in model.modules() if isinstance(g := getattr(m, "generator", None), torch.Generator)}
+    return list(found.values())
+
+
 @contextlib.contextmanager
 def preserved(model: nn.Module, train_mode: bool) -> Iterator[None]:
-    """Run probe evaluations without leaving a trace: modes, buffers and RNG streams are restored."""
+    """Run probe evaluations without leaving a trace: modes, buffers and RNG streams (torch's default ones
+    and the modules' own generators) are restored."""
     modes = [m.training for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     devices = sorted({b.device.index for b, _ in buffers if b.device.type == "cuda"} |
                      {p.device.index for p in model.parameters() if p.device.type == "cuda"})
+    generators = [(g, g.get_state()) for g in user_generators(model)]
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), registry.own_pass():  # no intervention acts on it
             model.train(train_mode)
             yield
     finally:
         for module, mode in zip(model.modules(), modes):
             module.training = mode
+        for generator, state in generators:
+            generator.set_state(state)
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
@@ -70,6 +82,8 @@ def loss_and_grads(model: nn.Module, probe: ProbeBatch, params: Sequence[torch.T
                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """L and ∂L/∂θ for each tensor on the probe batch at the current parameters (zeros where unused)."""
     torch.manual_seed(PROBE_SEED)
+    for generator in user_generators(model):  # the same draws at every point of the path (put back after)
+        generator.manual_seed(PROBE_SEED)
     with torch.enable_grad():
         loss = probe.loss(model)
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)

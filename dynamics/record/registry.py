@@ -2,12 +2,14 @@
 can find the recorder of the model it sits in. Weak references only: a dropped recorder leaves no trace."""
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 from torch import nn
 
 _ACTIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_OWN_PASSES = {"depth": 0}  # > 0 while a recorder runs the model itself (the probe)
 
 
 def register(recorder: Any) -> None:
@@ -39,3 +41,19 @@ def conflicting(model: nn.Module, optimizer: Any) -> tuple[Any, str] | None:
         if id(recorder.model) in inside or any(m is model for m in recorder.model.modules()):
             return recorder, "model"
     return None
+
+
+@contextlib.contextmanager
+def own_pass() -> Iterator[None]:
+    """Mark the model's passes a recorder runs itself (the probe's, at attach and at its steps): interventions
+    leave them alone (:func:`in_own_pass`), so they draw no random number and change no state."""
+    _OWN_PASSES["depth"] += 1
+    try:
+        yield
+    finally:
+        _OWN_PASSES["depth"] -= 1
+
+
+def in_own_pass() -> bool:
+    """Is a recorder running the model itself now?"""
+    return _OWN_PASSES["depth"] > 0

@@ -6,6 +6,7 @@ that names the offending view, module, pattern or parameter, before anything is 
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from dataclasses import asdict, dataclass
@@ -138,6 +139,13 @@ def resolve_views(model: nn.Module, views: ViewSpec, *, shared_name: str = SHARE
     return _assignment(distinct, trainable, claimed, view_names, shared_name)
 
 
+_CALLABLE_VIEWS = ("views= is a callable, so it maps each parameter name to its view: views(name: str) -> str | None "
+                   "(None: the shared group)")
+_FUNCTION_OF_MODEL = ("For a function of the model that returns the views (lambda m: {'cc': m.model.cc, ...}), call "
+                      "it yourself (views=f(model)), or give it to a trainer's callback as views_of=f "
+                      "(dynamics.integrations.lightning.DynamicsCallback(out, views_of=f))")
+
+
 def _claimed_by_function(views: Callable, distinct: list, trainable: set[str]) -> tuple[list[str], dict[str, str]]:
     """View names in order of first use, and parameter name → view, from a function of the parameter name."""
     view_names: list[str] = []
@@ -145,9 +153,16 @@ def _claimed_by_function(views: Callable, distinct: list, trainable: set[str]) -
     for name, p, aliases in distinct:
         if name not in trainable:
             continue
-        view = views(name)
+        try:
+            view = views(name)
+        except Exception as exc:  # noqa: BLE001 - most often a function of the model given as views=
+            raise TypeError(f"{_CALLABLE_VIEWS}; called with the parameter name {name!r} it raised "
+                            f"{type(exc).__name__}: {exc}. {_FUNCTION_OF_MODEL}") from exc
         if view is None:
             continue
+        if isinstance(view, (Mapping, nn.Module, list, tuple)):
+            raise ValueError(f"{_CALLABLE_VIEWS}; it returned a {type(view).__name__} for parameter {name!r}. "
+                             f"{_FUNCTION_OF_MODEL}")
         if not isinstance(view, str) or not view:
             raise ValueError(f"view function returned {view!r} for parameter {name!r}; expected a view "
                              f"name or None")
@@ -171,7 +186,8 @@ def _claimed_by_mapping(model: nn.Module, views: Mapping, distinct: list, traina
             hits = {alias_to_first[n] for n in _matching_names(view, item, all_names, module_names)}
             live = hits & trainable
             if not live:
-                detail = " (all of its parameters are frozen)" if hits else ""
+                detail = (" (all of its parameters are frozen)" if hits
+                          else _suggestion(item, trainable, alias_to_first))
                 raise ValueError(f"view {view!r}: {_describe(item)} matches no trainable parameter{detail}")
             for name in live:
                 other = claimed.get(name)
@@ -180,6 +196,26 @@ def _claimed_by_mapping(model: nn.Module, views: Mapping, distinct: list, traina
                                      f"for one module used by several views, attribute its calls instead")
                 claimed[name] = view
     return claimed
+
+
+def _suggestion(target, trainable: set[str], alias_to_first: Mapping[str, str]) -> str:
+    """For a glob string that matched nothing: the closest module and parameter names (difflib), and how a
+    string is read; '' for anything else."""
+    if not isinstance(target, str):
+        return ""
+    params = [n for n, first in alias_to_first.items() if first in trainable]
+    modules = sorted({p.rsplit(".", k)[0] for p in params for k in range(1, p.count(".") + 1)})  # owning ones
+    if target in modules:  # a module's name alone matches no parameter name
+        return (f"; did you mean {target + '.*'!r}? (a string is read as a glob (fnmatch) over parameter names: "
+                f"{target + '.*'!r} matches the module's parameters)")
+    close = difflib.get_close_matches(target, [*modules, *params], n=3, cutoff=0.6)
+    how = "a string is read as a glob (fnmatch) over parameter names"
+    if not close:
+        return f" ({how}: 'module.*' matches a module's parameters)"
+    guess = ", ".join(repr(c) for c in close)
+    if close[0] in modules:
+        return f"; did you mean {guess}? ({how}: {close[0] + '.*'!r} matches a module's parameters)"
+    return f"; did you mean {guess}? ({how})"
 
 
 def _check_view_names(view_names: list[str], shared_name: str) -> None:

@@ -155,9 +155,14 @@ def _utilization(utilization: pd.DataFrame | None) -> list[str]:
 def _exclusions(exclusions: pd.DataFrame | None) -> list[str]:
     if exclusions is None:
         return []
-    return [f"in run {r.run}, {r.skipped_steps} skipped and {r.nonfinite_steps} non-finite steps of "
-            f"{r.recorded_steps} were excluded from every statistic."
-            for r in exclusions.itertuples(index=False) if r.skipped_steps or r.nonfinite_steps]
+    out = []
+    for r in exclusions.itertuples(index=False):
+        gradless = getattr(r, "gradless_steps", 0)
+        if r.skipped_steps or r.nonfinite_steps or gradless:
+            without = f", {gradless} without any gradient" if gradless else ""
+            out.append(f"in run {r.run}, {r.skipped_steps} skipped{without} and {r.nonfinite_steps} non-finite "
+                       f"steps of {r.recorded_steps} were excluded from every statistic.")
+    return out
 
 
 def _unmatched(unmatched) -> list[str]:

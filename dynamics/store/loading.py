@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..schema import (ATTRIBUTION, DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PARAMS, PROBE, QUANTITIES,
-                      STEP_COLUMNS, STEPS, TableSpec, is_lr_column, tables_of)
+from ..schema import (ATTRIBUTION, DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PARAM_ID, PARAMS, PROBE, PROBE_PREFIX,
+                      QUANTITIES, STEP_COLUMNS, STEPS, TableSpec, is_lr_column, tables_of)
 from . import commits as records
-from . import parts
+from . import completeness, parts
 from .rundir import RunStoreError, read_meta
 
 
@@ -29,6 +29,9 @@ def _verified(run_dir: Path, meta: dict, tables: Sequence[str]) -> dict[str, pa.
             raise RunStoreError(f"{run_dir / table}: not a directory (it should hold the run's {table} parts)")
     for attempt in range(3):
         trusted = records.read_commits(run_dir, meta["run_id"])
+        missing = completeness.refusal(run_dir, meta, trusted)
+        if missing:  # fewer records than meta.json says were committed: never a silently shorter run
+            raise RunStoreError(missing)
         try:
             out = {}
             for table in tables:
@@ -251,13 +254,20 @@ def load_probe(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:
-    """One row per step: a step's quantities and the scalars logged for it may sit in consecutive parts."""
+    """One row per step: a step's quantities and the scalars logged for it may sit in different parts (a
+    resumed run's log before its first backward pass belongs to the step it resumes after). A logged scalar
+    that several parts hold is the mean of their values, each part's value (already a mean over its
+    micro-batches) counting once: the parts store no counts. Every other column keeps its one value."""
     if not per_step["step"].duplicated().any():
         return per_step
     grouped = per_step.groupby("step", sort=True)
     merged = grouped.first()  # first non-missing value of every column
     for column in ("recorded", "skipped"):
         merged[column] = grouped[column].any()
+    logged = [c for c in merged.columns if c not in STEP_COLUMNS and not is_lr_column(c)
+              and not c.startswith(PROBE_PREFIX)]
+    if logged:
+        merged[logged] = grouped[logged].mean()  # NaN (not logged in that part) is left out
     return merged.reset_index()
 
 

@@ -86,6 +86,29 @@ def _describe(owner: dict | None) -> str:
     return f"pid {owner.get('pid')} on host {owner.get('host')!r} since {owner.get('since')}"
 
 
+def holder(run_dir: Path) -> tuple[str, bool]:
+    """What the run's lock file says, for a message (read only, nothing is taken): the phrase, and whether a
+    live writer (or one on another host) may hold it."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "no writer lock", False
+    except (OSError, UnicodeDecodeError):
+        return f"an unreadable writer lock ({path})", True
+    try:
+        owner = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        owner = {}
+    if not isinstance(owner, dict) or not owner:
+        return "a writer lock that names no owner", False
+    if os.path.realpath(run_dir) in _HELD:
+        return f"its writer lock held by this process ({_describe(owner)})", True
+    if owner_gone(owner):
+        return f"its writer lock stale ({_describe(owner)} is gone)", False
+    return f"its writer lock held ({_describe(owner)}, which may still be writing)", True
+
+
 def _read_record(fd: int) -> dict | None:
     os.lseek(fd, 0, os.SEEK_SET)
     data = b""

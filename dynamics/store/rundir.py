@@ -9,10 +9,12 @@ Layout::
     RUN/params/part-000000.parquet      one row per recorded step × parameter tensor (ids, not names)
     RUN/steps/part-000000.parquet       one row per recorded (or logged) step
     RUN/attribution/, RUN/probe/        the per-view parts of shared tensors, the probe's per-tensor lca
+    RUN/quarantine/<table>/             parts that verify but that no record names, moved aside at a resume
 
 A flush is visible when, and only when, its commit record is: parts are written (temporary name, fsync,
-rename) before it, and a part no record names is ignored by the loaders and removed when the run is resumed
-or compacted. Loading never unpickles: JSON and Parquet only.
+rename) before it, and a part no record names is ignored by the loaders; when the run is resumed it is moved
+to quarantine/ if it verifies, else removed (:mod:`dynamics.store.quarantine`). Loading never unpickles: JSON
+and Parquet only.
 """
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
 """The one writer of a run directory: opens (or resumes) it under the writer lock, commits each flush as one
 unit, compacts, and closes. The recorder is its only caller during training; ``dynamics compact`` uses it too.
 
-Resuming a run first trusts only its commit records (:mod:`dynamics.store.commits`): parts of a flush that a
-killed process did not commit are removed, and said so (a warning, and ``meta.json["recovered"]``, with their
-steps), as is a stale lock taken over. The run continues after its last committed step.
+Resuming a run first trusts only its commit records (:mod:`dynamics.store.commits`) and refuses a run whose
+records are fewer than ``meta.json`` says were committed (:mod:`dynamics.store.completeness`), changing nothing
+in it. Parts of a flush that a killed process did not commit are moved to ``quarantine/`` when they verify
+(:mod:`dynamics.store.quarantine`) and removed when they do not, and said so (a warning, and
+``meta.json["recovered"]`` and ``["quarantined"]``, with their steps), as is a stale lock taken over. The run
+continues after its last committed step.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import pyarrow.parquet as pq
 
 from ..schema import COMMITS, LOCK_FILE, META_FILE, TABLES, tables_of
 from . import commits as records
-from . import compaction, parts
-from .lock import WriterLock
+from . import compaction, completeness, parts, quarantine
+from .lock import WriterLock, holder
 from .rundir import RunStoreError, read_meta, write_meta
 
 _OURS = {*TABLES, COMMITS, LOCK_FILE}
@@ -48,9 +51,10 @@ class RunWriter:
     """Holds the run's lock from :func:`open_run` until :meth:`close` (or :meth:`release`)."""
 
     def __init__(self, run_dir: Path, lock: WriterLock, run_id: str, old_meta: dict | None,
-                 trusted: list[records.Commit], recovered: list[dict]) -> None:
+                 trusted: list[records.Commit], recovered: list[dict], quarantined: list[dict] = ()) -> None:
         self.run_dir, self.run_id, self.old_meta = run_dir, run_id, old_meta
         self._lock, self._commits, self._recovered = lock, trusted, recovered
+        self._quarantined = list(quarantined)
         self._n_params = len(old_meta["parameters"]) if old_meta else 0
         self._tables = tables_of(old_meta)
 
@@ -65,10 +69,14 @@ class RunWriter:
         return len(records.committed_files(self._commits))
 
     def write_meta(self, meta: dict) -> None:
-        """Write ``meta.json``, adding (in place) the run id and what resuming recovered."""
+        """Write ``meta.json``, adding (in place) the run id, what resuming recovered and quarantined, and how
+        many flushes are committed now (what a reader checks the records against)."""
         meta["run_id"] = self.run_id
         if self._recovered:
             meta["recovered"] = self._recovered
+        if self._quarantined:
+            meta["quarantined"] = self._quarantined
+        meta["committed"] = completeness.stated(self._commits)
         self._n_params = len(meta.get("parameters") or ())
         self._tables = tables_of(meta)
         _check_folders(self.run_dir, self._tables)
@@ -131,8 +139,7 @@ def open_run(out: str | Path, *, resume: bool) -> RunWriter:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunStoreError(f"{run_dir}: exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
-        raise RunStoreError(f"{run_dir}: run directory already exists and is not empty; pass resume=True "
-                            f"to append to it, or choose another out=")
+        raise RunStoreError(_already_there(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = WriterLock.acquire(run_dir)
     try:
@@ -140,6 +147,34 @@ def open_run(out: str | Path, *, resume: bool) -> RunWriter:
     except BaseException:
         lock.release()
         raise
+
+
+def _already_there(run_dir: Path) -> str:
+    """Why a non-empty ``out=`` is refused without ``resume=True``: what run is there (closed or not, how many
+    steps committed, its lock), and what to do, which differs for a run that never committed a step."""
+    head = f"{run_dir}: run directory already exists"
+    try:
+        meta = read_meta(run_dir)
+    except RunStoreError:
+        names = sorted(p.name for p in run_dir.iterdir())[:5]
+        return f"{head} and is not empty (it holds {names}, no readable {META_FILE}): choose another out="
+    try:
+        end = records.next_step(records.read_commits(run_dir, meta["run_id"]))
+    except RunStoreError as exc:
+        return f"{head}: a run whose commit records cannot be read ({exc}); `dynamics check {run_dir}` says more"
+    status = meta.get("status")
+    what = "a closed run" if status == "closed" else f"a run that was not closed (status {status!r})"
+    steps = "no step" if end == 0 else "step 0" if end == 1 else f"steps 0-{end - 1}"
+    lock, live = holder(run_dir)
+    there = f"{head}: {what}, with {steps} committed, {lock}"
+    if live:
+        return f"{there}: wait until it is closed, or choose another out="
+    if end == 0 and status != "closed":
+        return (f"{there}: nothing committed is lost by starting again: remove the folder or choose another out=; "
+                f"resume=True continues this run from step 0")
+    after = f" after step {end - 1}" if end else ""
+    return (f"{there}: pass resume=True to continue it{after}, or choose another out= (or remove the folder) "
+            f"for a new run")
 
 
 def _opened(run_dir: Path, lock: WriterLock, resume: bool) -> RunWriter:
@@ -158,36 +193,39 @@ def _opened(run_dir: Path, lock: WriterLock, resume: bool) -> RunWriter:
     trusted = records.read_commits(run_dir, old_meta["run_id"])
     tables = tables_of(old_meta)
     _check_folders(run_dir, tables)
-    covered = trusted[-1].flushes[1] if trusted else -1
-    discarded = []
-    for path in records.unreferenced(run_dir, trusted, tuple(tables)):
-        if path.suffix == ".parquet" and not _merged(path, covered, old_meta["run_id"]):
-            discarded.append(_leftover_steps(path))
+    missing = completeness.refusal(run_dir, old_meta, trusted)
+    if missing:  # damage: nothing is moved, removed or appended
+        raise RunStoreError(f"{missing}. resume=True refuses a run whose committed data is incomplete and "
+                            f"changes nothing in it; restore the missing commit records, or record into another "
+                            f"out=")
+    orphans, removable = quarantine.find(run_dir, trusted, old_meta["run_id"], len(old_meta["parameters"]), tables)
+    moved = quarantine.move(run_dir, orphans)
+    discarded = [_leftover_steps(o.path) for o in orphans if not o.verified]
+    for path in [*removable, *(o.path for o in orphans if not o.verified)]:
         compaction.remove(path)
+    if moved:
+        warnings.warn(f"dynamics: {run_dir}: moved parts that were never committed (of a flush the writing "
+                      f"process did not finish) to {quarantine.FOLDER}/, listed in meta.json['quarantined']: "
+                      f"{', '.join(o.describe() for o in orphans if o.verified)}", RuntimeWarning, stacklevel=3)
     if discarded:
-        warnings.warn(f"dynamics: {run_dir}: removed parts that were never committed (of a flush the writing "
-                      f"process did not finish, or copied in): {', '.join(discarded)}", RuntimeWarning, stacklevel=3)
-    recovered = [*old_meta.get("recovered", []), *_stale_note(lock, discarded)]
-    return RunWriter(run_dir, lock, old_meta["run_id"], old_meta, trusted, recovered)
+        warnings.warn(f"dynamics: {run_dir}: removed files that were never committed and are not this run's "
+                      f"verified parts (half-written, or copied in): {', '.join(discarded)}", RuntimeWarning,
+                      stacklevel=3)
+    recovered = [*old_meta.get("recovered", []), *_stale_note(lock, discarded, moved)]
+    return RunWriter(run_dir, lock, old_meta["run_id"], old_meta, trusted, recovered,
+                     [*old_meta.get("quarantined", []), *moved])
 
 
-def _merged(path: Path, covered: int, run_id: str) -> bool:
-    """A leftover of this run's compaction (its flushes are committed in a merged part), not an uncommitted
-    flush nor a file from elsewhere."""
-    try:
-        identity = json.loads((pq.read_schema(path).metadata or {})[parts.KEY])
-        return identity["run_id"] == run_id and identity["flushes"][1] <= covered
-    except Exception:  # noqa: BLE001 - unreadable: an interrupted write, reported as discarded
-        return False
-
-
-def _stale_note(lock: WriterLock, discarded: list[str]) -> list[dict]:
+def _stale_note(lock: WriterLock, discarded: list[str], moved: list[dict] = ()) -> list[dict]:
     """What opening the run found and set right, for meta.json["recovered"] (empty when nothing)."""
-    if not lock.stale and not discarded:
+    if not lock.stale and not discarded and not moved:
         return []
     note: dict = {"at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     if lock.stale:
         note["stale_lock"] = {k: lock.stale.get(k) for k in ("pid", "host", "since")}
+    if moved:
+        note["quarantined_uncommitted"] = [f"{m['file']} (steps {m['steps'][0]}-{m['steps'][1]}) -> {m['moved_to']}"
+                                           if "steps" in m else f"{m['file']} -> {m['moved_to']}" for m in moved]
     if discarded:
         note["discarded_uncommitted"] = discarded
     return [note]

@@ -235,6 +235,19 @@ def test_bad_options_fail_when_the_callback_is_made(tmp_path):
         DynamicsCallback(tmp_path / "run", ["cc"], scaler=None)
 
 
+def test_a_function_of_the_module_given_as_views_says_to_use_views_of(tmp_path):
+    """views= given what views_of= takes: the error at fit start says what a callable views= is and names
+    views_of=, and nothing is written."""
+    callback = DynamicsCallback(tmp_path / "run", views=lambda m: {"cc": m.model.cc, "mlo": m.model.mlo})
+    module = LitTwoView(fresh_model(), AUTOMATIC[0])
+    with pytest.raises(TypeError, match=r"views= is a callable, so it maps each parameter name to its view: "
+                                        r"views\(name: str\) -> str \| None.*AttributeError.*views_of=f"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(callback, AUTOMATIC[0], manual=False).fit(module, _loader(make_batches(STEPS)))
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------------------ DDP
 WORLD, DDP_TIMEOUT_S = 2, 300
 DDP_SETUP = Setup("ddp-accumulate-2-clip", _sgd, micro=2, clip=CLIP)

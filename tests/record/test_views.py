@@ -97,3 +97,36 @@ def test_views_named_without_parameters_need_attribution(tmp_path):
         dynamics.attach(model, torch.optim.SGD(model.parameters(), lr=0.1), views=["cc", "mlo"], out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
+
+
+def test_a_callable_views_of_the_model_is_an_error_saying_it_maps_parameter_names():
+    """A function of the model (as Lightning users write for views_of=) given as views=: called with a parameter
+    name, it fails; the error says what a callable views= is and where a function of the model goes."""
+    model = nn.Module()
+    model.model = TwoView()
+    with pytest.raises(TypeError, match=r"views= is a callable, so it maps each parameter name to its view: "
+                                        r"views\(name: str\) -> str \| None.*'model\.cc\.0\.weight'.*AttributeError: "
+                                        r"'str' object has no attribute 'model'.*views_of="):
+        resolve_views(model, lambda m: {"cc": m.model.cc, "mlo": m.model.mlo})
+
+
+def test_a_callable_views_returning_a_mapping_is_an_error_saying_it_maps_parameter_names():
+    model = TwoView()
+    with pytest.raises(ValueError, match=r"views\(name: str\) -> str \| None.*returned a dict for parameter "
+                                         r"'cc\.0\.weight'.*views_of="):
+        resolve_views(model, lambda m: {"cc": "cc.*"})
+
+
+def test_a_misspelt_pattern_suggests_the_close_names_and_says_it_is_a_glob():
+    model = nn.Module()
+    model.model = TwoView()
+    with pytest.raises(ValueError, match=r"view 'cc': pattern 'model\.ccc' matches no trainable parameter; did you "
+                                         r"mean 'model\.cc', .*\? \(a string is read as a glob \(fnmatch\) over parameter "
+                                         r"names: 'model\.cc\.\*' matches a module's parameters\)"):
+        resolve_views(model, {"cc": "model.ccc", "mlo": "model.mlo.*"})
+    with pytest.raises(ValueError, match=r"pattern 'model\.cc' matches no trainable parameter; did you mean "
+                                         r"'model\.cc\.\*'\?"):
+        resolve_views(model, {"cc": "model.cc", "mlo": "model.mlo.*"})  # a module's name without the glob
+    with pytest.raises(ValueError, match=r"pattern 'model\.mlo\.3\.weight' matches no trainable parameter; did "
+                                         r"you mean 'model\.mlo\.2\.weight'"):
+        resolve_views(model, {"cc": "model.cc.*", "mlo": "model.mlo.3.weight"})

@@ -149,15 +149,24 @@ def test_sigkill_at_any_point_of_a_flush_then_load_and_resume(tmp_path, point):
         [p.name for p in _committed_parts(run)]  # compacted; the leftovers of the kill are gone
 
 
-def test_resume_says_which_uncommitted_steps_it_discarded(tmp_path):
+def test_resume_quarantines_the_uncommitted_parts_that_verify_and_says_which_steps(tmp_path):
+    """The parts of a flush a killed writer never committed verify: they are moved to quarantine/ byte for byte
+    (never deleted), listed in meta.json and said in the warning; loading ignores them."""
     run = tmp_path / "run"
     kill = ("replace", r"/commits/", "before", 3)  # flush of steps 6-8 written, never committed
     subprocess.run([sys.executable, "-c", _child(run, kill=kill)], capture_output=True, timeout=300, cwd=REPO)
-    with pytest.warns(RuntimeWarning, match=r"never committed.*steps 6-8"):
+    left = {p.relative_to(run).as_posix(): p.read_bytes() for p in run.glob("*/part-000002.parquet")}
+    assert sorted(left) == ["params/part-000002.parquet", "steps/part-000002.parquet"]
+    with pytest.warns(RuntimeWarning, match=r"never committed.*quarantine/.*steps 6-8"):
         _, rec = _attach(fresh_model(), run, resume=True)
     rec.close()
-    [note] = dynamics.read_meta(run)["recovered"]
-    assert any("steps 6-8" in d for d in note["discarded_uncommitted"])
+    meta = dynamics.read_meta(run)
+    [note] = meta["recovered"]
+    assert any("steps 6-8" in d for d in note["quarantined_uncommitted"]) and "discarded_uncommitted" not in note
+    assert sorted(q["file"] for q in meta["quarantined"]) == sorted(left)
+    for q in meta["quarantined"]:
+        assert q["steps"][1] == 8 and (run / q["moved_to"]).read_bytes() == left[q["file"]]
+        assert q["moved_to"].startswith("quarantine/")
 
 
 # ------------------------------------------------------------------------------------- two writers

@@ -146,3 +146,51 @@ def test_part_naming_an_unknown_tensor_is_an_error_naming_the_file(tmp_path):
     writer.release()
     with pytest.raises(RunStoreError, match="part-000001.parquet: parameter ids outside"):
         dynamics.load(tmp_path / "r")
+
+
+def test_a_steps_scalars_split_across_two_flushes_are_averaged(tmp_path):
+    """A resumed run that logs before its first backward pass attaches the value to the last step of the run
+    it resumes, whose scalars the first session committed: two parts hold one value each for that step, and
+    the loaded value is their mean (by hand: (1.0 + 4.0) / 2 = 2.5), not the first one. A scalar that only
+    one part holds (``acc``) is kept as it is, and the step is one row."""
+    model = fresh_model()
+    optimizer, rec = _attach(model, tmp_path / "run")
+    for micro in make_batches(3):
+        for x_cc, x_mlo, y in micro:
+            ((model(x_cc, x_mlo) - y) ** 2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    rec.log(loss=1.0)  # step 2, the one just taken
+    rec.close()
+    optimizer, rec = _attach(model, tmp_path / "run", resume=True)
+    rec.log(loss=4.0, acc=0.5)  # before any backward pass of this session: still step 2
+    rec.close()
+    _, per_step = dynamics.load(tmp_path / "run")
+    assert per_step["step"].tolist() == [0, 1, 2]
+    row = per_step.set_index("step").loc[2]
+    assert (row["loss"], row["acc"], row["recorded"]) == (2.5, 0.5, True)
+
+
+def test_rerunning_after_a_crash_before_any_commit_says_what_is_there_and_what_to_do(tmp_path):
+    """A run killed before its first commit (status running, no step committed, a stale lock): attaching again
+    without resume says so, and that nothing is lost by removing the folder; a closed run says how many steps it
+    holds and offers resume=True."""
+    from tests.store.test_faults import _child
+    run = tmp_path / "r"
+    kill = ("replace", r"/params/", "before", 1)  # at the first part's rename: nothing committed
+    subprocess.run([sys.executable, "-c", _child(run, kill=kill)], capture_output=True, timeout=300, cwd=REPO)
+    assert dynamics.read_meta(run)["status"] == "running" and not list((run / "commits").iterdir())
+    with pytest.raises(RunStoreError, match=r"already exists: a run that was not closed \(status 'running'\), with no "
+                                            r"step committed, its writer lock stale \(pid \d+ .* is gone\): nothing "
+                                            r"committed is lost by starting again: remove the folder or choose "
+                                            r"another out=; resume=True continues this run from step 0"):
+        _attach(fresh_model(), run)
+    closed = tmp_path / "closed"
+    model = fresh_model()
+    optimizer, rec = _attach(model, closed)
+    _train(model, optimizer, rec, 2)
+    rec.close()
+    with pytest.raises(RunStoreError, match=r"already exists: a closed run, with steps 0-1 committed, no writer "
+                                            r"lock: pass resume=True to continue it after step 1, or choose another "
+                                            r"out= \(or remove the folder\) for a new run"):
+        _attach(model, closed)
