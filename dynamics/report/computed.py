@@ -13,62 +13,19 @@ sign-flip tests and the comparisons between conditions) is in one Holm family.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import cached_property
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from .. import analysis
 from ..analysis import sweep
 from ..analysis.comparisons import holm_family
-from . import notices, tables
+from . import notices, selection, tables
 from .data import ReportData, add_group_column
 
-__all__ = ["ReportNumbers", "summary_table", "REFERENCE_NAMES"]
-
-#: condition names taken as the reference when ``baseline`` is not given (the first one present)
-REFERENCE_NAMES = ("separate", "baseline")
-
-
-def _drop_runs(df: pd.DataFrame | None, drop: set[str]) -> pd.DataFrame | None:
-    """``df`` without the rows of the runs in ``drop`` (unused run and condition categories removed)."""
-    if df is None or "run" not in df.columns or not drop:
-        return df
-    out = df[~df["run"].astype(str).isin(drop)]
-    for column in ("run", "condition"):
-        if column in out.columns and isinstance(out[column].dtype, pd.CategoricalDtype):
-            out = out.assign(**{column: out[column].cat.remove_unused_categories()})
-    return out
-
-
-def _sweep_without(s: sweep.Sweep, drop: set[str]) -> sweep.Sweep:
-    """A sweep without the runs in ``drop`` (its ratio table's run indices renumbered)."""
-    kept = [i for i, r in enumerate(s.runs) if r not in drop]
-    renumber = np.full(len(s.runs), -1, np.int32)
-    renumber[kept] = np.arange(len(kept), dtype=np.int32)
-    run = s.ratios["run"].to_numpy()
-    mask = renumber[run] >= 0
-    ratios = s.ratios.filter(pa.array(mask))
-    ratios = ratios.set_column(ratios.column_names.index("run"), "run", pa.array(renumber[run[mask]]))
-    return replace(s, views=_drop_runs(s.views, drop), per_step=_drop_runs(s.per_step, drop),
-                   layers=_drop_runs(s.layers, drop), depths=_drop_runs(s.depths, drop), ratios=ratios,
-                   runs=[s.runs[i] for i in kept])
-
-
-def _without(data: ReportData, drop: set[str]) -> ReportData:
-    """``data`` without the runs in ``drop``, in either of its shapes (per-tensor rows or a sweep's sums)."""
-    if not drop:
-        return data
-    keep = {k: v for k, v in data.metas.items() if k not in drop}
-    util = {k: v for k, v in data.utilization.items() if k not in drop}
-    if data.sweep is not None:
-        s = _sweep_without(data.sweep, drop)
-        return replace(data, per_param=s.views, per_step=s.per_step, metas=keep, utilization=util, sweep=s)
-    return replace(data, per_param=_drop_runs(data.per_param, drop), per_step=_drop_runs(data.per_step, drop),
-                   metas=keep, utilization=util)
+__all__ = ["ReportNumbers", "summary_table"]
 
 
 class ReportNumbers:
@@ -77,7 +34,7 @@ class ReportNumbers:
     ``by``: the metadata field that groups runs (None: one group per run); ``views``: the views compared,
     every pair of them (default: every view besides the shared group that all runs recorded); ``shared``: the
     shared group's name (default: the one the runs recorded, see :class:`ReportData`); ``baseline``: the
-    reference condition of the comparisons (default: a group named as in :data:`REFERENCE_NAMES`; with several
+    reference condition of the comparisons (default: a group named as in :data:`selection.REFERENCE_NAMES`; with several
     groups and none of them, the comparisons are refused with the list of groups); ``metrics``: the outcome
     metrics compared (default: the scalars logged once, at the end of every run; see
     :func:`tables.choose_outcomes`); ``include_flagged``: keep flagged runs in the statistics.
@@ -94,20 +51,8 @@ class ReportNumbers:
         self.metric_names = list(metrics) if metrics is not None else None
         self.include_flagged = include_flagged
         self.all_metas = dict(full.metas)
-        self.flagged = self._flag(full)
-        drop = set(self.flagged.loc[self.flagged["always"] | (not include_flagged), "run"])
-        if self.all_metas and drop >= set(self.all_metas):
-            reasons = "; ".join(f"{r.run}: {r.reason}" for r in self.flagged.itertuples(index=False))
-            raise ValueError(f"no run left to report: {reasons}"
-                             + ("" if include_flagged else " (--include-flagged keeps flagged runs)"))
-        self.data = _without(full, drop)
-
-    def _flag(self, full: ReportData) -> pd.DataFrame:
-        """:func:`notices.flagged_runs` of every loaded run (its recorded steps counted from ``per_param``)."""
-        pp = analysis.with_run(full.per_param)
-        steps = pp.groupby(pp["run"].astype(str), observed=True)["step"].nunique().to_dict()
-        groups = analysis.run_groups(full.per_param, self.by)
-        return notices.flagged_runs(self.all_metas, steps, dict(zip(groups["run"], groups["group"])))
+        self.flagged = selection.flag_runs(full, by)
+        self.data = selection.counted(full, self.flagged, include_flagged)
 
     # ----------------------------------------------------------------- runs and groups
     @cached_property
@@ -130,26 +75,17 @@ class ReportNumbers:
 
     @cached_property
     def _reference_or_none(self) -> str | None:
-        """The reference group: ``baseline`` (checked), else the one of :data:`REFERENCE_NAMES` present, else
-        the only group; None when there are several groups and none is named so."""
-        given = list(dict.fromkeys(self.run_groups["group"]))
-        what = self.by or "run"
-        if self.baseline is not None:
-            if str(self.baseline) not in given:
-                raise ValueError(f"--baseline {self.baseline!r} is not a {what}; the {what}s are {given}")
-            return str(self.baseline)
-        if len(given) == 1:
-            return given[0]
-        return next((n for n in REFERENCE_NAMES if n in given), None)
+        """The reference group (:func:`selection.named_reference`); None when none is named."""
+        return selection.named_reference(list(dict.fromkeys(self.run_groups["group"])), self.baseline, self.by)
 
     @cached_property
     def reference(self) -> str:
         """The reference group of the comparisons (:attr:`_reference_or_none`); refused, with the list of
         groups, when none is named."""
         if self._reference_or_none is None:
-            what = self.by or "run"
-            raise ValueError(f"which {what} is the reference? none is called {' or '.join(REFERENCE_NAMES)}: "
-                             f"pass --baseline with one of {list(dict.fromkeys(self.run_groups['group']))}")
+            raise ValueError(f"which {self.by or 'run'} is the reference? none is called "
+                             f"{' or '.join(selection.REFERENCE_NAMES)}: pass --baseline with one of "
+                             f"{list(dict.fromkeys(self.run_groups['group']))}")
         return self._reference_or_none
 
     def check(self) -> None:
@@ -220,30 +156,13 @@ class ReportNumbers:
         return analysis.run_summary(self.data.per_param, self.data.per_step, vd=self.view_dynamics)
 
     @cached_property
-    def step_ranges(self) -> pd.DataFrame:
-        """Per run: its group and its first and last recorded step."""
-        pp = analysis.with_run(self.data.per_param)
-        out = pp.groupby(pp["run"].astype(str), observed=True)["step"].agg(["min", "max"]).reset_index()
-        return out.rename(columns={"min": "first", "max": "last"}).assign(group=lambda d: d["run"].map(self.group_of))
-
-    @cached_property
     def uneven_phases(self) -> dict[str, str]:
-        """Group -> why its phases are not shown: its runs cover different steps, so early, middle and late
-        would mean different steps in different runs (phases need a common step grid)."""
-        out = {}
-        for group, sub in self.step_ranges.groupby("group", sort=False):
-            if sub[["first", "last"]].drop_duplicates().shape[0] > 1:
-                spans = ", ".join(f"{r.run} {r.first}–{r.last}" for r in sub.itertuples(index=False))
-                out[group] = (f"The phases (early, middle, late) of {group} are not shown: its runs cover "
-                              f"different steps ({spans}), so a phase would mean different steps in different runs.")
-        return out
+        """Group -> why its phases are not shown (:func:`selection.uneven_phases`: its runs cover different
+        steps, so early, middle and late would mean different steps in different runs)."""
+        return selection.uneven_phases(self.data.per_param, self.group_of)
 
     def _whole_run_only(self, table: pd.DataFrame) -> pd.DataFrame:
-        """``table`` without the phase rows of the groups in :attr:`uneven_phases`."""
-        if not self.uneven_phases or table.empty:
-            return table
-        bad = table["group"].isin(list(self.uneven_phases)) & (table["phase"].astype(str) != "all")
-        return table[~bad].reset_index(drop=True)
+        return selection.whole_run_only(table, self.uneven_phases)
 
     @cached_property
     def _summary_rows(self) -> pd.DataFrame:

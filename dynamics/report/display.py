@@ -95,7 +95,7 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
     for r in summary.itertuples(index=False):
         rows.append({
             "group": r.group, "phase": str(r.phase), "views A/B": f"{r.view_a}/{r.view_b}", "runs": r.n_runs,
-            "leads (interval of the ratio excludes 1)": r.leads,
+            "leads (its matched-layer ratio interval excludes 1)": r.leads,
             f"{RATIO_OF_MEANS} A/B ({GEOMETRIC})": with_ci(r.grad_ratio, r.grad_ratio_lo, r.grad_ratio_hi, r.n_runs,
                                                           values=getattr(r, "grad_ratio_values", None)),
             f"{MATCHED_RATIO} A/B ({GEOMETRIC})": with_ci(r.layer_ratio, r.layer_ratio_lo, r.layer_ratio_hi,
