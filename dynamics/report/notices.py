@@ -79,7 +79,8 @@ def flagged_runs(metas: dict[str, dict], steps: dict[str, int], group_of: dict[s
     Flagged, in the order of ``metas``: a run that recorded no step (``steps`` has none for it); a copy (the
     ``run_id`` of a run listed before it: the same run in two folders would count as a second seed); a run never
     closed (status ``running``); a run with recorder errors; a run whose recorded steps differ from its group's
-    median (``group_of``; copies and empty runs left out) by more than :data:`STEP_TOLERANCE` of it."""
+    median (``group_of``; copies and empty runs left out; the upper median, so that of two runs only the shorter
+    is flagged) by more than :data:`STEP_TOLERANCE` of it."""
     seen: dict[str, str] = {}
     reasons: dict[str, list[str]] = {}
     always: set[str] = set()
@@ -107,7 +108,7 @@ def flagged_runs(metas: dict[str, dict], steps: dict[str, int], group_of: dict[s
         by_group.setdefault(group_of.get(run, run), []).append(n)
     for run, n in counted.items():
         group = group_of.get(run, run)
-        median = float(pd.Series(by_group[group]).median())
+        median = float(sorted(by_group[group])[len(by_group[group]) // 2])  # the upper median: of two, the longer
         if abs(n - median) > STEP_TOLERANCE * median:
             reasons[run].append(f"{n} recorded steps against a median of {median:g} in {group} "
                                 f"(more than a tenth apart)")

@@ -194,3 +194,14 @@ def test_pair_rows_and_sentences_use_one_name_per_ratio(written):
     assert set(summary["leads"]) <= {"cc", "mlo", "neither"}
     for sentence in re.findall(r"^- (.*cannot reach.*)$", md, flags=re.M):
         assert "this sign-flip test cannot show it" in sentence and "runs cannot show" not in sentence
+
+
+def test_step_flags_by_hand():
+    from dynamics.report.notices import flagged_runs
+    metas = {r: {"status": "closed", "run_id": r} for r in ("a", "b", "c", "d", "e")}
+    steps = {"a": 100, "b": 111, "c": 89, "d": 30, "e": 60}
+    group = {"a": "x", "b": "x", "c": "x", "d": "y", "e": "y"}
+    f = flagged_runs(metas, steps, group).set_index("run")
+    # x: median 100, b is 11 away (> 10), c 11 away; y: of two runs only the shorter (median taken as 60)
+    assert sorted(f.index) == ["b", "c", "d"] and not f["always"].any()
+    assert f.loc["d", "reason"] == "30 recorded steps against a median of 60 in y (more than a tenth apart)"
