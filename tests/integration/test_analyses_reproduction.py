@@ -170,7 +170,8 @@ def test_findings_take_the_reports_holm_family():
     ranked = sorted([p, 0.001, 0.004, 0.3])
     k = ranked.index(p)
     by_hand = max(min(1.0, (4 - i) * ranked[i]) for i in range(k + 1))  # Holm step-down, written out
-    assert vs["p_holm"] == pytest.approx(by_hand) and vs["p_holm"] != pytest.approx(alone["conditions"]["shared"]["vs_separate"]["p_holm"])
+    own_family = alone["conditions"]["shared"]["vs_separate"]["p_holm"]
+    assert vs["p_holm"] == pytest.approx(by_hand) and vs["p_holm"] != pytest.approx(own_family)
     assert vs["alpha_holm"] == pytest.approx(0.05 / (4 - k))
     assert vs["mdd"] == pytest.approx(min_detectable_difference(float(own["se"].iloc[0]), 2, alpha=0.05 / (4 - k)))
     assert "Holm-corrected in the report's one family" in F.markdown(f)
