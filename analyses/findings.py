@@ -1,9 +1,12 @@
 """What one data set's grid found, as numbers (``findings.json``) and words (``findings.md``).
 
 Everything is at the level of the run (one seed of one condition): per-run values first, then Student-t
-intervals over runs, differences against the reference condition (``separate``) paired by seed, Holm-corrected
-across the primary comparisons, each with its minimum detectable difference (α = 0.05, 80% power, observed
-spread and n), so that a null can be told from an underpowered one.
+intervals over runs (logit scale for AUCs, so they stay inside (0, 1)), differences against the reference
+condition (``separate``) paired by seed, each with its minimum detectable difference (80% power, observed spread
+and n) at the level Holm's step-down holds it to, so that a null can be told from an underpowered one. The Holm
+family is the report's (its ``comparisons.csv``: every test the report prints) when a report was written beside
+the findings, so one comparison has one adjusted p everywhere; without a report, the primary comparisons alone.
+Below three seeds no interval, test or MDD is given: the values only.
 
 - Primary endpoint: test ROC AUC of each joint condition minus ``separate``.
 - Secondary: the greedy gap (``ensemble`` − the condition, paired by seed), the weaker view's conditional
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dynamics.analysis.comparisons import compare_conditions
-from dynamics.analysis.inference import INTERVAL, difference, t_interval
+from dynamics.analysis.inference import MIN_RUNS, difference, interval_method, scale_of, t_interval, values_only
 from dynamics.analysis.metrics import roc_auc
 
 from analyses.conditions import ENSEMBLE, REFERENCE, SINGLE_PREFIX
@@ -67,12 +70,19 @@ def results_table(results: Sequence[dict], views: Sequence[str], y_test: np.ndar
     return pd.concat([run_table(results), ensemble_runs(results, views, y_test)], ignore_index=True)
 
 
-def interval(values) -> dict:
-    """Mean over runs with its 95% Student-t interval, n and the method's name (NaN interval below 2 runs)."""
+def interval(values, scale: str = "linear") -> dict:
+    """Mean over runs with its 95% Student-t interval on ``scale`` (``logit`` for AUCs), n, the method's name
+    and the per-run values (NaN interval below three runs)."""
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
-    mean, lo, hi = t_interval(v) if v.size else (math.nan,) * 3
-    return {"mean": mean, "lo": lo, "hi": hi, "n": int(v.size), "interval": INTERVAL}
+    mean, lo, hi = t_interval(v, scale=scale) if v.size else (math.nan,) * 3
+    return {"mean": mean, "lo": lo, "hi": hi, "n": int(v.size), "interval": interval_method(scale),
+            "values": [float(x) for x in v]}
+
+
+def auc_interval(values) -> dict:
+    """:func:`interval` of test AUCs, on the logit scale."""
+    return interval(values, scale_of("test_auc"))
 
 
 def _by_seed(table: pd.DataFrame, condition: str, column: str) -> pd.Series:
@@ -85,14 +95,14 @@ def paired_difference(table: pd.DataFrame, a: str, b: str, column: str = "test_a
     sa, sb = _by_seed(table, a, column), _by_seed(table, b, column)
     seeds = sorted(set(sa.index) & set(sb.index))
     res = difference(sa[seeds].to_numpy(), sb[seeds].to_numpy(), paired=True, alpha=ALPHA, power=POWER)
-    return {k: res[k] for k in ("difference", "lo", "hi", "p", "mdd", "method")}
+    return {**{k: res[k] for k in ("difference", "lo", "hi", "p", "mdd", "method")}, "n": len(seeds)}
 
 
 def single_view_checks(table: pd.DataFrame, views: Sequence[str], gate: Gate) -> dict:
     """Each single view's test AUC, the ensemble's, its gain over the best single view, and the gate's verdicts."""
-    single = {v: interval(table.loc[table["condition"] == f"{SINGLE_PREFIX}{v}", "test_auc"]) for v in views}
+    single = {v: auc_interval(table.loc[table["condition"] == f"{SINGLE_PREFIX}{v}", "test_auc"]) for v in views}
     best = max(views, key=lambda v: single[v]["mean"] if np.isfinite(single[v]["mean"]) else -1)
-    ens = interval(table.loc[table["condition"] == ENSEMBLE, "test_auc"])
+    ens = auc_interval(table.loc[table["condition"] == ENSEMBLE, "test_auc"])
     gain = paired_difference(table, f"{SINGLE_PREFIX}{best}", ENSEMBLE)
     checks = []
     if gate.min_single is not None:
@@ -105,11 +115,14 @@ def single_view_checks(table: pd.DataFrame, views: Sequence[str], gate: Gate) ->
             "passed": all(c["passed"] for c in checks)}
 
 
-def verdict(difference_: float, p_holm: float, mdd: float, p_exact_min: float = 0.0) -> str:
-    """A comparison in words: better or worse than the reference at Holm-corrected 5%, or an honest null.
+def verdict(difference_: float, p_holm: float, mdd: float, p_exact_min: float = 0.0, n: int | None = None) -> str:
+    """A comparison in words: better or worse than the reference at Holm-corrected 5%, or an honest null with
+    its minimum detectable difference (at the comparison's Holm level).
 
-    Where even the exact (sign-flip) test over these runs cannot reach α (2 seeds: its smallest p is 0.5), a
-    small t-test p rests on the normality assumption alone: then no verdict is given."""
+    Below three seeds (``n``) only the values are given. Where even the exact (sign-flip) test over these runs
+    cannot reach α, a small t-test p rests on the normality assumption alone: then no verdict is given."""
+    if n is not None and 0 < n < MIN_RUNS:
+        return values_only(n)
     if not np.isfinite(p_holm):
         return "cannot tell (too few runs for a test)"
     if p_exact_min > ALPHA:
@@ -119,13 +132,23 @@ def verdict(difference_: float, p_holm: float, mdd: float, p_exact_min: float = 
     return f"no difference detected (smallest detectable: {mdd:.3f})"
 
 
-def primary(table: pd.DataFrame, joint: Sequence[str]) -> pd.DataFrame:
-    """Test AUC of each joint condition against ``separate``: paired by seed, Holm across the conditions."""
+def primary(table: pd.DataFrame, joint: Sequence[str], report: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Test AUC of each joint condition against ``separate``, paired by seed: the rows of the report's
+    comparisons (``report``: its ``comparisons.csv``, Holm-adjusted in the report's one family) when it has
+    them, else computed here with Holm across these conditions alone. ``attrs["family"]`` says which."""
+    if report is not None and len(report) and "alpha_holm" in report.columns:
+        rows = report[(report["quantity"] == "test_auc") & (report["reference"] == REFERENCE)]
+        if len(rows):
+            out = rows.reset_index(drop=True)
+            out.attrs["family"] = "the report's"
+            return out
     sub = table[table["condition"].isin(joint)]
     values = pd.DataFrame({"run": sub["condition"] + "/" + sub["seed"].astype(str), "group": sub["condition"],
                            "seed": sub["seed"], "quantity": "test_auc", "value": sub["test_auc"]})
     order = [REFERENCE] + [c for c in joint if c != REFERENCE]
-    return compare_conditions(values, reference=REFERENCE, order=order, alpha=ALPHA, power=POWER)
+    out = compare_conditions(values, reference=REFERENCE, order=order, alpha=ALPHA, power=POWER)
+    out.attrs["family"] = "the primary comparisons'"
+    return out
 
 
 def dominant_shares(shares: pd.DataFrame | None) -> dict[str, dict]:
@@ -142,50 +165,68 @@ def dominant_shares(shares: pd.DataFrame | None) -> dict[str, dict]:
 
 
 def conditions_block(table: pd.DataFrame, joint: Sequence[str], views: Sequence[str], weak: str,
-                     shares: pd.DataFrame | None) -> dict:
-    """Per joint condition: test AUC, the comparison with separate, the greedy gap and the secondary endpoints."""
-    comp = primary(table, joint).set_index("group")
+                     shares: pd.DataFrame | None, comparisons: pd.DataFrame | None = None) -> dict:
+    """Per joint condition: test AUC, the comparison with separate (in the report's Holm family when
+    ``comparisons`` is the report's table), the greedy gap and the secondary endpoints."""
+    comp = primary(table, joint, comparisons).set_index("group")
     dominant = dominant_shares(shares)
     out = {}
     for c in joint:
         rows = table[table["condition"] == c]
         if rows.empty:
             continue
-        block = {"test_auc": interval(rows["test_auc"]),
+        block = {"test_auc": auc_interval(rows["test_auc"]),
                  "greedy_gap": paired_difference(table, c, ENSEMBLE),
                  f"utilization_{weak}": interval(rows.get(f"util_mean/{weak}", pd.Series(dtype=float))),
-                 "probe_auc": {v: interval(rows.get(f"probe_{v}", pd.Series(dtype=float))) for v in views},
+                 "probe_auc": {v: auc_interval(rows.get(f"probe_{v}", pd.Series(dtype=float))) for v in views},
                  "dominant": dominant.get(c)}
         if c in comp.index:
             r = comp.loc[c]
+            n = int(min(r["n_reference"], r["n_group"]))
             block["vs_separate"] = {"difference": r["difference"], "lo": r["lo"], "hi": r["hi"], "p": r["p"],
-                                    "p_holm": r["p_holm"], "mdd": r["mdd"], "mdd_holm": r["mdd_family"],
-                                    "design": r["design"], "p_exact": r["p_exact"],
-                                    "verdict": verdict(r["difference"], r["p_holm"], r["mdd"], r["p_exact_min"])}
+                                    "p_holm": r["p_holm"], "alpha_holm": r["alpha_holm"], "mdd": r["mdd"],
+                                    "design": r["design"], "p_exact": r["p_exact"], "n": n,
+                                    "family": comp.attrs.get("family", ""),
+                                    "verdict": verdict(r["difference"], r["p_holm"], r["mdd"], r["p_exact_min"], n)}
         out[c] = block
     return out
 
 
 def findings(dataset: str, table: pd.DataFrame, views: Sequence[str], n_test: int, joint: Sequence[str],
-             gate: Gate, shares: pd.DataFrame | None = None, notes: Sequence[str] = ()) -> dict:
+             gate: Gate, shares: pd.DataFrame | None = None, notes: Sequence[str] = (),
+             comparisons: pd.DataFrame | None = None) -> dict:
     """The whole findings record of one data set (see the module docstring) from its :func:`results_table`;
-    JSON-ready."""
+    JSON-ready. ``shares`` and ``comparisons``: the report's ``shares.csv`` and ``comparisons.csv`` (its Holm
+    family is then the findings')."""
     checks = single_view_checks(table, views, gate)
     single = checks["single_view"]
     weak = min(views, key=lambda v: single[v]["mean"] if np.isfinite(single[v]["mean"]) else math.inf)
     seeds = sorted(int(s) for s in table["seed"].unique())
     return {"dataset": dataset, "views": list(views), "seeds": seeds, "n_test": int(n_test),
             "alpha": ALPHA, "power": POWER, "reference": REFERENCE, "weaker_view": weak, **checks,
-            "conditions": conditions_block(table, joint, views, weak, shares), "notes": list(notes)}
+            "conditions": conditions_block(table, joint, views, weak, shares, comparisons), "notes": list(notes)}
 
 
 def _ci(d: dict | None, digits: int = 3) -> str:
     if not d or not np.isfinite(d.get("mean", d.get("difference", math.nan))):
         return "–"
     m = d.get("mean", d.get("difference"))
+    if "n" in d and 0 < d["n"] < MIN_RUNS:
+        values = d.get("values")
+        shown = ", ".join(f"{v:.{digits}f}" for v in values) if values else f"{m:.{digits}f}"
+        return f"{values_only(d['n'])} ({shown})"
     if not np.isfinite(d.get("lo", math.nan)):
         return f"{m:.{digits}f} (n = {d['n']}: no interval)" if "n" in d else f"{m:.{digits}f}"
     return f"{m:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+
+
+def _family_words(f: dict) -> str:
+    """Which Holm family the findings' p-values are in (the report's, or the primary comparisons')."""
+    fams = {b["vs_separate"].get("family", "") for b in f["conditions"].values() if b.get("vs_separate")}
+    fam = next(iter(fams), "the primary comparisons'") if len(fams) == 1 else "the primary comparisons'"
+    if fam == "the report's":
+        return "p Holm-corrected in the report's one family (every test of report.md; comparisons.csv)"
+    return f"p Holm-corrected across the comparisons with `{f['reference']}` (no report was written)"
 
 
 def markdown(f: dict) -> str:
@@ -193,9 +234,10 @@ def markdown(f: dict) -> str:
     views, weak = f["views"], f["weaker_view"]
     lines = [f"# Findings: {f['dataset']}", "",
              f"Seeds {f['seeds'][0]}–{f['seeds'][-1]} ({len(f['seeds'])} per condition), {f['n_test']} test cases. "
-             f"Intervals: 95% Student t over runs; differences paired by seed; p Holm-corrected across the "
-             f"comparisons with `{f['reference']}`; MDD: the smallest difference detectable at α = {f['alpha']}, "
-             f"{f['power']:.0%} power, from the observed spread and n.", "",
+             f"Intervals: 95% Student t over runs (AUCs on the logit scale); differences paired by seed; "
+             f"{_family_words(f) if f['conditions'] else 'no comparisons'}; MDD: the smallest difference detectable "
+             f"with {f['power']:.0%} power at the comparison's Holm level (from α = {f['alpha']}), from the "
+             f"observed spread and n; below {MIN_RUNS} seeds the values only.", "",
              "## Single views and the ensemble", "", "| model | test AUC [95%] |", "|---|---|"]
     lines += [f"| {SINGLE_PREFIX}{v} | {_ci(f['single_view'][v])} |" for v in views]
     lines += [f"| ensemble (sum of the single-view logits) | {_ci(f['ensemble'])} |",

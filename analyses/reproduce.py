@@ -144,14 +144,15 @@ def run_grid(cfgs: list[TrainConfig], splits, jobs: int, desc: str, progress: bo
 
 
 def write_outputs(out: Path, dataset: str, results: list[dict], splits, joint: list[str], order: list[str],
-                  shares: pd.DataFrame | None, notes: list[str]) -> dict:
+                  shares: pd.DataFrame | None, notes: list[str], comparisons: pd.DataFrame | None = None) -> dict:
     """results.csv, test_auc.md, findings.json and findings.md under ``out``; returns the findings."""
     views = list(splits.view_names)
     y_test = splits.test.y.numpy()
     table = F.results_table(results, views, y_test)
     table.to_csv(out / "results.csv", index=False)
     (out / "test_auc.md").write_text(test_auc_table(table, order))
-    found = F.findings(dataset, table, views, len(y_test), joint, GATES.get(dataset, F.Gate()), shares, notes)
+    found = F.findings(dataset, table, views, len(y_test), joint, GATES.get(dataset, F.Gate()), shares, notes,
+                       comparisons)
     (out / "findings.json").write_text(json.dumps(found, indent=1, default=_json_number))
     (out / "findings.md").write_text(F.markdown(found))
     return found
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         results += run_grid(configs(joint), splits, a.jobs, f"{a.dataset}: joint grid", progress)
     # the report compares views within runs: the joint models' (a single-view run has one view to compare)
     run_dirs = [str(run_root / f"{r['condition']}-seed{r['seed']}") for r in results if r["condition"] in joint]
-    shares = None
+    shares = comparisons = None
     if not a.no_report and run_dirs:
         from dynamics.cli import main as dynamics_cli
         args = ["report", *run_dirs, "--out", str(out), "--by", "condition",
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc:
             return int(rc)
         shares = pd.read_csv(out / "shares.csv")
-    found = write_outputs(out, a.dataset, results, splits, joint, order, shares, notes)
+        comparisons = pd.read_csv(out / "comparisons.csv")  # the report's one Holm family
+    found = write_outputs(out, a.dataset, results, splits, joint, order, shares, notes, comparisons)
     print((out / "findings.md").read_text())
     timing = {"dataset": a.dataset, "data_seconds": t_data, "total_seconds": time.perf_counter() - t0,
               "runs": len(results), "settings": settings, "seeds": seeds, "checks_passed": found["passed"]}

@@ -44,12 +44,21 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--views", nargs="+", metavar="VIEW",
                         help="the views to compare, every pair of them (default: every view besides the shared "
                              "group that all runs recorded)")
+    common.add_argument("--include-flagged", action="store_true",
+                        help="keep flagged runs (never closed, recorder errors, a step count a tenth away from their "
+                             "group's median) in the statistics; by default they are listed in Warnings and left out")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     rep = sub.add_parser("report", parents=[common], help="write report.html, report.md and figures")
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--title", default="dynamics imbalance report")
     rep.add_argument("--baseline", default=None,
-                     help="the reference condition every other is compared with (default: the first given)")
+                     help="the reference condition every other is compared with (default: the one called "
+                          "'separate' or 'baseline'; with several conditions and neither, the report is refused "
+                          "with the list)")
+    rep.add_argument("--metrics", nargs="+", metavar="METRIC",
+                     help="the outcome metrics compared between conditions (default: the scalars logged once, at "
+                          "the end of every run, e.g. test_auc; training scalars such as loss are described only)")
+
     summ = sub.add_parser("summary", parents=[common], help="print the key imbalance table")
     summ.add_argument("--phase", default="all", help="early, middle, late or all (default: all); 'every' = all rows")
     summ.add_argument("--csv", action="store_true", help="print unformatted CSV instead of a table")
@@ -112,11 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         by = None if args.by == "run" else args.by
         if args.command == "report":
             paths = rep.report(runs, args.out, by=by, views=args.views, progress=not args.no_progress,
-                               title=args.title, baseline=args.baseline)
+                               title=args.title, baseline=args.baseline, metrics=args.metrics,
+                               include_flagged=args.include_flagged)
             print(f"wrote {paths['html']} and {paths['md']}")
             return 0
         data = rep.load_report_data(runs, progress=not args.no_progress)
-        nums = rep.ReportNumbers(data, by=by, views=args.views)
+        nums = rep.ReportNumbers(data, by=by, views=args.views, include_flagged=args.include_flagged)
         summary = nums.summary
         if args.phase != "every":
             phases = set(summary["phase"].astype(str))

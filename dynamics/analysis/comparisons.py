@@ -3,11 +3,11 @@
 For each quantity and each condition besides the reference: the difference of means (condition minus
 reference; on the log scale for ratios, so a factor) with its 95% Student-t interval, paired by seed when both
 conditions hold the same seeds (each seed shares its data split and initialisation draw across conditions),
-else Welch's t; the t-test p-value, Holm-corrected across every comparison of the table (one report = one
-family); the exact permutation p-value beside it (sign-flip when paired); and the minimum detectable difference
-at 80% power for the observed spread and n, so that a reader can tell a null from an underpowered one: at
-α (``mdd``) and at α / m for the m comparisons of the table (``mdd_family``: the level at which Holm's
-procedure is sure to reject, so the difference the corrected report would detect).
+else Welch's t; the t-test p-value, Holm-corrected across the family (every comparison of the table, or with
+:func:`holm_family` every test of a report: one report = one family); the exact permutation p-value beside it
+(sign-flip when paired); and the minimum detectable difference at 80% power for the observed spread and n, at
+the level Holm's step-down holds that comparison to (``alpha_holm``), so that a reader can tell a null from an
+underpowered one at the level the verdict used. Below three runs (or pairs) only the difference is given.
 """
 from __future__ import annotations
 
@@ -17,13 +17,19 @@ import numpy as np
 import pandas as pd
 
 from .cleaning import check_columns
-from .inference import difference, holm, min_detectable_difference
+from .inference import difference, holm, holm_levels, min_detectable_difference
 
-__all__ = ["compare_conditions", "COLUMNS"]
+__all__ = ["compare_conditions", "holm_family", "COLUMNS"]
 
 COLUMNS = ["quantity", "scale", "reference", "group", "design", "n_reference", "n_group", "reference_mean",
-           "group_mean", "difference", "lo", "hi", "se", "df", "p", "p_holm", "p_exact", "p_exact_min", "mdd",
-           "mdd_family", "alpha", "power"]
+           "group_mean", "difference", "lo", "hi", "se", "df", "p", "p_holm", "alpha_holm", "p_exact",
+           "p_exact_min", "mdd", "alpha", "power", "reference_values", "group_values"]
+
+
+def _values_text(values: np.ndarray, back) -> str:
+    """Per-run values as a short string (what the report shows where n is too small for an interval)."""
+    v = np.asarray(values, float)
+    return ", ".join(f"{back(x):.4g}" for x in v if np.isfinite(x))
 
 
 def _paired_by_seed(ref: pd.DataFrame, other: pd.DataFrame) -> bool:
@@ -51,7 +57,8 @@ def _compare(ref: pd.DataFrame, other: pd.DataFrame, log: bool, level: float, al
             "reference_mean": float(back(np.nanmean(ra))) if np.isfinite(ra).any() else np.nan,
             "group_mean": float(back(np.nanmean(rb))) if np.isfinite(rb).any() else np.nan,
             "difference": res["difference"], "lo": res["lo"], "hi": res["hi"], "se": res["se"], "df": res["df"],
-            "p": res["p"], "p_exact": res["p_exact"], "p_exact_min": res["p_exact_min"], "mdd": res["mdd"]}
+            "p": res["p"], "p_exact": res["p_exact"], "p_exact_min": res["p_exact_min"],
+            "reference_values": _values_text(ra, back), "group_values": _values_text(rb, back)}
 
 
 def compare_conditions(values: pd.DataFrame, *, reference: str | None = None, order: Sequence[str] | None = None,
@@ -62,8 +69,10 @@ def compare_conditions(values: pd.DataFrame, *, reference: str | None = None, or
     ``quantity``, ``value`` and optionally ``scale`` (``"log"``: compared as log(value); the difference is then
     a log factor). ``reference``: the reference group (default: the first of ``order``, else the first group
     in the table). Returns :data:`COLUMNS`; ``difference``, ``lo``, ``hi`` and ``mdd`` are on the compared
-    scale (log units for ``scale == "log"``). ``p_holm``: Holm-adjusted over all rows; ``mdd``: the minimum
-    detectable difference at ``power`` and ``alpha``; ``mdd_family``: the same at ``alpha`` / (rows with a p).
+    scale (log units for ``scale == "log"``). ``p_holm``: Holm-adjusted over all rows (``holm_family`` puts
+    them in a larger family); ``alpha_holm``: the level Holm's step-down holds the row to; ``mdd``: the minimum
+    detectable difference at ``power`` and ``alpha_holm``; ``reference_values``/``group_values``: the per-run
+    values (on the original scale).
     """
     check_columns(values, ["run", "group", "seed", "quantity", "value"], "values")
     if values.empty:
@@ -83,9 +92,22 @@ def compare_conditions(values: pd.DataFrame, *, reference: str | None = None, or
             rows.append({"quantity": quantity, "scale": "log" if log else "linear", "reference": reference,
                          "group": group, **_compare(ref, other, log, level, alpha, power), "alpha": alpha,
                          "power": power})
-    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "mdd_family")])
-    out.insert(COLUMNS.index("p_holm"), "p_holm", holm(out["p"].to_numpy(float)) if len(out) else [])
-    m = max(1, int(np.isfinite(out["p"].to_numpy(float)).sum()))
-    family = [min_detectable_difference(se, df, alpha=alpha / m, power=power) for se, df in zip(out["se"], out["df"])]
-    out.insert(COLUMNS.index("mdd_family"), "mdd_family", family)
-    return out
+    out = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("p_holm", "alpha_holm", "mdd")])
+    return holm_family(out, alpha=alpha, power=power)[0]
+
+
+def holm_family(comparisons: pd.DataFrame, other_p: Sequence[float] = (), *, alpha: float = 0.05,
+                power: float = 0.8) -> tuple[pd.DataFrame, np.ndarray]:
+    """``comparisons`` with ``p_holm``, ``alpha_holm`` and ``mdd`` (at ``alpha_holm``) over one Holm family: its
+    own p-values and ``other_p`` (the report's other tests, e.g. the key table's sign-flip tests). Returns the
+    table and the Holm-adjusted ``other_p``."""
+    p = np.concatenate([comparisons["p"].to_numpy(float), np.asarray(other_p, float)])
+    adjusted, levels = holm(p), holm_levels(p, alpha)
+    n = len(comparisons)
+    out = comparisons.drop(columns=[c for c in ("p_holm", "alpha_holm", "mdd") if c in comparisons.columns])
+    out.insert(min(COLUMNS.index("p_holm"), len(out.columns)), "p_holm", adjusted[:n])
+    out.insert(list(out.columns).index("p_holm") + 1, "alpha_holm", levels[:n])
+    mdd = [np.nan if not np.isfinite(a) else 0.0 if se == 0 else min_detectable_difference(se, df, alpha=a, power=power)
+           for se, df, a in zip(out["se"], out["df"], levels[:n])]
+    out.insert(list(out.columns).index("p_exact_min") + 1, "mdd", mdd)
+    return out, adjusted[n:]

@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .inference import t_half_width  # the package's one Student-t interval (kept importable from here)
+
 __all__ = ["average_ranks", "roc_auc", "accuracy", "bootstrap_ci", "percentile_interval", "t_half_width"]
 
 
@@ -126,17 +128,6 @@ def bootstrap_ci(
         idx = rng.integers(0, n, size=n)
         stats[b] = statistic(*(a[idx] for a in arrays))
     return (estimate, *percentile_interval(stats, level))
-
-
-def t_half_width(std, n, level: float = 0.95):
-    """Half-width of the two-sided Student-t interval of a mean, t((1 + level) / 2, n - 1) * std / sqrt(n), from
-    the sample standard deviation (ddof=1) and count; NaN below two values. Scalars or arrays (elementwise)."""
-    from scipy import stats  # only here: the rest of this module needs numpy alone
-
-    n = np.asarray(n, float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * np.asarray(std, float) / np.sqrt(n)
-    return np.where(n >= 2, half, np.nan)
 
 
 def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:

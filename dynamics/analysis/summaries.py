@@ -44,11 +44,16 @@ def run_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *
     return out.drop(columns="lca").sort_values(["run", "phase", "view"]).reset_index(drop=True)
 
 
-def mean_ci(values: np.ndarray, *, level: float = 0.95, log: bool = False, **_ignored) -> tuple[float, float, float]:
-    """Mean over runs (geometric when ``log``) of the finite (and, with ``log``, positive) values with its
-    Student-t interval (:func:`dynamics.analysis.inference.t_interval`); NaN interval below two runs, all NaN
-    with none. Bootstrap arguments (``n_boot``, ``seed``) of earlier versions are accepted and ignored."""
-    return t_interval(values, level, log=log)
+def mean_ci(values: np.ndarray, *, level: float = 0.95, log: bool = False,
+            scale: str = "linear") -> tuple[float, float, float]:
+    """Mean over runs (geometric when ``log``; see ``scale`` of :func:`dynamics.analysis.inference.t_interval`)
+    of the usable values with its Student-t interval; NaN interval below three runs, all NaN with none."""
+    return t_interval(values, level, log=log, scale=scale)
+
+
+def _values(x) -> str:
+    """Per-run values as a short string (what the report shows where n is too small for an interval)."""
+    return ", ".join(f"{v:.4g}" for v in np.asarray(x, float) if np.isfinite(v))
 
 
 def run_groups(per_param: pd.DataFrame, by: str | None) -> pd.DataFrame:
@@ -106,7 +111,7 @@ def _share_row(sub: pd.DataFrame, view: str, level: float, nonshared: list[str])
     rival = wide[[v for v in nonshared if v in wide.columns]]
     largest = rival.idxmax(axis=1, skipna=True) if rival.notna().any().any() else pd.Series(dtype=object)
     return {"view": view, "n_runs": int(mine.notna().sum()), "share": est, "share_lo": lo, "share_hi": hi,
-            "n_largest": int((largest == view).sum()), "interval": INTERVAL}
+            "n_largest": int((largest == view).sum()), "interval": INTERVAL, "share_values": _values(mine)}
 
 
 def view_shares(rs: pd.DataFrame, groups: pd.DataFrame, *, shared: str = SHARED, level: float = 0.95,
@@ -148,14 +153,15 @@ def _group_order(groups: pd.DataFrame, order: Sequence[str] | None) -> list[str]
     return order + missing
 
 
-def _dominant(shares: pd.DataFrame, rs: pd.DataFrame, group: str, phase: str, shared: str) -> str:
-    """The view (``shared`` excluded) with the largest mean share; by mean gradient norm when no loss
-    decrease was recorded."""
-    s = shares[(shares["group"] == group) & (shares["phase"].astype(str) == phase) & (shares["view"] != shared)]
-    if s["share"].notna().any():
-        return str(s.loc[s["share"].idxmax(), "view"])
-    sub = rs[(rs["group"] == group) & (rs["phase"].astype(str) == phase) & (rs["view"].astype(str) != shared)]
-    return str(sub.groupby(sub["view"].astype(str))["grad_norm"].mean().idxmax())
+def _leads(a: str, b: str, ratio: tuple[float, float, float]) -> str:
+    """Which of the pair leads: ``a`` when the interval of its ratio to ``b`` lies above 1, ``b`` when below,
+    ``neither`` when it holds 1 or no interval can be given."""
+    _, lo, hi = ratio
+    if np.isfinite(lo) and lo > 1:
+        return a
+    if np.isfinite(hi) and hi < 1:
+        return b
+    return "neither"
 
 
 def _pair_row(sub: pd.DataFrame, shares_of: dict[str, tuple], level: float) -> dict:
@@ -163,13 +169,17 @@ def _pair_row(sub: pd.DataFrame, shares_of: dict[str, tuple], level: float) -> d
     ratio = t_interval(sub["grad_ratio"].to_numpy(float), level, log=True)
     layer = t_interval(np.exp(sub["log_ratio"].to_numpy(float)), level, log=True)
     test = sign_flip_test(sub["log_ratio"].to_numpy(float))
-    sa, sb = shares_of.get(sub["view_a"].iloc[0], (np.nan,) * 3), shares_of.get(sub["view_b"].iloc[0], (np.nan,) * 3)
-    return {"n_runs": int(sub["run"].nunique()), "grad_ratio": ratio[0], "grad_ratio_lo": ratio[1],
+    a, b = sub["view_a"].iloc[0], sub["view_b"].iloc[0]
+    sa, sb = shares_of.get(a, (np.nan,) * 3), shares_of.get(b, (np.nan,) * 3)
+    basis = layer if np.isfinite(layer[0]) else ratio
+    return {"n_runs": int(sub["run"].nunique()), "leads": _leads(a, b, basis), "grad_ratio": ratio[0],
+            "grad_ratio_lo": ratio[1],
             "grad_ratio_hi": ratio[2], "share_a": sa[0], "share_a_lo": sa[1], "share_a_hi": sa[2],
             "share_b": sb[0], "share_b_lo": sb[1], "share_b_hi": sb[2], "layer_ratio": layer[0],
             "layer_ratio_lo": layer[1], "layer_ratio_hi": layer[2], "n_test_runs": test["n"], "p": test["p"],
             "p_min": test["p_min"], "n_pairs": int(sub["n_layers"].sum()),
-            "n_a_greater": int(sub["n_a_greater"].sum()), "interval": INTERVAL, "test": "exact sign-flip over runs"}
+            "n_a_greater": int(sub["n_a_greater"].sum()), "interval": INTERVAL, "test": "exact sign-flip over runs",
+            "grad_ratio_values": _values(sub["grad_ratio"]), "layer_ratio_values": _values(np.exp(sub["log_ratio"]))}
 
 
 def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = None, *,
@@ -177,22 +187,23 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
                       shared: str = SHARED, n_phases: int = 3, level: float = 0.95,
                       order: Sequence[str] | None = None, vd: pd.DataFrame | None = None,
                       md: pd.DataFrame | None = None, layers: pd.DataFrame | None = None,
-                      rs: pd.DataFrame | None = None, **_ignored) -> pd.DataFrame:
+                      rs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The key table: one row per group (``by``; ``None`` = per run), phase and pair of views (every pair of
     :func:`dynamics.analysis.view_pairs`), the run as the unit of every statistic.
 
-    Columns: ``group``, ``phase``, ``view_a``, ``view_b``, ``n_runs``, ``dominant`` (the view, ``shared``
-    excluded, with the largest mean share of the loss reduction among all views), ``grad_ratio`` (geometric
+    Columns: ``group``, ``phase``, ``view_a``, ``view_b``, ``n_runs``, ``leads`` (which of the two views leads:
+    ``view_a`` when the interval of the matched-layer ratio A/B lies above 1, ``view_b`` when below, else
+    ``neither``; by the ratio of mean norms where no layers match), ``grad_ratio`` (geometric
     mean over runs of each run's ratio of A's and B's mean gradient norms) with ``grad_ratio_lo``/``_hi``,
     ``share_a``/``share_b`` with intervals, ``layer_ratio`` (geometric mean over runs of each run's
     geometric-mean ratio over matched layers) with its interval, ``p`` (exact sign-flip test over runs of the
-    per-run mean log ratio) with ``p_min`` (the smallest p the number of runs allows), ``n_pairs`` and
-    ``n_a_greater`` (matched layers x runs: description only), ``interval`` and ``test`` (the methods).
-    Intervals: Student t over runs at ``level`` (NaN with one run). Groups in ``order`` (default: as the runs
-    appear). ``vd``/``md``/``rs``: :func:`view_dynamics` / :func:`dynamics.analysis.matched_pairs` /
+    per-run mean log ratio; NaN below three runs) with ``p_min`` (the smallest p the number of runs allows),
+    ``n_pairs`` and ``n_a_greater`` (matched layers x runs: description only), ``interval`` and ``test`` (the
+    methods), ``grad_ratio_values`` and ``layer_ratio_values`` (the per-run values, shown where n < 3).
+    Intervals: Student t over runs at ``level`` (NaN below three runs). Groups in ``order`` (default: as the
+    runs appear). ``vd``/``md``/``rs``: :func:`view_dynamics` / :func:`dynamics.analysis.matched_pairs` /
     :func:`run_summary` of the same tables when the caller has them (``layers``: their
-    :func:`matched_layer_means` instead of ``md``). Bootstrap
-    arguments of earlier versions are accepted and ignored.
+    :func:`matched_layer_means` instead of ``md``).
     """
     groups = run_groups(per_param, by)
     pairs = view_pairs(per_param, views, shared)
@@ -209,12 +220,11 @@ def imbalance_summary(per_param: pd.DataFrame, per_step: pd.DataFrame | None = N
     for (group, phase), sub in rs.groupby(["group", "phase"], observed=True, sort=False):
         s = shares[(shares["group"] == group) & (shares["phase"].astype(str) == str(phase))]
         shares_of = {r.view: (r.share, r.share_lo, r.share_hi) for r in s.itertuples(index=False)}
-        dominant = _dominant(shares, rs, group, str(phase), shared)
         for a, b in pairs:
             p = pr[(pr["group"] == group) & (pr["phase"] == str(phase)) & (pr["view_a"] == a) & (pr["view_b"] == b)]
             if p.empty:
                 continue
-            rows.append({"group": group, "phase": str(phase), "view_a": a, "view_b": b, "dominant": dominant,
+            rows.append({"group": group, "phase": str(phase), "view_a": a, "view_b": b,
                          "_k": pairs.index((a, b)), **_pair_row(p, shares_of, level)})
     out = _ordered(pd.DataFrame(rows), _group_order(groups, order), n_phases, "_k")
     out.attrs.update(by=by, level=level, pairs=pairs, unmatched=layers.attrs.get("unmatched", {}))

@@ -125,7 +125,8 @@ class _Reduction:
 
     def result(self) -> Sweep:
         if not self.views:
-            raise ValueError("per_param has no rows: nothing was recorded")
+            raise ValueError(f"nothing was recorded: no committed step in {', '.join(self.runs)} (a run that "
+                             "stopped before its first flush records none)")
         views = concat_runs(self.views)
         if not views["used"].any():
             raise ValueError("no usable rows: every recorded step was skipped, non-finite or without gradients")

@@ -43,18 +43,23 @@ def save_figures(nums: ReportNumbers, folder: Path) -> list[FigureFile]:
 
 METHODS = ("Statistics: the run (seed) is the unit of every interval and test. Each run is summarised first "
            "(its mean gradient norms, shares, mean log ratio over matched layers, last logged metrics); intervals "
-           "are 95% Student-t intervals over runs (geometric for ratios); whether one view's layers have larger "
-           "gradients is tested with the exact sign-flip test over runs, whose smallest p with n runs is 2/2^n; "
-           "layer counts are description. Conditions are compared with the reference by the difference of means "
-           "(paired by seed when both hold the same seeds, else Welch), Holm-corrected across the report, with "
-           "the smallest difference the design detects at 80% power beside every null.")
+           "are 95% Student-t intervals over runs, on the log scale for ratios and losses and the logit scale for "
+           "AUC and accuracy (so they stay in range); whether one view's layers have larger gradients is tested "
+           "with the exact sign-flip test over runs, whose smallest p with n runs is 2/2^n; layer counts are "
+           "description. Below 3 runs no interval, test or detectable difference is given, only the per-run "
+           "values. Conditions are compared with the reference by the difference of means (paired by seed when "
+           "both hold the same seeds, else Welch) on the outcome metrics logged at the end of the runs and the "
+           "view statistics; every p-value of the report is in one Holm family ({m} tests), and beside every null "
+           "is the smallest difference the design detects at 80% power at that test's Holm level. Flagged runs "
+           "(never closed, recorder errors, a step count a tenth away from their group's median) are {flagged}.")
 
 
 def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Document:
     """The report's content from its numbers: lead, findings, tables, figures and the run table."""
     sentences = findings(nums.summary, shares=nums.shares, metrics=nums.metrics, utilization=nums.utilization,
-                         exclusions=nums.exclusions, unmatched=nums.unmatched,
-                         probe=nums.probe, comparisons=nums.comparisons, notes=nums.view_notes)
+                         exclusions=nums.exclusions, unmatched=nums.unmatched, probe=nums.probe,
+                         comparisons=nums.comparisons, outcomes=nums.outcomes, shared=nums.shared,
+                         notes=[*nums.view_notes, *nums.uneven_phases.values(), *nums.comparison_notes])
     if len(nums.warnings):
         sentences.append(f"The runs' metadata holds {len(nums.warnings)} warning"
                          f"{'s' if len(nums.warnings) != 1 else ''} (see Warnings).")
@@ -71,7 +76,9 @@ def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Docu
             (f"; views compared: {', '.join(nums.views)} ({pairs})", False)]
     if len(nums.groups) > 1:
         lead.append((f"; reference {nums.by or 'run'}: {nums.reference}", False))
-    lead.append((". " + METHODS, False))
+    flagged = ("kept (--include-flagged)" if nums.include_flagged else
+               "left out of every number (listed in Warnings; --include-flagged keeps them)")
+    lead.append((". " + METHODS.format(m=nums.family_size, flagged=flagged), False))
     return Document(title=title, lead=lead, findings=sentences, sections=sections, figures=figures,
                     runs=nums.runs)
 
@@ -79,15 +86,18 @@ def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Docu
 def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "condition",
                  views: Sequence[str] | None = None, shared: str | None = None, baseline: str | None = None,
                  title: str = "dynamics imbalance report", progress: bool = True,
-                 n_boot: int | None = None) -> dict[str, Path]:
+                 metrics: Sequence[str] | None = None, include_flagged: bool = False) -> dict[str, Path]:
     """Compute every statistic and write report.html, report.md, figures/, summary.csv (the key table),
     shares.csv and comparisons.csv under ``out``. ``shared``: the shared group's name (default: the one the
-    runs recorded, see :class:`ReportData`); ``baseline``: the reference condition (default: the first given).
-    ``n_boot`` is accepted for compatibility and unused (intervals over runs are Student t)."""
+    runs recorded, see :class:`ReportData`); ``baseline``: the reference condition (default: one named
+    ``separate`` or ``baseline``; see :class:`ReportNumbers`); ``metrics``: the outcome metrics compared;
+    ``include_flagged``: keep flagged runs in the statistics."""
     out = Path(out)
+    nums = ReportNumbers(data, by=by, views=views, shared=shared, baseline=baseline, metrics=metrics,
+                         include_flagged=include_flagged)
+    nums.check()  # before any file is written
     (out / "figures").mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=3, desc="report", disable=not progress, unit="stage")
-    nums = ReportNumbers(data, by=by, views=views, shared=shared, baseline=baseline)
     steps.set_postfix_str("summary")
     nums.summary.to_csv(out / "summary.csv", index=False)
     nums.shares.to_csv(out / "shares.csv", index=False)

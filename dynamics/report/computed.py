@@ -5,17 +5,24 @@ cleaned rows, view dynamics, matched layers of every pair of views, run-level su
 shares of every view, the comparisons of conditions with the reference, the conditional learning speed, the
 exclusions and the metric, utilization, probe and run tables. Tables, sentences, figures and the writers read
 from it; none of them recomputes an analysis.
+
+Flagged runs (:func:`dynamics.report.notices.flagged_runs`: never closed, recorder errors, a step count a tenth
+away from its group's median) are left out of every number unless ``include_flagged``; runs that recorded no
+step and copies of another run (the same ``run_id``) never count. Every p-value of the report (the key table's
+sign-flip tests and the comparisons between conditions) is in one Holm family.
 """
 from __future__ import annotations
 
 from functools import cached_property
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .. import analysis
 from ..analysis import sweep
-from . import tables
+from ..analysis.comparisons import holm_family
+from . import notices, selection, tables
 from .data import ReportData, add_group_column
 
 __all__ = ["ReportNumbers", "summary_table"]
@@ -27,18 +34,25 @@ class ReportNumbers:
     ``by``: the metadata field that groups runs (None: one group per run); ``views``: the views compared,
     every pair of them (default: every view besides the shared group that all runs recorded); ``shared``: the
     shared group's name (default: the one the runs recorded, see :class:`ReportData`); ``baseline``: the
-    reference condition of the comparisons (default: the first group, in the order the runs were given).
-    ``n_boot`` is accepted for compatibility: intervals over runs are Student t, not bootstraps.
+    reference condition of the comparisons (default: a group named as in :data:`selection.REFERENCE_NAMES`; with several
+    groups and none of them, the comparisons are refused with the list of groups); ``metrics``: the outcome
+    metrics compared (default: the scalars logged once, at the end of every run; see
+    :func:`tables.choose_outcomes`); ``include_flagged``: keep flagged runs in the statistics.
     """
 
     def __init__(self, data: ReportData, *, by: str | None = "condition", views: Sequence[str] | None = None,
-                 shared: str | None = None, baseline: str | None = None, n_boot: int | None = None) -> None:
-        self.data = add_group_column(data, by) if by is not None else data
+                 shared: str | None = None, baseline: str | None = None, metrics: Sequence[str] | None = None,
+                 include_flagged: bool = False) -> None:
+        full = add_group_column(data, by) if by is not None else data
         self.by = by
         self.requested_views = views
         self.shared = shared if shared is not None else data.shared if data.shared is not None else analysis.SHARED
         self.baseline = baseline
-        self.n_boot = n_boot
+        self.metric_names = list(metrics) if metrics is not None else None
+        self.include_flagged = include_flagged
+        self.all_metas = dict(full.metas)
+        self.flagged = selection.flag_runs(full, by)
+        self.data = selection.counted(full, self.flagged, include_flagged)
 
     # ----------------------------------------------------------------- runs and groups
     @cached_property
@@ -53,15 +67,32 @@ class ReportNumbers:
 
     @cached_property
     def groups(self) -> list[str]:
-        """The groups in the one order every table and figure uses: the reference first, then as given."""
+        """The groups in the one order every table and figure uses: the reference first (when there is one),
+        then as given."""
         given = list(dict.fromkeys(self.run_groups["group"]))
-        if self.baseline is not None and str(self.baseline) not in given:
-            raise ValueError(f"--baseline {self.baseline!r} is not a {self.by or 'run'}; they are {given}")
-        return [self.reference] + [g for g in given if g != self.reference]
+        ref = self._reference_or_none
+        return given if ref is None else [ref] + [g for g in given if g != ref]
+
+    @cached_property
+    def _reference_or_none(self) -> str | None:
+        """The reference group (:func:`selection.named_reference`); None when none is named."""
+        return selection.named_reference(list(dict.fromkeys(self.run_groups["group"])), self.baseline, self.by)
 
     @cached_property
     def reference(self) -> str:
-        return str(self.baseline) if self.baseline is not None else str(self.run_groups["group"].iloc[0])
+        """The reference group of the comparisons (:attr:`_reference_or_none`); refused, with the list of
+        groups, when none is named."""
+        if self._reference_or_none is None:
+            raise ValueError(f"which {self.by or 'run'} is the reference? none is called "
+                             f"{' or '.join(selection.REFERENCE_NAMES)}: pass --baseline with one of "
+                             f"{list(dict.fromkeys(self.run_groups['group']))}")
+        return self._reference_or_none
+
+    def check(self) -> None:
+        """Raise now what a report would fail on later (no reference among several groups), before any file is
+        written."""
+        if len(self.groups) > 1:
+            self.reference  # noqa: B018 (raises when none can be chosen)
 
     # ----------------------------------------------------------------- analyses, each once
     @cached_property
@@ -125,16 +156,52 @@ class ReportNumbers:
         return analysis.run_summary(self.data.per_param, self.data.per_step, vd=self.view_dynamics)
 
     @cached_property
+    def uneven_phases(self) -> dict[str, str]:
+        """Group -> why its phases are not shown (:func:`selection.uneven_phases`: its runs cover different
+        steps, so early, middle and late would mean different steps in different runs)."""
+        return selection.uneven_phases(self.data.per_param, self.group_of)
+
+    def _whole_run_only(self, table: pd.DataFrame) -> pd.DataFrame:
+        return selection.whole_run_only(table, self.uneven_phases)
+
+    @cached_property
+    def _summary_rows(self) -> pd.DataFrame:
+        return self._whole_run_only(analysis.imbalance_summary(
+            self.data.per_param, self.data.per_step, by=self.by, views=self.views, shared=self.shared,
+            order=self.groups, vd=self.view_dynamics, layers=self.matched_layers, rs=self.run_summary))
+
+    @cached_property
+    def _family(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The key table and the comparisons, every p-value of both Holm-adjusted in one family."""
+        summary = self._summary_rows
+        if len(self.groups) < 2 or self._reference_or_none is None:
+            comparisons = pd.DataFrame(columns=analysis.comparisons.COLUMNS)
+        else:
+            comparisons = analysis.compare_conditions(tables.comparison_values(self), reference=self.reference,
+                                                      order=self.groups)
+        comparisons, adjusted = holm_family(comparisons, summary["p"].to_numpy(float) if len(summary) else [])
+        if len(summary):
+            summary = summary.copy()
+            summary.insert(list(summary.columns).index("p") + 1, "p_holm", adjusted)
+        return summary, comparisons
+
+    @cached_property
+    def family_size(self) -> int:
+        """How many tests the report's one Holm family holds."""
+        s, c = self._family
+        return int(np.isfinite(c["p"].to_numpy(float)).sum() + np.isfinite(s["p"].to_numpy(float)).sum())
+
+    @cached_property
     def summary(self) -> pd.DataFrame:
-        """The key table (``analysis.imbalance_summary``): per group, phase and pair of views."""
-        return analysis.imbalance_summary(self.data.per_param, self.data.per_step, by=self.by, views=self.views,
-                                          shared=self.shared, order=self.groups, vd=self.view_dynamics,
-                                          layers=self.matched_layers, rs=self.run_summary)
+        """The key table (``analysis.imbalance_summary``): per group, phase and pair of views, with ``p_holm``
+        from the report's one Holm family."""
+        return self._family[0]
 
     @cached_property
     def shares(self) -> pd.DataFrame:
         """Every view's share of the loss reduction per group and phase (``analysis.view_shares``)."""
-        return analysis.view_shares(self.run_summary, self.run_groups, shared=self.shared, order=self.groups)
+        return self._whole_run_only(analysis.view_shares(self.run_summary, self.run_groups, shared=self.shared,
+                                                         order=self.groups))
 
     @cached_property
     def pair_runs(self) -> pd.DataFrame:
@@ -164,9 +231,33 @@ class ReportNumbers:
 
     @cached_property
     def outcomes(self) -> list[str]:
-        """The logged metrics the report compares and draws (test AUC first; see ``outcome_metrics``)."""
+        """The outcome metrics the report compares and draws: those named (``metrics``), else the scalars logged
+        once, at the end of every run (test AUC first; :func:`tables.choose_outcomes`)."""
         names = [c for c in self.run_metrics.columns if c != "run"]
-        return tables.outcome_metrics(names) if names else []
+        return tables.choose_outcomes(names, self.data.per_step, self.metric_names)
+
+    @cached_property
+    def training_scalars(self) -> list[str]:
+        """The logged scalars that are not outcomes: described in the metric table, never tested."""
+        return [c for c in self.run_metrics.columns if c != "run" and c not in self.outcomes]
+
+    @cached_property
+    def comparison_notes(self) -> list[str]:
+        """Sentences on what is not compared and why (an outcome some group's runs did not log; the training
+        scalars; flagged runs kept)."""
+        notes = []
+        if len(self.groups) > 1:
+            notes += tables.missing_outcomes(self.run_metrics, self.outcomes, self.group_of, self.groups,
+                                             self._reference_or_none)
+            if self.training_scalars:
+                notes.append(f"The training scalars {', '.join(self.training_scalars)} (logged during training, "
+                             "not once at the end) are described in the metrics table, not compared; name outcome "
+                             "metrics with --metrics to compare them.")
+        kept = self.flagged[~self.flagged["always"]] if self.include_flagged else self.flagged.iloc[:0]
+        if len(kept):
+            notes.append(f"Flagged runs are included in every statistic (--include-flagged): "
+                         f"{', '.join(kept['run'])} (see Warnings).")
+        return notes
 
     @cached_property
     def utilization(self) -> pd.DataFrame:
@@ -178,11 +269,11 @@ class ReportNumbers:
 
     @cached_property
     def comparisons(self) -> pd.DataFrame:
-        """Every group against the reference (``analysis.compare_conditions``); empty with one group."""
-        if len(self.groups) < 2:
-            return pd.DataFrame(columns=analysis.comparisons.COLUMNS)
-        values = tables.comparison_values(self)
-        return analysis.compare_conditions(values, reference=self.reference, order=self.groups)
+        """Every group against the reference (``analysis.compare_conditions``), Holm-adjusted in the report's
+        one family (with the key table's tests); empty with one group."""
+        if len(self.groups) > 1:
+            self.reference  # noqa: B018 (refused, with the list, when none is named)
+        return self._family[1]
 
     @cached_property
     def view_notes(self) -> list[str]:
@@ -191,9 +282,11 @@ class ReportNumbers:
 
     @cached_property
     def warnings(self) -> pd.DataFrame:
-        """Each run's notes and errors, runs never closed, steps measured at the optimizer step only."""
-        from .notices import run_warnings
-        return run_warnings({run: self.data.metas.get(run, {}) for run in self.group_of})
+        """Each run's notes and errors, runs never closed, steps measured at the optimizer step only (every
+        loaded run, counted or not), then the flagged runs: excluded, or kept with ``include_flagged``."""
+        metas = self.all_metas or {run: {} for run in self.group_of}
+        return pd.concat([notices.run_warnings(metas), notices.exclusion_warnings(self.flagged, self.include_flagged)],
+                         ignore_index=True)
 
     @cached_property
     def runs(self) -> pd.DataFrame:
@@ -218,7 +311,7 @@ class ReportNumbers:
 
 
 def summary_table(data: ReportData, *, by: str | None = "condition", views: Sequence[str] | None = None,
-                  shared: str | None = None, n_boot: int | None = None) -> pd.DataFrame:
+                  shared: str | None = None) -> pd.DataFrame:
     """The key table (``analysis.imbalance_summary``) for the report's grouping. ``shared``: the shared
     group's name (default: the one the runs recorded, see :class:`ReportData`)."""
-    return ReportNumbers(data, by=by, views=views, shared=shared, n_boot=n_boot).summary
+    return ReportNumbers(data, by=by, views=views, shared=shared).summary

@@ -7,6 +7,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..analysis.inference import MIN_RUNS, values_only
+
 __all__ = ["num", "pct", "with_ci", "p_text", "p_eq", "runs_word", "ALPHA", "T_OVER_RUNS", "test_text",
            "format_summary", "format_shares", "format_comparisons", "comparison_value", "metric_display",
            "utilization_display", "verdict", "detectable"]
@@ -31,8 +33,18 @@ def runs_word(n: int) -> str:
     return f"{n} run{'s' if n != 1 else ''}"
 
 
-def with_ci(est: float, lo: float, hi: float, n_runs: int, fmt: Callable[[float], str] = num) -> str:
-    """``est [lo, hi]``, or ``est (no CI: n runs)`` when there is no interval."""
+def _values(values: str, fmt: Callable[[float], str]) -> str:
+    """Per-run values (a comma-separated string of numbers) in ``fmt``."""
+    return ", ".join(fmt(float(v)) for v in str(values).split(",") if v.strip())
+
+
+def with_ci(est: float, lo: float, hi: float, n_runs: int, fmt: Callable[[float], str] = num,
+            values: str | None = None) -> str:
+    """``est [lo, hi]``; below three runs ``n = 2: values only (v1, v2)`` (the per-run ``values`` when given);
+    ``est (no CI)`` when there is no interval otherwise."""
+    if 0 < n_runs < MIN_RUNS:
+        shown = _values(values, fmt) if values is not None and str(values).strip() else fmt(est)
+        return f"{values_only(n_runs)} ({shown})"
     if not np.isfinite(lo) or not np.isfinite(hi):
         return f"{fmt(est)} (no CI: {runs_word(n_runs)})"
     return f"{fmt(est)} [{fmt(lo)}, {fmt(hi)}]"
@@ -55,6 +67,8 @@ def test_text(p: float, p_min: float, n: int, unit: str = "run") -> str:
     """An exact test's p-value, or words when the ``n`` runs (or pairs: ``unit``) are too few for the test to
     reach ``ALPHA``."""
     units = f"{n} {unit}{'s' if n != 1 else ''}"
+    if 0 < n < MIN_RUNS:
+        return values_only(n)
     if n < 2 or not np.isfinite(p):
         return f"no test: {units}"
     if p_min > ALPHA:
@@ -62,19 +76,33 @@ def test_text(p: float, p_min: float, n: int, unit: str = "run") -> str:
     return p_text(p)
 
 
+#: the key table's two ratios, one name each (the sentences use the same)
+RATIO_OF_MEANS = "ratio of mean gradient norms"
+MATCHED_RATIO = "matched-layer ratio"
+GEOMETRIC = "95% t-interval over runs, log scale"
+
+
+def _holm(r) -> str:
+    p = getattr(r, "p_holm", np.nan)
+    return "–" if not np.isfinite(p) or r.p_min > ALPHA else p_text(p)
+
+
 def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The key table as display strings: per group, phase and pair of views (A/B), ratios with their
-    Student-t intervals over runs, layer counts as description and the exact sign-flip test over runs."""
+    """The key table as display strings: per group, phase and pair of views (A/B), which of the two leads, the
+    ratio of mean gradient norms and the matched-layer ratio with their Student-t intervals over runs (log
+    scale), layer counts as description and the exact sign-flip test over runs (and Holm-adjusted)."""
     rows = []
     for r in summary.itertuples(index=False):
         rows.append({
             "group": r.group, "phase": str(r.phase), "views A/B": f"{r.view_a}/{r.view_b}", "runs": r.n_runs,
-            "dominant view": r.dominant,
-            f"grad-norm ratio A/B ({T_OVER_RUNS})": with_ci(r.grad_ratio, r.grad_ratio_lo, r.grad_ratio_hi, r.n_runs),
-            f"matched-layer ratio A/B ({T_OVER_RUNS})": with_ci(r.layer_ratio, r.layer_ratio_lo, r.layer_ratio_hi,
-                                                               r.n_runs),
+            "leads (its matched-layer ratio interval excludes 1)": r.leads,
+            f"{RATIO_OF_MEANS} A/B ({GEOMETRIC})": with_ci(r.grad_ratio, r.grad_ratio_lo, r.grad_ratio_hi, r.n_runs,
+                                                          values=getattr(r, "grad_ratio_values", None)),
+            f"{MATCHED_RATIO} A/B ({GEOMETRIC})": with_ci(r.layer_ratio, r.layer_ratio_lo, r.layer_ratio_hi,
+                                                         r.n_runs, values=getattr(r, "layer_ratio_values", None)),
             "layers A > B (layers × runs; description)": f"{r.n_a_greater}/{r.n_pairs}",
             "p (exact sign-flip over runs)": test_text(r.p, r.p_min, r.n_test_runs),
+            "p (Holm)": _holm(r),
         })
     return pd.DataFrame(rows)
 
@@ -82,7 +110,8 @@ def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
 def format_shares(shares: pd.DataFrame) -> pd.DataFrame:
     """Every view's share of the loss reduction with its interval, and in how many runs it was the largest."""
     rows = [{"group": r.group, "phase": str(r.phase), "view": r.view, "runs": r.n_runs,
-             f"share of loss reduction ({T_OVER_RUNS})": with_ci(r.share, r.share_lo, r.share_hi, r.n_runs, pct),
+             f"share of loss reduction ({T_OVER_RUNS})": with_ci(r.share, r.share_lo, r.share_hi, r.n_runs, pct,
+                                                                 getattr(r, "share_values", None)),
              "largest share in": f"{r.n_largest} of {runs_word(r.n_runs)}"}
             for r in shares.itertuples(index=False)]
     return pd.DataFrame(rows)
@@ -109,13 +138,21 @@ def _magnitude(x: float, row) -> str:
 
 
 def detectable(row) -> str:
-    """The minimum detectable difference at 80% power: at α and after the correction for the table's m
-    comparisons (α / m, where Holm is sure to reject)."""
-    return f"{_magnitude(row.mdd, row)} at α = {ALPHA:g}, {_magnitude(row.mdd_family, row)} after correction"
+    """The minimum detectable difference at 80% power at the level Holm's step-down holds this comparison to."""
+    if not np.isfinite(row.mdd):
+        return "–"
+    return f"{_magnitude(row.mdd, row)} (at its Holm level α = {row.alpha_holm:.2g})"
+
+
+def _few(row) -> int:
+    """The smaller n of a comparison (pairs, or runs in the smaller condition)."""
+    return int(min(row.n_reference, row.n_group))
 
 
 def verdict(row) -> str:
     """``differs`` when the Holm-adjusted p is below ``ALPHA``; else a null with its detectable difference."""
+    if 0 < _few(row) < MIN_RUNS:
+        return values_only(_few(row))
     if not np.isfinite(row.p):
         return "not testable: too few runs"
     if row.p_holm < ALPHA:
@@ -139,7 +176,8 @@ def format_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
     for r in comparisons.itertuples(index=False):
         diff = comparison_value(r.difference, r, difference=True)
         ci = (f" [{comparison_value(r.lo, r, difference=True)}, {comparison_value(r.hi, r, difference=True)}]"
-              if np.isfinite(r.lo) else " (no CI)")
+              if np.isfinite(r.lo) else f" ({values_only(_few(r))}: {r.reference_values} against {r.group_values})"
+              if 0 < _few(r) < MIN_RUNS else " (no CI)")
         rows.append({"quantity": r.quantity, "reference": r.reference, "condition": r.group, "design": r.design,
                      "reference value": comparison_value(r.reference_mean, r),
                      "condition value": comparison_value(r.group_mean, r),
@@ -150,12 +188,12 @@ def format_comparisons(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 
 def metric_display(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The logged-metric table for display: mean with its interval over runs."""
+    """The logged-metric table for display: mean with its 95% interval over runs and the interval's method."""
     if not len(metrics):
         return metrics
-    ci = [with_ci(m, lo, hi, n) for m, lo, hi, n in zip(metrics["mean"], metrics["lo"], metrics["hi"],
-                                                         metrics["n_runs"])]
-    return metrics.assign(**{f"mean ({T_OVER_RUNS})": ci})[["group", "metric", f"mean ({T_OVER_RUNS})", "n_runs"]]
+    ci = [with_ci(m, lo, hi, n, values=v) for m, lo, hi, n, v in zip(metrics["mean"], metrics["lo"], metrics["hi"],
+                                                                     metrics["n_runs"], metrics["values"])]
+    return metrics.assign(**{"mean [95% CI]": ci})[["group", "metric", "mean [95% CI]", "n_runs", "interval"]]
 
 
 def utilization_display(util: pd.DataFrame) -> pd.DataFrame:

@@ -66,3 +66,63 @@ def warning_count_line(warnings: pd.DataFrame) -> str:
     parts = [f"{k}: {r['size']} ({r['nunique']} run{'s' if r['nunique'] != 1 else ''})" for k, r in kinds.iterrows()]
     return f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''} in the runs' metadata ({'; '.join(parts)}); " \
            "see the report's Warnings section"
+
+
+#: how far a run's step count may be from its group's median, as a share of the median, before it is flagged
+STEP_TOLERANCE = 0.1
+
+
+def flagged_runs(metas: dict[str, dict], steps: dict[str, int], group_of: dict[str, str]) -> pd.DataFrame:
+    """The runs a report keeps out of its statistics, one row each: ``run``, ``reason`` and ``always`` (true for
+    runs that cannot count even with ``--include-flagged``: a run that recorded no step, a copy of another run).
+
+    Flagged, in the order of ``metas``: a run that recorded no step (``steps`` has none for it); a copy (the
+    ``run_id`` of a run listed before it: the same run in two folders would count as a second seed); a run never
+    closed (status ``running``); a run with recorder errors; a run whose recorded steps differ from its group's
+    median (``group_of``; copies and empty runs left out; the upper median, so that of two runs only the shorter
+    is flagged) by more than :data:`STEP_TOLERANCE` of it."""
+    seen: dict[str, str] = {}
+    reasons: dict[str, list[str]] = {}
+    always: set[str] = set()
+    for run, meta in metas.items():
+        why = reasons.setdefault(run, [])
+        rid = meta.get("run_id")
+        if rid and rid in seen:
+            why.append(f"a copy of run {seen[rid]} (the same run_id {rid} in the folders {seen[rid]} and {run}): "
+                       "counted once")
+            always.add(run)
+        elif rid:
+            seen[rid] = run
+        if not steps.get(run):
+            why.append("recorded no step" + (" (status 'running': it stopped before its first flush)"
+                                             if meta.get("status") == "running" else ""))
+            always.add(run)
+            continue
+        if meta.get("status") == "running":
+            why.append("never closed (status 'running')")
+        if meta.get("errors"):
+            why.append(f"{len(meta['errors'])} recorder error{'s' if len(meta['errors']) != 1 else ''}")
+    counted = {r: n for r, n in steps.items() if r in metas and r not in always and n}
+    by_group: dict[str, list[int]] = {}
+    for run, n in counted.items():
+        by_group.setdefault(group_of.get(run, run), []).append(n)
+    for run, n in counted.items():
+        group = group_of.get(run, run)
+        median = float(sorted(by_group[group])[len(by_group[group]) // 2])  # the upper median: of two, the longer
+        if abs(n - median) > STEP_TOLERANCE * median:
+            reasons[run].append(f"{n} recorded steps against a median of {median:g} in {group} "
+                                f"(more than a tenth apart)")
+    rows = [(run, "; ".join(why), run in always) for run, why in reasons.items() if why]
+    return pd.DataFrame(rows, columns=["run", "reason", "always"])
+
+
+def exclusion_warnings(flagged: pd.DataFrame, include: bool) -> pd.DataFrame:
+    """One Warnings row per flagged run: excluded from the statistics, or kept (``--include-flagged``)."""
+    rows = []
+    for r in flagged.itertuples(index=False):
+        if r.always or not include:
+            rows.append((r.run, "excluded", f"left out of every statistic: {r.reason}"
+                         + ("" if r.always else " (--include-flagged keeps it)")))
+        else:
+            rows.append((r.run, "flagged, kept", f"kept in the statistics (--include-flagged): {r.reason}"))
+    return pd.DataFrame(rows, columns=["run", "kind", "message"])

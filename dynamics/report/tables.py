@@ -19,8 +19,14 @@ if TYPE_CHECKING:
     from .computed import ReportNumbers
     from .data import ReportData
 
-__all__ = ["run_metrics", "metric_table", "outcome_metrics", "probe_table", "utilization_table",
-           "comparison_values", "view_set_notes", "run_table", "optimizer_columns"]
+__all__ = ["run_metrics", "metric_table", "outcome_metrics", "end_metrics", "choose_outcomes", "missing_outcomes",
+           "probe_table", "utilization_table", "comparison_values", "view_set_notes", "run_table",
+           "optimizer_columns", "ratio_name"]
+
+
+def ratio_name(a: str, b: str) -> str:
+    """The one name of the ratio of two views' mean gradient norms (the compared quantity)."""
+    return f"{a}/{b} ratio of mean gradient norms"
 
 
 def _in_order(df: pd.DataFrame, order: Sequence[str] | None, *keys: str) -> pd.DataFrame:
@@ -46,8 +52,12 @@ def run_metrics(data: ReportData) -> pd.DataFrame:
 
 def metric_table(run_metrics: pd.DataFrame, group_of: dict[str, str], *, level: float = 0.95,
                  order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per group and user metric (last logged value per run): mean over runs and Student-t interval."""
-    columns = ["group", "metric", "mean", "lo", "hi", "n_runs"]
+    """Per group and user metric (last logged value per run): mean over runs and Student-t interval, on the
+    scale that keeps the metric in its range (``analysis.inference.scale_of``: logit for AUC and accuracy, log
+    for losses; ``interval`` names it), and the per-run ``values``."""
+    from ..analysis.inference import bounded_interval, scale_of
+
+    columns = ["group", "metric", "mean", "lo", "hi", "n_runs", "interval", "values"]
     if run_metrics.empty or len(run_metrics.columns) < 2:
         return pd.DataFrame(columns=columns)
     um = run_metrics.assign(group=run_metrics["run"].astype(str).map(group_of))
@@ -56,8 +66,9 @@ def metric_table(run_metrics: pd.DataFrame, group_of: dict[str, str], *, level: 
         for g, sub in um.groupby("group", sort=False):
             v = sub[metric].dropna().to_numpy(float)
             if v.size:
-                est, lo, hi = analysis.t_interval(v, level)
-                rows.append({"group": g, "metric": metric, "mean": est, "lo": lo, "hi": hi, "n_runs": int(v.size)})
+                est, lo, hi, method = bounded_interval(v, scale_of(metric), level)
+                rows.append({"group": g, "metric": metric, "mean": est, "lo": lo, "hi": hi, "n_runs": int(v.size),
+                             "interval": method, "values": ", ".join(f"{x:.4g}" for x in v)})
     out = pd.DataFrame(rows, columns=columns)
     if order is not None and len(out):
         metric_rank = {m: i for i, m in enumerate(dict.fromkeys(out["metric"]))}
@@ -75,6 +86,57 @@ def outcome_metrics(names: Sequence[str], most: int = 2) -> list[str]:
     ranked = sorted(names, key=rank)
     outcomes = [n for n in ranked if rank(n)[0] < 4]
     return (outcomes or ranked)[:most]
+
+
+def end_metrics(per_step: pd.DataFrame | None, names: Sequence[str]) -> list[str]:
+    """The scalars logged once, at the run's last step, in every run that logged them (test metrics logged after
+    training, as ``analyses/train.py`` does): the outcomes. A scalar logged at several steps (a mini-batch's
+    ``loss``, a dropout's ``present_<view>``, a per-epoch ``val_auc``) is a training scalar."""
+    if per_step is None or per_step.empty or not names:
+        return []
+    ps = per_step if "run" in per_step.columns else per_step.assign(run="run")
+    last = ps.groupby("run", observed=True)["step"].transform("max")
+    out = []
+    for name in names:
+        if name not in ps.columns:
+            continue
+        logged = ps[name].notna()
+        per_run = logged.groupby(ps["run"], observed=True).sum()
+        at_end = (logged & (ps["step"] == last)).groupby(ps["run"], observed=True).sum()
+        used = per_run > 0
+        if used.any() and (per_run[used] == 1).all() and (at_end[used] == 1).all():
+            out.append(name)
+    return out
+
+
+def choose_outcomes(logged: Sequence[str], per_step: pd.DataFrame | None,
+                    named: Sequence[str] | None = None) -> list[str]:
+    """The outcome metrics a report compares: ``named`` (``--metrics``; each must have been logged), else the
+    scalars logged at the end of every run (:func:`end_metrics`), test AUC first (:func:`outcome_metrics`)."""
+    if named is not None:
+        unknown = [m for m in named if m not in logged]
+        if unknown:
+            raise ValueError(f"--metrics {', '.join(unknown)}: not logged by any run; the runs logged "
+                             f"{sorted(logged) or 'no scalars'}")
+        return list(dict.fromkeys(named))
+    ends = end_metrics(per_step, logged)
+    return outcome_metrics(ends, most=len(ends)) if ends else []
+
+
+def missing_outcomes(run_metrics: pd.DataFrame, outcomes: Sequence[str], group_of: dict[str, str],
+                     groups: Sequence[str], reference: str | None) -> list[str]:
+    """A sentence per outcome metric and group that is not compared, saying why (its runs logged none)."""
+    notes = []
+    for m in outcomes:
+        have = set() if m not in run_metrics.columns else set(
+            run_metrics.loc[run_metrics[m].notna(), "run"].astype(str).map(group_of))
+        lacking = [g for g in groups if g not in have]
+        if reference is not None and reference in lacking:
+            notes.append(f"{m} is compared for no condition: the reference {reference} logged no {m}.")
+        elif lacking:
+            notes.append(f"{m} is not compared for {', '.join(lacking)}: "
+                         f"{'its runs' if len(lacking) == 1 else 'their runs'} logged no {m}.")
+    return notes
 
 
 def probe_table(data: ReportData, group_of: dict[str, str], *, order: Sequence[str] | None = None) -> pd.DataFrame:
@@ -115,17 +177,18 @@ def utilization_table(data: ReportData, group_of: dict[str, str], *, level: floa
 
 
 def comparison_values(nums: ReportNumbers) -> pd.DataFrame:
-    """One value per run and compared quantity: the outcome metrics, the gradient-norm ratio of every pair of
-    views (log scale) and every view's share of the loss reduction, over all of training."""
+    """One value per run and compared quantity: the outcome metrics (:attr:`ReportNumbers.outcomes`; training
+    scalars are described, not compared), the ratio of mean gradient norms of every pair of views (log scale)
+    and every view's share of the loss reduction, over all of training."""
     seed = analysis.with_run(nums.data.per_param).groupby("run", observed=True)["seed"].first()
     seed.index = seed.index.astype(str)
     parts = []
     rm = nums.run_metrics
-    for m in nums.outcomes:
+    for m in [m for m in nums.outcomes if m in rm.columns]:
         parts.append(pd.DataFrame({"run": rm["run"], "quantity": m, "value": rm[m].to_numpy(float), "scale": "linear"}))
     pr = nums.pair_runs[nums.pair_runs["phase"] == "all"]
     for (a, b), sub in pr.groupby(["view_a", "view_b"], sort=False):
-        parts.append(pd.DataFrame({"run": sub["run"], "quantity": f"{a}/{b} grad-norm ratio",
+        parts.append(pd.DataFrame({"run": sub["run"], "quantity": ratio_name(a, b),
                                    "value": sub["grad_ratio"].to_numpy(float), "scale": "log"}))
     rs = nums.run_summary[nums.run_summary["phase"].astype(str) == "all"]
     for view in [v for v in nums.views if v != nums.shared]:

@@ -69,6 +69,40 @@ def test_detectable_difference_at_alpha_and_after_correction():
     out = compare_conditions(v).set_index("quantity").loc["test_auc"]
     se = np.std(np.array([0.84, 0.87, 0.90]) - np.array([0.85, 0.86, 0.88]), ddof=1) / math.sqrt(3)
     assert out.se == pytest.approx(se) and out.df == 2
-    assert out.mdd == pytest.approx(min_detectable_difference(se, 2, alpha=0.05))
-    assert out.mdd_family == pytest.approx(min_detectable_difference(se, 2, alpha=0.025))  # 2 comparisons
-    assert out.mdd_family > out.mdd
+    # Holm holds the smaller of the two p-values to 0.05 / 2 and the larger to 0.05: the MDD is at that level
+    level = 0.025 if out.p <= compare_conditions(v).set_index("quantity").loc["other", "p"] else 0.05
+    assert out.alpha_holm == pytest.approx(level)
+    assert out.mdd == pytest.approx(min_detectable_difference(se, 2, alpha=level))
+
+
+def _holm_by_hand(p):
+    """Holm's step-down adjusted p-values and levels, written out (statsmodels is not available)."""
+    p = list(p)
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    m, adjusted, levels, running = len(p), [0.0] * len(p), [0.0] * len(p), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        adjusted[i], levels[i] = running, 0.05 / (m - k)
+    return adjusted, levels
+
+
+def test_one_holm_family_with_the_reports_other_tests():
+    from dynamics.analysis import min_detectable_difference
+    from dynamics.analysis.comparisons import holm_family
+    v = pd.concat([values([0.85, 0.86, 0.88], [0.84, 0.87, 0.90]),
+                   values([1.0, 2.0, 3.0], [2.0, 3.5, 5.0], quantity="other")], ignore_index=True)
+    own = compare_conditions(v)
+    other = [0.001, 0.2, 0.04]
+    out, adjusted_other = holm_family(own, other)
+    adjusted, levels = _holm_by_hand(list(own["p"]) + other)
+    assert list(out["p_holm"]) == pytest.approx(adjusted[:2]) and list(adjusted_other) == pytest.approx(adjusted[2:])
+    assert list(out["alpha_holm"]) == pytest.approx(levels[:2])
+    for r, level in zip(out.itertuples(), levels[:2]):
+        assert r.mdd == pytest.approx(min_detectable_difference(r.se, r.df, alpha=level))
+
+
+def test_two_runs_give_the_values_only():
+    out = compare_conditions(values([0.85, 0.86], [0.84, 0.87], seeds_other=(0, 1))).iloc[0]
+    assert out.design.endswith("n = 2: values only") and out.difference == pytest.approx(0.0)
+    assert math.isnan(out.p) and math.isnan(out.lo) and math.isnan(out.mdd) and math.isnan(out.p_exact)
+    assert out.reference_values == "0.85, 0.86" and out.group_values == "0.84, 0.87"

@@ -16,11 +16,13 @@ def test_t_interval_hand_values():
     m, lo, hi = t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, n 3
     half = T975[2] / math.sqrt(3)
     assert (m, lo, hi) == pytest.approx((2.0, 2 - half, 2 + half))
-    g, glo, ghi = t_interval([1.0, 4.0], log=True)  # logs 0 and ln4: geometric mean 2
-    h = T975[1] * (math.log(4) / math.sqrt(2)) / math.sqrt(2)
+    g, glo, ghi = t_interval([1.0, 2.0, 4.0], log=True)  # logs 0, ln2, ln4: geometric mean 2, sd ln2
+    h = T975[2] * math.log(2) / math.sqrt(3)
     assert (g, glo, ghi) == pytest.approx((2.0, 2 * math.exp(-h), 2 * math.exp(h)))
     one = t_interval([5.0, np.nan])
     assert one[0] == 5.0 and np.isnan(one[1]) and np.isnan(one[2])  # one run: no interval
+    two = t_interval([1.0, 4.0], log=True)  # n = 2: the geometric mean, no interval
+    assert two[0] == pytest.approx(2.0) and np.isnan(two[1]) and np.isnan(two[2])
     assert all(np.isnan(t_interval([]))) and t_interval([-1.0, 2.0], log=True)[0] == 2.0
 
 
@@ -29,15 +31,21 @@ def test_sign_flip_test_enumerates_every_sign_pattern():
     # d = (1, -2, 3): sums over the 8 sign patterns are ±2, ±4, ±6, 0, 0; |sum| >= 2 in 6 of 8
     assert sign_flip_test([1.0, -2.0, 3.0])["p"] == pytest.approx(0.75)
     assert sign_flip_test([1.0] * 6)["p"] == pytest.approx(2 / 64)
-    assert sign_flip_test([1.0])["p"] == 1.0 and sign_flip_test([1.0])["p_min"] == 1.0
+    assert np.isnan(sign_flip_test([1.0, 2.0])["p"]) and sign_flip_test([1.0])["p_min"] == 1.0  # n < 3: no test
     assert smallest_p(3) == 0.25 and smallest_p(3, 3) == pytest.approx(0.1)
 
 
 def test_permutation_test_two_samples_hand_value():
     # 20 ways to pick 3 of 6; only the two extreme labelings are as far apart as the observed one
     assert permutation_test([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])["p"] == pytest.approx(0.1)
-    # (1, 3) vs (2, 4): the 6 splits of 4 give |mean differences| 2, 1, 0, 0, 1, 2; observed 1
-    assert permutation_test([1.0, 3.0], [2.0, 4.0])["p"] == pytest.approx(4 / 6)
+    # (1, 3, 5) vs (2, 4, 6): the 20 splits of 6, enumerated below
+    import itertools
+    pooled = [1.0, 3.0, 5.0, 2.0, 4.0, 6.0]
+    diffs = [abs(sum(pooled[i] for i in c) / 3 - sum(pooled[i] for i in range(6) if i not in c) / 3)
+             for c in itertools.combinations(range(6), 3)]
+    expected = np.mean(np.array(diffs) >= 1 - 1e-12)
+    assert permutation_test([1.0, 3.0, 5.0], [2.0, 4.0, 6.0])["p"] == pytest.approx(expected)
+    assert np.isnan(permutation_test([1.0, 3.0], [2.0, 4.0])["p"])  # two runs a side: no test
 
 
 def test_difference_paired_and_welch_match_scipy():

@@ -192,8 +192,8 @@ def _same(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> None:
 
 
 def test_report_numbers_are_the_same_from_aggregated_runs(sweep_runs):
-    old = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False, aggregate=False))
-    new = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False))
+    old = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False, aggregate=False), baseline="base")
+    new = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False), baseline="base")
     assert new.data.sweep is not None and len(new.data.per_param) < len(old.data.per_param) / 3
     assert new.pairs == old.pairs == [("a", "b")] and new.unmatched == old.unmatched == {"a/b": [2]}
     assert new.groups == old.groups and new.palette == old.palette and new.view_notes == old.view_notes
@@ -214,7 +214,8 @@ def test_report_numbers_are_the_same_from_aggregated_runs(sweep_runs):
 
 
 def test_report_files_from_aggregated_runs(sweep_runs, tmp_path):
-    paths = report.report(sweep_runs, tmp_path / "r", progress=False)
+    paths = report.report(sweep_runs, tmp_path / "r", progress=False, baseline="base")
     summary = pd.read_csv(paths["csv"])
-    old = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False, aggregate=False)).summary
+    old = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False, aggregate=False),
+                               baseline="base").summary
     assert np.allclose(summary["grad_ratio"], old["grad_ratio"]) and (paths["figures"] / "matched_ratio.png").exists()

@@ -152,3 +152,41 @@ def test_dominant_share_reads_the_reports_shares():
                            "share": [0.3, 0.5, 0.9], "share_lo": [0.2, 0.4, 0.8], "share_hi": [0.4, 0.6, 1.0],
                            "n_runs": [3, 3, 3]})
     assert F.dominant_shares(shares)["x"]["view"] == "b"  # shared never dominates
+
+
+def test_findings_take_the_reports_holm_family():
+    """The report's comparisons.csv holds test AUC among its other tests: the findings cite its adjusted p and
+    its MDD (at the comparison's Holm level), not a family of their own."""
+    from dynamics.analysis.comparisons import holm_family
+    from dynamics.analysis import min_detectable_difference
+    results, y = _results()
+    table = F.results_table(results, ["a", "b"], y)
+    alone = F.findings("toy", table, ["a", "b"], len(y), ["separate", "shared"], F.Gate())
+    own = F.primary(table, ["separate", "shared"])
+    report_rows, _ = holm_family(own, [0.001, 0.004, 0.3])  # the report's other tests
+    f = F.findings("toy", table, ["a", "b"], len(y), ["separate", "shared"], F.Gate(), comparisons=report_rows)
+    vs = f["conditions"]["shared"]["vs_separate"]
+    p = float(own["p"].iloc[0])
+    ranked = sorted([p, 0.001, 0.004, 0.3])
+    k = ranked.index(p)
+    by_hand = max(min(1.0, (4 - i) * ranked[i]) for i in range(k + 1))  # Holm step-down, written out
+    own_family = alone["conditions"]["shared"]["vs_separate"]["p_holm"]
+    assert vs["p_holm"] == pytest.approx(by_hand) and vs["p_holm"] != pytest.approx(own_family)
+    assert vs["alpha_holm"] == pytest.approx(0.05 / (4 - k))
+    assert vs["mdd"] == pytest.approx(min_detectable_difference(float(own["se"].iloc[0]), 2, alpha=0.05 / (4 - k)))
+    assert "Holm-corrected in the report's one family" in F.markdown(f)
+
+
+def test_findings_give_values_only_below_three_seeds_and_logit_auc_intervals():
+    results, y = _results()
+    results = [r for r in results if r["seed"] < 2]
+    table = F.results_table(results, ["a", "b"], y)
+    f = F.findings("toy", table, ["a", "b"], len(y), ["separate", "shared"], F.Gate())
+    vs = f["conditions"]["shared"]["vs_separate"]
+    assert vs["verdict"] == "n = 2: values only" and math.isnan(vs["p"]) and math.isnan(vs["mdd"])
+    assert "n = 2: values only (0.850, 0.870)" in F.markdown(f)
+    auc = F.auc_interval([0.97, 0.99, 0.995])
+    z = np.log(np.array([0.97, 0.99, 0.995]) / (1 - np.array([0.97, 0.99, 0.995])))
+    hi = stats.t.interval(0.95, 2, loc=z.mean(), scale=stats.sem(z))[1]
+    assert auc["hi"] == pytest.approx(1 / (1 + math.exp(-hi))) and auc["hi"] < 1
+    assert auc["interval"] == "Student t over runs, logit scale"

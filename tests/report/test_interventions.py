@@ -77,6 +77,6 @@ def test_report_shows_the_interventions(tmp_path):
                 opt.step()
                 opt.zero_grad()
     out = dynamics.report.report([tmp_path / "run0", tmp_path / "run1"], tmp_path / "rep", progress=False,
-                                 n_boot=50)
+                                 )
     assert (tmp_path / "rep" / "figures" / "interventions.png").exists()
     assert "figures/interventions.png" in out["md"].read_text()

@@ -49,7 +49,7 @@ def record(tmp_path, name, seed, condition, steps=12, cc_scale=3.0):
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     paths = [record(tmp, "base-s1", 1, "base"), record(tmp, "base-s2", 2, "base"),
-             record(tmp, "even<b>-s1", 3, "<even & b>", cc_scale=1.0)]
+             record(tmp, "even<b>-s1", 3, "<even & b>", cc_scale=1.0), record(tmp, "base-s4", 4, "base")]
     u = pd.DataFrame({"view": ["cc", "mlo"], "metric": ["auc", "auc"], "with_view": [0.9, 0.9],
                       "without_view": [0.6, 0.85], "utilization": [1 / 3, 0.05 / 0.9],
                       "utilization_lo": [0.25, 0.0], "utilization_hi": [0.4, 0.1], "ablate": ["zero", "zero"]})
@@ -62,7 +62,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def written(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("rep")
-    return out, report.report(runs, out, progress=False, n_boot=200)
+    return out, report.report(runs, out, progress=False, baseline="base")
 
 
 def test_report_numbers_equal_analysis(runs, written):
@@ -78,14 +78,17 @@ def test_report_numbers_equal_analysis(runs, written):
     one = pp[(pp["run"] == "base-s1") & pp["has_grad"]]
     norms = one.groupby(["view", "step"], observed=True)["grad_sq"].sum().pow(0.5).groupby("view", observed=True).mean()
     r1 = norms["cc"] / norms["mlo"]
-    one2 = pp[(pp["run"] == "base-s2") & pp["has_grad"]]
-    n2 = one2.groupby(["view", "step"], observed=True)["grad_sq"].sum().pow(0.5).groupby("view", observed=True).mean()
-    geo = math.sqrt(r1 * n2["cc"] / n2["mlo"])
+    ratios = [r1]
+    for run in ("base-s2", "base-s4"):
+        one2 = pp[(pp["run"] == run) & pp["has_grad"]]
+        n2 = one2.groupby(["view", "step"], observed=True)["grad_sq"].sum().pow(0.5).groupby("view", observed=True).mean()
+        ratios.append(n2["cc"] / n2["mlo"])
+    geo = float(np.prod(ratios) ** (1 / 3))
     row = expected[(expected["group"] == "base") & (expected["phase"] == "all")].iloc[0]
     assert row["grad_ratio"] == pytest.approx(geo)
-    # its interval: Student t over the two runs' log ratios, t(0.975, 1) = 12.7062047
-    logs = np.log([r1, n2["cc"] / n2["mlo"]])
-    half = 12.706204736174706 * logs.std(ddof=1) / math.sqrt(2)
+    # its interval: Student t over the three runs' log ratios, t(0.975, 2) = 4.30265273
+    logs = np.log(ratios)
+    half = 4.302652729749464 * logs.std(ddof=1) / math.sqrt(3)
     assert (row["grad_ratio_lo"], row["grad_ratio_hi"]) == pytest.approx((math.exp(logs.mean() - half),
                                                                           math.exp(logs.mean() + half)))
     # the displayed table carries the same numbers
@@ -112,33 +115,36 @@ def test_report_html_is_self_contained_and_escaped(written):
     # findings, logged metrics and utilization are present
     assert "matched layers" in md and "val_auc" in md and "conditional utilization rate 0.33" in md
     assert "replacing cc by its training mean changed auc from 0.9 to 0.7 (conditional utilization rate 0.22" in md
-    assert "no interval over runs can be given" in md and "no test: 1 run" in md  # the one-run condition
+    assert "n = 1: values only" in md  # the one-run condition
     assert "Wilcoxon" not in md and "rank-biserial" not in md
 
 
 def test_findings_sentence_hand_example():
-    s = pd.DataFrame([dict(group="base", phase="all", n_runs=5, view_a="cc", view_b="mlo", dominant="cc",
+    s = pd.DataFrame([dict(group="base", phase="all", n_runs=5, view_a="cc", view_b="mlo", leads="cc",
                            grad_ratio=2.0, grad_ratio_lo=1.5, grad_ratio_hi=2.5, share_a=0.64, share_a_lo=0.6,
                            share_a_hi=0.68, share_b=0.3, share_b_lo=0.25, share_b_hi=0.35, n_pairs=22,
                            n_a_greater=21, layer_ratio=1.8, layer_ratio_lo=1.2, layer_ratio_hi=2.7, n_test_runs=5,
-                           p=0.0625, p_min=0.0625)])
+                           p=0.0625, p_min=0.0625, p_holm=0.125)])
     shares = pd.DataFrame([dict(group="base", phase="all", view=v, n_runs=5, share=sh, share_lo=lo, share_hi=hi,
                                 n_largest=k) for v, sh, lo, hi, k in (("cc", 0.64, 0.6, 0.68, 5),
                                                                      ("mlo", 0.3, 0.25, 0.35, 0))])
     text = report.findings(s, shares=shares)
-    assert text[0] == ("In base, cc was the dominant view: it accounted for 64% of the loss reduction (95% t-interval "
-                       "over 5 runs: 60%–68%) and had the largest share in 5 of 5 runs; mlo for 30%.")
+    assert text[0] == ("In base, cc had the largest mean share of the loss reduction, 64% (95% t-interval over 5 "
+                       "runs: 60%–68%), and the largest share in 5 of 5 runs; the others: mlo 30%.")
     assert text[1] == ("In base, cc's gradient norm exceeded mlo's in 21 of 22 matched layers (layers × runs: a "
-                       "description, not a test); per run, the geometric-mean ratio cc/mlo over matched layers was "
-                       "1.8 (95% t-interval over 5 runs: 1.2–2.7); an exact sign-flip test over 5 runs cannot reach "
-                       "p < 0.05 (its smallest p is 0.062; here p = 0.062), so 5 runs cannot show this at α = 0.05.")
-    six = s.assign(n_test_runs=6, n_runs=6, p=0.03125, p_min=0.03125)
-    assert report.findings(six, shares=shares)[1].endswith("; exact sign-flip test over 6 runs: p = 0.031.")
+                       "description, not a test); the matched-layer ratio cc/mlo (per run, the geometric mean over "
+                       "matched layers) was 1.8 (95% t-interval over 5 runs, log scale: 1.2–2.7): cc leads this pair "
+                       "(the interval lies above 1); the exact sign-flip test over 5 runs cannot reach p < 0.05 (its "
+                       "smallest p is 0.062; here p = 0.062), so this sign-flip test cannot show it at α = 0.05; the "
+                       "t-interval rests on normality.")
+    six = s.assign(n_test_runs=6, n_runs=6, p=0.03125, p_min=0.03125, p_holm=0.0625)
+    assert report.findings(six, shares=shares)[1].endswith(
+        "; exact sign-flip test over 6 runs: p = 0.031, Holm-adjusted p = 0.062.")
 
 
 def test_group_by_config_field_and_errors(runs, tmp_path):
     data = report.load_report_data(runs, progress=False)
-    s = report.summary_table(data, by="lr", n_boot=20)
+    s = report.summary_table(data, by="lr")
     assert set(s["group"]) == {"0.05"}
     with pytest.raises(ValueError, match="'nope'"):
         report.summary_table(data, by="nope")
@@ -149,7 +155,7 @@ def test_group_by_config_field_and_errors(runs, tmp_path):
 def test_cli_summary_and_errors(runs, capsys):
     assert cli.main(["summary", *map(str, runs), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "grad-norm ratio A/B" in out and "cc/mlo" in out and "<even & b>" in out
+    assert "ratio of mean gradient norms A/B" in out and "cc/mlo" in out and "<even & b>" in out
     assert cli.main(["summary", *map(str, runs), "--views", "cc", "xx", "--no-progress"]) == 2
     assert "'xx'" in capsys.readouterr().err
     assert cli.main(["summary", str(runs[0]), "--csv", "--phase", "early", "--no-progress"]) == 0
@@ -189,19 +195,20 @@ def test_report_numbers_computes_each_analysis_once(runs, tmp_path, monkeypatch)
     counting(imbalance, "clean")  # what the analysis functions call when not given the cleaned rows
     counting(report.computed.sweep, "sweep_layer_means")
     data = report.load_report_data(runs, progress=False, aggregate=False)  # every per-tensor row
-    nums = report.ReportNumbers(data, n_boot=50)
+    nums = report.ReportNumbers(data, baseline="base")
     assert nums.view_dynamics is nums.view_dynamics and calls == {"clean": 1, "view_dynamics": 1}
     calls.clear()
-    report.build_report(data, tmp_path / "once", progress=False, n_boot=50)
+    report.build_report(data, tmp_path / "once", progress=False, baseline="base")
     assert calls == {"clean": 1, "view_dynamics": 1, "matched_pairs": 1}
     calls.clear()
-    report.build_report(report.load_report_data(runs, progress=False), tmp_path / "sums", progress=False)
+    report.build_report(report.load_report_data(runs, progress=False), tmp_path / "sums", progress=False,
+                        baseline="base")
     assert calls == {"view_dynamics_from_sums": 1, "sweep_layer_means": 1}  # the runs' sums: no per-tensor rows
 
 
 def test_conditions_figure_with_utilization_keeps_legends_off_the_data(runs):
     from dynamics.report import panels
-    nums = report.ReportNumbers(report.load_report_data(runs, progress=False))
+    nums = report.ReportNumbers(report.load_report_data(runs, progress=False), baseline="base")
     _, _, fig = panels.conditions_figure(nums)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

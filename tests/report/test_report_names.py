@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def written(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    return report.report(runs, out, progress=False)
+    return report.report(runs, out, progress=False, include_flagged=True, baseline="plain")
 
 
 def test_md_text_escapes_every_markdown_significant_character():
@@ -91,7 +91,7 @@ def test_report_md_never_turns_a_name_into_markup(written):
 
 def test_figures_draw_names_with_dollars_literally(runs):
     from dynamics.report import panels
-    nums = report.ReportNumbers(report.load_report_data(runs, progress=False))
+    nums = report.ReportNumbers(report.load_report_data(runs, progress=False), include_flagged=True)
     _, _, fig = panels.conditions_figure(nums)
     fig.canvas.draw()  # mathtext would fail to parse "$\alpha_{$"
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
@@ -106,8 +106,13 @@ def test_warnings_section_and_summary_count(runs, written, capsys):
     assert "plain-1 | not closed | the run was never closed (status 'running')" in section
     assert "nasty-0 | error | disk full while flushing" in section
     assert "nasty-0 | optimizer step only | 2 steps measured at the optimizer step only" in section
-    assert "The runs' metadata holds 3 warnings (see Warnings)." in md
-    assert cli.main(["summary", *map(str, runs), "--no-progress"]) == 0
+    assert "nasty-0 | flagged, kept | kept in the statistics (--include-flagged): 1 recorder error" in section
+    assert "plain-1 | flagged, kept | kept in the statistics (--include-flagged): never closed" in section
+    assert "The runs' metadata holds 5 warnings (see Warnings)." in md
+    assert "Flagged runs are included in every statistic (--include-flagged): nasty-0, plain-1" in md
+    assert cli.main(["summary", *map(str, runs), "--no-progress", "--include-flagged"]) == 0
     out = capsys.readouterr().out
-    assert ("3 warnings in the runs' metadata (error: 1 (1 run); optimizer step only: 1 (1 run); not closed: 1 (1 run))"
-            in out)
+    assert ("5 warnings in the runs' metadata (error: 1 (1 run); optimizer step only: 1 (1 run); not closed: 1 (1 run); "
+            "flagged, kept: 2 (2 runs))" in out)
+    assert cli.main(["summary", *map(str, runs), "--no-progress"]) == 2  # both flagged: nothing left to count
+    assert "no run left to report: nasty-0: 1 recorder error; plain-1: never closed" in capsys.readouterr().err
