@@ -177,8 +177,9 @@ class ReportNumbers:
         if len(self.groups) < 2 or self._reference_or_none is None:
             comparisons = pd.DataFrame(columns=analysis.comparisons.COLUMNS)
         else:
-            comparisons = analysis.compare_conditions(tables.comparison_values(self), reference=self.reference,
-                                                      order=self.groups)
+            values = tables.comparison_values(self.data.per_param, self.run_metrics, self.outcomes, self.pair_runs,
+                                              self.run_summary, self.views, self.shared, self.group_of)
+            comparisons = analysis.compare_conditions(values, reference=self.reference, order=self.groups)
         comparisons, adjusted = holm_family(comparisons, summary["p"].to_numpy(float) if len(summary) else [])
         if len(summary):
             summary = summary.copy()

@@ -1,9 +1,9 @@
 """The report's run-level tables: logged metrics, utilization, probe residuals, the values compared between
 conditions, notes on view sets, and the run metadata, each per group in the report's one group order.
 
-Pure functions of the loaded data (:class:`dynamics.report.data.ReportData`) or of tables already computed by
-:class:`dynamics.report.computed.ReportNumbers`; intervals over runs are Student t
-(:func:`dynamics.analysis.t_interval`). Display strings are in :mod:`dynamics.report.display`.
+Pure functions of the loaded data (:class:`dynamics.report.data.ReportData`) or of tables computed from it
+(:class:`dynamics.report.computed.ReportNumbers` calls them; this module never reads it); intervals over runs
+are Student t (:func:`dynamics.analysis.t_interval`). Display strings are in :mod:`dynamics.report.display`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from .. import analysis
 from ..schema import DEFAULT_CONDITION
 
 if TYPE_CHECKING:
-    from .computed import ReportNumbers
     from .data import ReportData
 
 __all__ = ["run_metrics", "metric_table", "outcome_metrics", "end_metrics", "choose_outcomes", "missing_outcomes",
@@ -176,28 +175,31 @@ def utilization_table(data: ReportData, group_of: dict[str, str], *, level: floa
     return _in_order(pd.DataFrame(rows), order)
 
 
-def comparison_values(nums: ReportNumbers) -> pd.DataFrame:
-    """One value per run and compared quantity: the outcome metrics (:attr:`ReportNumbers.outcomes`; training
-    scalars are described, not compared), the ratio of mean gradient norms of every pair of views (log scale)
-    and every view's share of the loss reduction, over all of training."""
-    seed = analysis.with_run(nums.data.per_param).groupby("run", observed=True)["seed"].first()
+def comparison_values(per_param: pd.DataFrame, run_metrics: pd.DataFrame, outcomes: Sequence[str],
+                      pair_runs: pd.DataFrame, run_summary: pd.DataFrame, views: Sequence[str], shared: str | None,
+                      group_of: dict[str, str]) -> pd.DataFrame:
+    """One value per run and compared quantity: the ``outcomes`` of ``run_metrics`` (training scalars are
+    described, not compared), the ratio of mean gradient norms of every pair of views (log scale, from
+    ``pair_runs``) and every view's share of the loss reduction (from ``run_summary``), over all of training;
+    each run with its group and seed."""
+    seed = analysis.with_run(per_param).groupby("run", observed=True)["seed"].first()
     seed.index = seed.index.astype(str)
     parts = []
-    rm = nums.run_metrics
-    for m in [m for m in nums.outcomes if m in rm.columns]:
+    rm = run_metrics
+    for m in [m for m in outcomes if m in rm.columns]:
         parts.append(pd.DataFrame({"run": rm["run"], "quantity": m, "value": rm[m].to_numpy(float), "scale": "linear"}))
-    pr = nums.pair_runs[nums.pair_runs["phase"] == "all"]
+    pr = pair_runs[pair_runs["phase"] == "all"]
     for (a, b), sub in pr.groupby(["view_a", "view_b"], sort=False):
         parts.append(pd.DataFrame({"run": sub["run"], "quantity": ratio_name(a, b),
                                    "value": sub["grad_ratio"].to_numpy(float), "scale": "log"}))
-    rs = nums.run_summary[nums.run_summary["phase"].astype(str) == "all"]
-    for view in [v for v in nums.views if v != nums.shared]:
+    rs = run_summary[run_summary["phase"].astype(str) == "all"]
+    for view in [v for v in views if v != shared]:
         sub = rs[rs["view"].astype(str) == view]
         parts.append(pd.DataFrame({"run": sub["run"].astype(str), "quantity": f"{view} share of loss reduction",
                                    "value": sub["share"].to_numpy(float), "scale": "linear"}))
     values = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", "quantity", "value"])
     values = values.assign(run=values["run"].astype(str))
-    return values.assign(group=values["run"].map(nums.group_of), seed=values["run"].map(seed)).dropna(subset=["value"])
+    return values.assign(group=values["run"].map(group_of), seed=values["run"].map(seed)).dropna(subset=["value"])
 
 
 def view_set_notes(per_param: pd.DataFrame, shared: str, compared: Sequence[str]) -> list[str]:
