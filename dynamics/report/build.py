@@ -13,30 +13,26 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")  # the report never opens windows
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from . import panels, style  # noqa: E402
-from .computed import ReportNumbers  # noqa: E402
-from .data import ReportData, load_report_data  # noqa: E402
-from .display import (format_comparisons, format_shares, format_summary, metric_display, runs_word,  # noqa: E402
+from . import panels, style
+from .computed import ReportNumbers
+from .data import ReportData, load_report_data
+from .display import (format_comparisons, format_shares, format_summary, metric_display, runs_word,
                       utilization_display)
-from .findings import findings  # noqa: E402
-from .render import Document, FigureFile, to_html, to_markdown  # noqa: E402
+from .findings import findings
+from .render import Document, FigureFile, to_html, to_markdown
 
 __all__ = ["build_report", "report", "document", "save_figures"]
 
 
 def save_figures(nums: ReportNumbers, folder: Path) -> list[FigureFile]:
-    """Draw every figure of the report in the package style and save it (PDF and PNG) under ``folder``."""
+    """Draw every figure of the report in the package style and save it (vector PDF and PNG) under ``folder``.
+    The figures are bare Figures (never in pyplot's list, the user's backend untouched): nothing to close."""
     saved = []
     with style.publication_style():
         for name, caption, fig in panels.report_figures(nums):
             paths = style.save_figure(fig, folder / name, tight=False)  # laid out to fit: one size family
-            plt.close(fig)
             saved.append(FigureFile(name, caption, paths[-1]))
     return saved
 

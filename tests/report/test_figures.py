@@ -41,7 +41,7 @@ def test_view_palette_fixed_and_shared_grey():
 
 def test_figsize():
     assert plots.figsize("single") == plots.SIZES["single"]
-    assert plots.figsize("double", aspect=0.5) == (7.2, 3.6)
+    assert plots.figsize("double", aspect=0.5) == (7.0, 3.5)
     with pytest.raises(ValueError, match="width"):
         plots.figsize("triple")
 
