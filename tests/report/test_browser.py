@@ -88,15 +88,21 @@ def test_report_links_name_files_that_exist(written):
     assert (written / "figures" / "dynamics.pdf").exists()  # the PDF report.md links beside each PNG
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_report_fits_the_browser_window(written, width, tmp_path):
-    browser = _browser()
-    if browser is None:
+@pytest.fixture(scope="module")
+def browser() -> str:
+    """The Chromium to open the page in; the test is skipped (before any report is built) where there is none."""
+    found = _browser()
+    if found is None:
         why = (f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)}): install Debian's chromium "
                "(apt-get install chromium) to run this test; .ci/run does")
         if os.environ.get("DYNAMICS_REQUIRE_BROWSER") == "1":
             pytest.fail(why)
         pytest.skip(why)
+    return found
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_report_fits_the_browser_window(browser, written, width, tmp_path):
     page = tmp_path / "measure.html"
     page.write_text((written / "report.html").read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"),
                     encoding="utf-8")
