@@ -9,9 +9,12 @@ once), the sentences from :func:`~dynamics.report.findings.findings`, the figure
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
@@ -72,6 +75,34 @@ def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Docu
                     runs=nums.runs)
 
 
+#: what a report writes under its folder; a new report replaces these whole (no figure of an earlier one is left)
+WRITES = ("report.html", "report.md", "summary.csv", "shares.csv", "comparisons.csv", "figures")
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out`` (on its file system) to write the report into; moved into ``out`` only when
+    everything was written, else removed: a failed report leaves nothing behind, not even ``out``."""
+    anchor = out.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=anchor))
+    try:
+        yield stage
+        out.mkdir(parents=True, exist_ok=True)
+        for name in WRITES:
+            if not (stage / name).exists():
+                continue
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
+            os.replace(stage / name, old)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "condition",
                  views: Sequence[str] | None = None, shared: str | None = None, baseline: str | None = None,
                  title: str = "dynamics imbalance report", progress: bool = True,
@@ -79,25 +110,30 @@ def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "
     """Compute every statistic and write report.html, report.md, figures/, summary.csv (the key table),
     shares.csv and comparisons.csv under ``out``. ``shared``: the shared group's name (default: the one the
     runs recorded, see :class:`ReportData`); ``baseline``: the reference condition (default: the first given).
-    ``n_boot`` is accepted for compatibility and unused (intervals over runs are Student t)."""
+    ``n_boot`` is accepted for compatibility and unused (intervals over runs are Student t).
+    Everything is written into a folder beside ``out`` first and moved in when complete: a report that fails
+    (an unknown ``baseline``, a full disk) leaves nothing behind; a report replaces the files of :data:`WRITES`
+    of an earlier one whole and leaves other files in ``out`` alone."""
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=3, desc="report", disable=not progress, unit="stage")
-    nums = ReportNumbers(data, by=by, views=views, shared=shared, baseline=baseline)
-    steps.set_postfix_str("summary")
-    nums.summary.to_csv(out / "summary.csv", index=False)
-    nums.shares.to_csv(out / "shares.csv", index=False)
-    nums.comparisons.to_csv(out / "comparisons.csv", index=False)
-    steps.update()
-    steps.set_postfix_str("figures")
-    figures = save_figures(nums, out / "figures")
-    steps.update()
-    steps.set_postfix_str("writing")
-    doc = document(nums, title, figures)
-    (out / "report.md").write_text(to_markdown(doc), encoding="utf-8")
-    (out / "report.html").write_text(to_html(doc), encoding="utf-8")
-    steps.update()
-    steps.close()
+    try:
+        with _staged(out) as stage:
+            nums = ReportNumbers(data, by=by, views=views, shared=shared, baseline=baseline)
+            steps.set_postfix_str("summary")
+            nums.summary.to_csv(stage / "summary.csv", index=False)
+            nums.shares.to_csv(stage / "shares.csv", index=False)
+            nums.comparisons.to_csv(stage / "comparisons.csv", index=False)
+            steps.update()
+            steps.set_postfix_str("figures")
+            figures = save_figures(nums, stage / "figures")
+            steps.update()
+            steps.set_postfix_str("writing")
+            doc = document(nums, title, figures)
+            (stage / "report.md").write_text(to_markdown(doc), encoding="utf-8")
+            (stage / "report.html").write_text(to_html(doc), encoding="utf-8")
+            steps.update()
+    finally:
+        steps.close()
     return {"html": out / "report.html", "md": out / "report.md", "csv": out / "summary.csv",
             "figures": out / "figures"}
 
