@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 
 from ..analysis.cleaning import view_order
 from ..schema import OGM_COEF_PREFIX, PRESENT_PREFIX, REBALANCED_PREFIX
-from . import figures as plots
+from . import plots
 from .style import ROW_HEIGHT, SIZES, TALLEST, fit_text, new_figure, plain
 
 __all__ = ["KINDS", "intervention_columns", "intervention_figure"]

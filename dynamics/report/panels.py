@@ -1,5 +1,5 @@
 """The report's figures, one function each, drawn from :class:`dynamics.report.computed.ReportNumbers` with the
-plotting functions of :mod:`dynamics.report.figures`. Each returns ``(name, caption, figure)``.
+plotting functions of :mod:`dynamics.report.plots` (``dynamics.plots``). Each returns ``(name, caption, figure)``.
 
 Every figure is one size family (two journal columns wide, whole rows of ``ROW_HEIGHT`` up to a page, constrained
 layout, saved uncropped), shows the groups in the report's one order (the reference first), colours views with the
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from . import figures as plots
+from . import plots
 from .interventions import intervention_figure
 from .style import ROW_HEIGHT, fit_text, new_figure, plain, report_figsize
 from .tables import outcome_metrics  # noqa: F401  (kept importable here: the conditions panel's choice)

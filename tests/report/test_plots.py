@@ -10,7 +10,7 @@ from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
 from dynamics import plots  # noqa: E402
-from dynamics.report.figures import _mean_band  # noqa: E402
+from dynamics.report.plots import _mean_band  # noqa: E402
 
 
 def vd_table(n_runs=2):
