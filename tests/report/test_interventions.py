@@ -80,3 +80,15 @@ def test_report_shows_the_interventions(tmp_path):
                                  n_boot=50)
     assert (tmp_path / "rep" / "figures" / "interventions.png").exists()
     assert "figures/interventions.png" in out["md"].read_text()
+
+
+def test_one_panel_has_the_reports_width_and_no_twin_axes():
+    """One kind in one group used to be a one-column figure (1050 px against the others' width) with the
+    decisions on twin axes over the learning-speed lines."""
+    from dynamics.report.style import SIZES
+    per_step, vd, group_of = _tables()
+    only = per_step[per_step["run"].isin(["r1", "r2"])].drop(columns=["ogm_coef_a", "ogm_coef_b"])
+    _, _, fig = intervention_figure(only, vd[vd["run"].isin(["r1", "r2"])], group_of=group_of)
+    assert fig.get_size_inches()[0] == SIZES["double"][0]
+    places = [tuple(round(v, 6) for v in ax.get_position().bounds) for ax in fig.axes]
+    assert len(places) == len(set(places)) == 2  # two panels, none drawn over another
