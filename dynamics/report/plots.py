@@ -296,7 +296,8 @@ def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
                     col_order: Sequence[str] | None = None, row_height: float = 1.6,
                     col_title: str = "{col} = {value}", fit: bool = True) -> Figure:
     """Figure-level: one row per quantity in ``ys``, one column per level of ``col`` (e.g.
-    ``condition``, in ``col_order``, titled by ``col_title`` formatted with ``col`` and ``value``), lines per ``hue`` with bands or per-run lines over ``units``; shared y
+    ``condition``, in ``col_order``, titled by ``col_title`` formatted with ``col`` and ``value``), lines per
+    ``hue`` with bands or per-run lines over ``units``; shared y
     axis within a row; one legend, outside the data to the right (constrained layout); titles and labels
     wrapped to their panels (:func:`fit_text`; ``fit=False``: left to the caller, who relabels first). A bare
     Figure: pyplot and the backend are not touched."""

@@ -128,5 +128,6 @@ def to_html(doc: Document) -> str:
                     f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
     body += ["<h2>Runs</h2>", _html_table(doc.runs)]
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(doc.title)}</title>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{html.escape(doc.title)}</title>'
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
