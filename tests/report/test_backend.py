@@ -16,7 +16,7 @@ def test_report_and_plots_keep_the_users_backend(tmp_path):
         dynamics.plots  # the figures and (through the package) the report
         assert matplotlib.get_backend() == "svg", "import: " + matplotlib.get_backend()
         from tests.report.layout import record_sweep
-        runs = record_sweep(__import__("pathlib").Path({str(tmp_path)!r}), 2, 2)
+        runs = record_sweep(__import__("pathlib").Path({str(tmp_path)!r}), 2, 2, seeds=1)
         dynamics.report.report(runs, {str(tmp_path / "rep")!r}, progress=False)
         assert matplotlib.get_backend() == "svg", "report: " + matplotlib.get_backend()
         import matplotlib.pyplot as plt

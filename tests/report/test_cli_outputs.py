@@ -40,10 +40,10 @@ def test_a_failed_report_writes_nothing(runs, tmp_path, capsys):
 
 def test_a_report_replaces_an_earlier_one_whole(runs, tmp_path):
     out = tmp_path / "rep"
-    report.report(runs, out, progress=False)
+    report.report(runs[:2], out, progress=False)
     (out / "figures" / "stale.png").write_bytes(b"")  # a figure an earlier report drew and this one does not
     (out / "notes.txt").write_text("mine")
-    report.report(runs[:2], out, progress=False)  # one condition: no interventions, no comparisons
+    report.report(runs[:2], out, progress=False)
     names = {p.name for p in (out / "figures").iterdir()}
     assert "stale.png" not in names and "dynamics.png" in names and "dynamics.pdf" in names
     assert (out / "notes.txt").read_text() == "mine"  # files that are not the report's are left alone
