@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from ..analysis.cleaning import view_order
 from ..schema import OGM_COEF_PREFIX, PRESENT_PREFIX, REBALANCED_PREFIX
 from . import plots
-from .style import ROW_HEIGHT, SIZES, TALLEST, fit_text, new_figure, plain
+from .style import fit_text, new_figure, plain, report_figsize
 
 __all__ = ["KINDS", "intervention_columns", "intervention_figure"]
 
@@ -67,7 +67,7 @@ def _layout(n: int) -> tuple[Figure, list[tuple[Axes, Axes]]]:
     """``n`` (dynamics, decisions) pairs of panels in rows of at most three, a short last row centred."""
     rows = math.ceil(n / min(3, n))
     cols = math.ceil(n / rows)
-    fig = new_figure((SIZES["double"][0], min(1.5 * ROW_HEIGHT * rows, TALLEST)))
+    fig = new_figure(report_figsize(math.ceil(1.5 * rows)))  # a pair of panels is one and a half rows
     grid = fig.add_gridspec(2 * rows, 2 * cols, height_ratios=[3, 2] * rows)
     pairs = []
     for k in range(n):
