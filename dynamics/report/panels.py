@@ -35,7 +35,8 @@ MAX_PAIRS = 6
 
 _LABELS = {"grad_norm": "gradient norm", "learning_speed": "‖g‖²/‖θ‖²", "loss_reduction": "loss reduction −Σlca"}
 _BANDS = (f"each run's own thin line beside the mean when there are fewer than {plots.PER_RUN_BELOW} runs, else a "
-          "95% Student-t band over runs clipped to the runs' range")
+          "band: the 95% Student-t interval over runs where it lies inside the runs' range, the runs' range where "
+          "it does not (there the band is no longer a 95% interval)")
 
 
 def _grid(n: int, ncols: int = 3) -> tuple[MplFigure, list[Axes]]:
