@@ -85,7 +85,11 @@ def written(tmp_path_factory):
 
 def test_report_links_name_files_that_exist(written):
     assert broken_links(written) == []
-    assert (written / "figures" / "dynamics.pdf").exists()  # the PDF report.md links beside each PNG
+    pngs = sorted((written / "figures").glob("*.png"))
+    assert len(pngs) == 6
+    for png in pngs:  # a vector PDF beside each PNG, its text as embedded TrueType fonts (pdf.fonttype 42)
+        pdf = png.with_suffix(".pdf").read_bytes()
+        assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf, png.name
 
 
 @pytest.fixture(scope="module")
