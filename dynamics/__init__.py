@@ -21,7 +21,7 @@ _LAZY = {
     "analysis": ("dynamics.analysis", None),
     "balance": ("dynamics.balance", None),
     "metrics": ("dynamics.analysis.metrics", None),
-    "plots": ("dynamics.report.figures", None),
+    "plots": ("dynamics.report.plots", None),
     "report": ("dynamics.report", None),
     "norms": ("dynamics.analysis.derived", "norms"),
     "learning_speed": ("dynamics.analysis.derived", "learning_speed"),

@@ -1,6 +1,7 @@
-"""The report side, by stage: style (sizes, fonts, palettes, saving), figures (the plotting functions),
+"""The report side, by stage: style (sizes, fonts, palettes, saving), plots (the plotting functions,
+``dynamics.plots``: axes-level and one figure-level),
 data (the loaded runs), computed (every number of one report, computed once), tables (run-level tables),
-display (their strings), findings (sentences), panels (the report's figures), render (Markdown and HTML writers) and
+display (their strings), findings (sentences), panels (the report's whole figures), render (Markdown and HTML writers) and
 build (the report end to end)."""
 from .build import build_report, report
 from .computed import ReportNumbers, summary_table

@@ -9,34 +9,33 @@ once), the sentences from :func:`~dynamics.report.findings.findings`, the figure
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-import matplotlib
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")  # the report never opens windows
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from . import panels, style  # noqa: E402
-from .computed import ReportNumbers  # noqa: E402
-from .data import ReportData, load_report_data  # noqa: E402
-from .display import (format_comparisons, format_shares, format_summary, metric_display, runs_word,  # noqa: E402
+from . import panels, style
+from .computed import ReportNumbers
+from .data import ReportData, load_report_data
+from .display import (format_comparisons, format_shares, format_summary, metric_display, runs_word,
                       utilization_display)
-from .findings import findings  # noqa: E402
-from .render import Document, FigureFile, to_html, to_markdown  # noqa: E402
+from .findings import findings
+from .render import Document, FigureFile, to_html, to_markdown
 
 __all__ = ["build_report", "report", "document", "save_figures"]
 
 
 def save_figures(nums: ReportNumbers, folder: Path) -> list[FigureFile]:
-    """Draw every figure of the report in the package style and save it (PDF and PNG) under ``folder``."""
+    """Draw every figure of the report in the package style and save it (vector PDF and PNG) under ``folder``.
+    The figures are bare Figures (never in pyplot's list, the user's backend untouched): nothing to close."""
     saved = []
     with style.publication_style():
         for name, caption, fig in panels.report_figures(nums):
             paths = style.save_figure(fig, folder / name, tight=False)  # laid out to fit: one size family
-            plt.close(fig)
             saved.append(FigureFile(name, caption, paths[-1]))
     return saved
 
@@ -83,6 +82,34 @@ def document(nums: ReportNumbers, title: str, figures: list[FigureFile]) -> Docu
                     runs=nums.runs)
 
 
+#: what a report writes under its folder; a new report replaces these whole (no figure of an earlier one is left)
+WRITES = ("report.html", "report.md", "summary.csv", "shares.csv", "comparisons.csv", "figures")
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out`` (on its file system) to write the report into; moved into ``out`` only when
+    everything was written, else removed: a failed report leaves nothing behind, not even ``out``."""
+    anchor = out.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=anchor))
+    try:
+        yield stage
+        out.mkdir(parents=True, exist_ok=True)
+        for name in WRITES:
+            if not (stage / name).exists():
+                continue
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
+            os.replace(stage / name, old)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "condition",
                  views: Sequence[str] | None = None, shared: str | None = None, baseline: str | None = None,
                  title: str = "dynamics imbalance report", progress: bool = True,
@@ -91,27 +118,32 @@ def build_report(data: ReportData, out: str | os.PathLike, *, by: str | None = "
     shares.csv and comparisons.csv under ``out``. ``shared``: the shared group's name (default: the one the
     runs recorded, see :class:`ReportData`); ``baseline``: the reference condition (default: one named
     ``separate`` or ``baseline``; see :class:`ReportNumbers`); ``metrics``: the outcome metrics compared;
-    ``include_flagged``: keep flagged runs in the statistics."""
+    ``include_flagged``: keep flagged runs in the statistics. Everything is written into a folder beside ``out``
+    first and moved in when complete: a report that fails (an unknown ``baseline``, a full disk) leaves nothing
+    behind; a report replaces the files of :data:`WRITES` of an earlier one whole and leaves other files in
+    ``out`` alone."""
     out = Path(out)
     nums = ReportNumbers(data, by=by, views=views, shared=shared, baseline=baseline, metrics=metrics,
                          include_flagged=include_flagged)
-    nums.check()  # before any file is written
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    nums.check()  # before anything is written
     steps = tqdm(total=3, desc="report", disable=not progress, unit="stage")
-    steps.set_postfix_str("summary")
-    nums.summary.to_csv(out / "summary.csv", index=False)
-    nums.shares.to_csv(out / "shares.csv", index=False)
-    nums.comparisons.to_csv(out / "comparisons.csv", index=False)
-    steps.update()
-    steps.set_postfix_str("figures")
-    figures = save_figures(nums, out / "figures")
-    steps.update()
-    steps.set_postfix_str("writing")
-    doc = document(nums, title, figures)
-    (out / "report.md").write_text(to_markdown(doc), encoding="utf-8")
-    (out / "report.html").write_text(to_html(doc), encoding="utf-8")
-    steps.update()
-    steps.close()
+    try:
+        with _staged(out) as stage:
+            steps.set_postfix_str("summary")
+            nums.summary.to_csv(stage / "summary.csv", index=False)
+            nums.shares.to_csv(stage / "shares.csv", index=False)
+            nums.comparisons.to_csv(stage / "comparisons.csv", index=False)
+            steps.update()
+            steps.set_postfix_str("figures")
+            figures = save_figures(nums, stage / "figures")
+            steps.update()
+            steps.set_postfix_str("writing")
+            doc = document(nums, title, figures)
+            (stage / "report.md").write_text(to_markdown(doc), encoding="utf-8")
+            (stage / "report.html").write_text(to_html(doc), encoding="utf-8")
+            steps.update()
+    finally:
+        steps.close()
     return {"html": out / "report.html", "md": out / "report.md", "csv": out / "summary.csv",
             "figures": out / "figures"}
 

@@ -78,14 +78,22 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def _html_table(df: pd.DataFrame) -> str:
+    """The table in a box of the page's width that scrolls sideways itself when the table is wider (the page
+    never does)."""
     if df.empty:
         return "<p><em>(none)</em></p>"
-    return df.to_html(index=False, escape=True, border=0, classes="t", na_rep="–")
+    table = df.to_html(index=False, escape=True, border=0, classes="t", na_rep="–")
+    return f'<div class="wide" role="region" tabindex="0">{table}</div>'
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table.t{border-collapse:collapse;font-size:13px;margin:1em 0}table.t td,table.t th{border-bottom:1px "
-        "solid #ddd;padding:3px 8px;text-align:left}figure{margin:1.5em 0}img{max-width:100%}"
+#: the page is never wider than the window: wide tables scroll inside their box, long names and code break,
+#: images shrink to the text width
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+        "overflow-wrap:break-word}code{overflow-wrap:anywhere}"
+        "div.wide{max-width:100%;overflow-x:auto;margin:1em 0}"
+        "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{border-bottom:1px "
+        "solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}table.t td{min-width:4em}"
+        "figure{margin:1.5em 0}img{max-width:100%;height:auto}"
         "figcaption{font-size:13px;color:#555}")
 
 
@@ -119,5 +127,7 @@ def to_html(doc: Document) -> str:
         body.append(f'<figure><img alt="{html.escape(f.name)}" src="data:image/png;base64,{data64}">'
                     f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
     body += ["<h2>Runs</h2>", _html_table(doc.runs)]
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(doc.title)}</title>'
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{html.escape(doc.title)}</title>'
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")

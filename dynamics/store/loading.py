@@ -16,7 +16,7 @@ from ..schema import (ATTRIBUTION, DEFAULT_CONDITION, LR_PREFIX, PARAM_FLAGS, PA
                       QUANTITIES, STEP_COLUMNS, STEPS, TableSpec, is_lr_column, tables_of)
 from . import commits as records
 from . import completeness, parts
-from .rundir import RunStoreError, read_meta
+from .rundir import META_FILE, RunStoreError, read_meta
 
 
 def _verified(run_dir: Path, meta: dict, tables: Sequence[str]) -> dict[str, pa.Table | None]:
@@ -274,7 +274,7 @@ def _merge_step_rows(per_step: pd.DataFrame) -> pd.DataFrame:
 def expand_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """Run directories from paths and globs (a glob the shell left alone, e.g. a quoted ``'runs/*'``, is
     expanded here, its matches sorted); in the order given, each directory once. A glob matching nothing,
-    or no input at all, is an error."""
+    no input at all, or a folder that is not a run but holds runs (``runs`` for ``runs/*``) is an error."""
     items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
     runs: list[Path] = []
     for item in items:
@@ -285,7 +285,22 @@ def expand_runs(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike]) 
         runs += [Path(m) for m in matches]
     if not runs:
         raise RunStoreError("no run directories given")
+    for run in runs:
+        _not_a_folder_of_runs(run)
     return list(dict.fromkeys(runs))
+
+
+def _not_a_folder_of_runs(path: Path) -> None:
+    """Refuse a folder without ``meta.json`` whose sub-folders are runs, saying how many and the glob to use."""
+    if not path.is_dir() or (path / META_FILE).exists():
+        return
+    try:
+        held = sum(1 for child in path.iterdir() if (child / META_FILE).is_file())
+    except OSError:
+        return  # the reader's own error names what is wrong
+    if held:
+        raise RunStoreError(f"{path}: a folder holding {held} run{'s' if held != 1 else ''}, not a run itself; "
+                            f"pass the runs, e.g. {path}/* (quoted, or let the shell expand it)")
 
 
 def run_labels(runs: Sequence[Path]) -> list[str]:

@@ -36,19 +36,19 @@ def test_columns_and_figure_from_hand_made_tables():
         "re-balancing": {"a": "rebalanced_a", "b": "rebalanced_b"}, "OGM-GE": {"a": "ogm_coef_a", "b": "ogm_coef_b"}}
     name, caption, fig = intervention_figure(per_step, vd, group_of=group_of)
     assert name == "interventions" and "decisions" in caption
-    visible = [ax for ax in fig.axes if ax.get_visible()]
-    titles = {ax.get_title() for ax in visible} - {""}  # the right-hand twin axes have no title
+    assert all(ax.get_visible() for ax in fig.axes) and len(fig.axes) == 4  # a pair of panels per (kind, group)
+    titles = {ax.get_title() for ax in fig.axes} - {""}  # the decision panels below have no title
     assert titles == {"re-balancing (rb)", "OGM-GE (ogm)"}  # one group each, no panel for "plain"
-    rb = next(ax for ax in visible if ax.get_title() == "re-balancing (rb)")
-    twin = next(ax for ax in visible if ax is not rb and ax.get_position().bounds == rb.get_position().bounds
-                and ax.get_ylabel().startswith("fraction"))
+    rb = next(ax for ax in fig.axes if ax.get_title() == "re-balancing (rb)")
+    below = next(ax for ax in fig.axes if ax.get_ylabel().startswith("fraction"))
+    assert below.get_shared_x_axes().joined(below, rb) and not below.get_shared_y_axes().joined(below, rb)
+    assert below.get_position().y1 <= rb.get_position().y0  # under its dynamics, not over them (no twin axes)
     # fraction of the group's two runs re-balancing a: r1 at even steps -> 0.5, else 0
-    heights = [p.get_paths()[0].vertices[:, 1].max() for p in twin.collections]
+    heights = [p.get_paths()[0].vertices[:, 1].max() for p in below.collections]
     assert heights == pytest.approx([0.5, 1.0])  # a: half the runs at most; b: both runs at step 3
-    ogm = [ax for ax in visible if ax.get_ylabel() == "gradient coefficient k"][0]
+    ogm = [ax for ax in fig.axes if " ".join(ax.get_ylabel().split()) == "gradient coefficient k"][0]  # maybe wrapped
     k_b = [line for line in ogm.get_lines() if line.get_label() == "k b"][0]
     assert k_b.get_ydata().tolist() == pytest.approx([0.5 + t / 20 for t in range(6)])
-    matplotlib.pyplot.close(fig)
     assert intervention_figure(per_step.drop(columns=[c for c in per_step if c not in ("run", "step")]), vd) is None
 
 
@@ -80,3 +80,15 @@ def test_report_shows_the_interventions(tmp_path):
                                  )
     assert (tmp_path / "rep" / "figures" / "interventions.png").exists()
     assert "figures/interventions.png" in out["md"].read_text()
+
+
+def test_one_panel_has_the_reports_width_and_no_twin_axes():
+    """One kind in one group used to be a one-column figure (1050 px against the others' width) with the
+    decisions on twin axes over the learning-speed lines."""
+    from dynamics.report.style import SIZES
+    per_step, vd, group_of = _tables()
+    only = per_step[per_step["run"].isin(["r1", "r2"])].drop(columns=["ogm_coef_a", "ogm_coef_b"])
+    _, _, fig = intervention_figure(only, vd[vd["run"].isin(["r1", "r2"])], group_of=group_of)
+    assert fig.get_size_inches()[0] == SIZES["double"][0]
+    places = [tuple(round(v, 6) for v in ax.get_position().bounds) for ax in fig.axes]
+    assert len(places) == len(set(places)) == 2  # two panels, none drawn over another

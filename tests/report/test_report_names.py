@@ -94,7 +94,7 @@ def test_figures_draw_names_with_dollars_literally(runs):
     nums = report.ReportNumbers(report.load_report_data(runs, progress=False), include_flagged=True)
     _, _, fig = panels.conditions_figure(nums)
     fig.canvas.draw()  # mathtext would fail to parse "$\alpha_{$"
-    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert any("\\$\\alpha_{\\$" in t for t in labels) or any(t.startswith("[x](javascript") for t in labels)
     from dynamics.report.style import plain
     assert plain("a$b\nc", 3) == "a\\$…" and plain("$x$") == "\\$x\\$"

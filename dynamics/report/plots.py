@@ -3,7 +3,9 @@
 Axes-level functions take ``data=`` first, keyword-only column names and ``ax=``, and return the
 Axes; :func:`dynamics_facets` is the figure-level function that facets. All use the one style of
 :mod:`dynamics.report.style` (re-exported here: :func:`publication_style`, :data:`SIZES`,
-:func:`view_palette`, :func:`save_figure`).
+:func:`view_palette`, :func:`save_figure`). Nothing here selects a backend: without ``ax=`` a function draws on
+pyplot's current axes (imported then, as seaborn does), and :func:`dynamics_facets` returns a bare
+:class:`~matplotlib.figure.Figure` of its own.
 Inputs are the tables from :mod:`dynamics.analysis` (``view_dynamics``, ``matched_depth``,
 ``imbalance_summary``...).
 """
@@ -12,23 +14,32 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from ..analysis.cleaning import check_columns, view_order
 from ..analysis.metrics import t_half_width
 from .style import (CONDITION_COLORS, MISSING_COLOR, MISSING_HATCH, OKABE_ITO, ROW_HEIGHT, SHARED_COLOR,  # noqa: F401
-                    SIZES, STYLE, condition_palette, figsize, plain, publication_style, report_figsize, save_figure,
-                    view_palette)
+                    SIZES, STYLE, condition_palette, figsize, fit_text, new_figure, plain, publication_style,
+                    report_figsize, save_figure, view_palette)
 
 __all__ = ["SIZES", "OKABE_ITO", "SHARED_COLOR", "STYLE", "publication_style", "figsize", "view_palette",
            "view_lines", "grad_norm_plot", "loss_reduction_plot", "share_area_plot", "ratio_heatmap",
            "condition_plot", "dynamics_facets", "save_figure", "condition_palette", "legend_outside",
-           "missing_patch", "plain", "PER_RUN_BELOW", "CONDITION_COLORS", "MISSING_COLOR", "ROW_HEIGHT",
-           "report_figsize"]
+           "missing_patch", "no_data", "plain", "PER_RUN_BELOW", "CONDITION_COLORS", "MISSING_COLOR", "ROW_HEIGHT",
+           "report_figsize", "new_figure", "fit_text"]
+
+
+def _axes(ax: Axes | None) -> Axes:
+    """``ax``, else pyplot's current axes (pyplot imported only then: the caller asked for its state)."""
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+    return plt.gca()
 
 
 def _check(data: pd.DataFrame, *columns: str | None) -> None:
@@ -61,7 +72,7 @@ def _mean_band(data: pd.DataFrame, x: str, y: str, units: str | None, level: flo
 PER_RUN_BELOW = 4
 
 
-def legend_outside(ax: plt.Axes, **kwargs) -> None:
+def legend_outside(ax: Axes, **kwargs) -> None:
     """The axes' legend to the right of its data area (never over the data); nothing without labels."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
@@ -77,14 +88,14 @@ def _per_run(sub: pd.DataFrame, x: str, y: str, units: str | None) -> list[pd.Da
 
 def view_lines(data: pd.DataFrame, *, x: str = "step", y: str, hue: str = "view", units: str | None = "run",
                palette: Mapping[str, str] | None = None, band: bool = True, level: float = 0.95,
-               logy: bool = False, ylabel: str | None = None, ax: plt.Axes | None = None,
-               order: Sequence[str] | None = None, legend: bool = True) -> plt.Axes:
+               logy: bool = False, ylabel: str | None = None, ax: Axes | None = None,
+               order: Sequence[str] | None = None, legend: bool = True) -> Axes:
     """One line per ``hue`` level: the mean of ``y`` over ``units`` (runs) at each ``x``. With fewer than
     :data:`PER_RUN_BELOW` units each unit's own line is drawn thin beside the mean (gid ``"run"``); with more, a
     ``level`` Student-t band over units, clipped to the units' range. With ``logy`` means and bands are taken on
     log(y) (geometric), so they stay positive on the log axis. ``order``: the hue levels and their order."""
     _check(data, x, y, hue)
-    ax = ax if ax is not None else plt.gca()
+    ax = _axes(ax)
     levels = list(order) if order is not None else view_order(data, hue)
     palette = _palette(palette, levels)
     for lev in levels:
@@ -114,7 +125,7 @@ def view_lines(data: pd.DataFrame, *, x: str = "step", y: str, hue: str = "view"
 
 def grad_norm_plot(data: pd.DataFrame, *, x: str = "step", y: str = "grad_norm", hue: str = "view",
                    units: str | None = "run", palette: Mapping[str, str] | None = None,
-                   ax: plt.Axes | None = None) -> plt.Axes:
+                   ax: Axes | None = None) -> Axes:
     """Gradient norm per view over steps (mean and 95% band over seeds), log scale."""
     return view_lines(data, x=x, y=y, hue=hue, units=units, palette=palette, logy=True,
                       ylabel="gradient norm ‖g‖", ax=ax)
@@ -122,7 +133,7 @@ def grad_norm_plot(data: pd.DataFrame, *, x: str = "step", y: str = "grad_norm",
 
 def loss_reduction_plot(data: pd.DataFrame, *, x: str = "step", y: str = "loss_reduction", hue: str = "view",
                         units: str | None = "run", palette: Mapping[str, str] | None = None,
-                        ax: plt.Axes | None = None) -> plt.Axes:
+                        ax: Axes | None = None) -> Axes:
     """Cumulative loss reduction −Σ lca per view over steps (mean and 95% band over seeds)."""
     ax = view_lines(data, x=x, y=y, hue=hue, units=units, palette=palette, ylabel="cumulative loss reduction",
                     ax=ax)
@@ -131,11 +142,11 @@ def loss_reduction_plot(data: pd.DataFrame, *, x: str = "step", y: str = "loss_r
 
 
 def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hue: str = "view",
-                    palette: Mapping[str, str] | None = None, ax: plt.Axes | None = None,
-                    legend: bool = True) -> plt.Axes:
+                    palette: Mapping[str, str] | None = None, ax: Axes | None = None,
+                    legend: bool = True) -> Axes:
     """Each view's share of the cumulative loss reduction as a stacked area (mean over runs)."""
     _check(data, x, y, hue)
-    ax = ax if ax is not None else plt.gca()
+    ax = _axes(ax)
     levels = view_order(data, hue)
     palette = _palette(palette, levels)
     wide = data.assign(**{hue: data[hue].astype(str)}).pivot_table(index=x, columns=hue, values=y,
@@ -152,9 +163,9 @@ def share_area_plot(data: pd.DataFrame, *, x: str = "step", y: str = "share", hu
 
 
 def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", value: str = "log2_ratio",
-                  bins: int = 40, ax: plt.Axes | None = None, cmap: str = "RdBu_r",
+                  bins: int = 40, ax: Axes | None = None, cmap: str = "RdBu_r",
                   label: str | None = None, colorbar: bool = True, legend: bool = True,
-                  y_levels: Sequence | None = None, weight: str | None = None) -> plt.Axes:
+                  y_levels: Sequence | None = None, weight: str | None = None) -> Axes:
     """Matched-layer ratio as a heatmap: ``y`` (depth) × ``x`` (steps cut into ``bins`` equal bins),
     the mean of ``value`` over runs and the steps of a bin (``weight``: a column of the rows each value is a mean
     of, e.g. runs, so that the cell is the mean over those rows), on a diverging scale centred at 0 (± the largest
@@ -163,7 +174,7 @@ def ratio_heatmap(data: pd.DataFrame, *, x: str = "step", y: str = "depth", valu
     grey, never in a data colour, with the legend entry ``no data`` (``legend``) outside the data.
     ``y_levels``: the rows to show (default: those in the table), so that panels of one figure align."""
     _check(data, x, y, value)
-    ax = ax if ax is not None else plt.gca()
+    ax = _axes(ax)
     d = data[np.isfinite(data[value].to_numpy(float))]
     if d.empty:
         raise ValueError(f"no finite values in column {value!r} to draw")
@@ -206,17 +217,33 @@ def missing_patch() -> Patch:
     return Patch(facecolor=MISSING_COLOR, hatch=MISSING_HATCH, edgecolor="0.6", linewidth=0, label="no data")
 
 
+def no_data(ax: Axes, why: str = "no data") -> Axes:
+    """Mark a panel that has nothing to show: hatched grey over the whole panel (the figures' sign for no
+    data) and ``why`` in its middle, never a blank panel a reader could take for zeros."""
+    ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor=MISSING_COLOR, hatch=MISSING_HATCH,
+                           edgecolor="0.6", linewidth=0, zorder=0, gid="missing"))
+    ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=7,
+            bbox=dict(facecolor="white", edgecolor="none", pad=1.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
 def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | None = None, hi: str | None = None,
                    hue: str | None = None, palette: Mapping[str, str] | None = None, ref: float | None = None,
-                   ylabel: str | None = None, ax: plt.Axes | None = None, order: Sequence[str] | None = None,
-                   x_palette: Mapping[str, str] | None = None, logy: bool = False) -> plt.Axes:
+                   ylabel: str | None = None, ax: Axes | None = None, order: Sequence[str] | None = None,
+                   x_palette: Mapping[str, str] | None = None, logy: bool = False, orient: str = "v") -> Axes:
     """Compare conditions: a point per ``x`` (and ``hue``) at ``y`` with error bars ``lo``..``hi``
-    (rows with a NaN interval get no bar); ``ref`` draws a horizontal reference line (e.g. 1 for a
-    ratio). ``order``: the ``x`` levels in order (default: as they appear); ``x_palette``: a colour per ``x``
-    level when there is no ``hue`` (the conditions' palette). For test AUC, the imbalance ratio or utilization
-    per condition."""
+    (rows with a NaN interval get no bar); ``ref`` draws a reference line (e.g. 1 for a ratio). ``order``: the
+    ``x`` levels in order (default: as they appear); ``x_palette``: a colour per ``x`` level when there is no
+    ``hue`` (the conditions' palette). ``orient="h"`` puts the conditions down the y axis, the first on top
+    (a forest plot: long names stay horizontal and readable), the values along x (``ylabel`` then labels x,
+    ``logy`` makes x logarithmic). For test AUC, the imbalance ratio or utilization per condition."""
+    if orient not in ("v", "h"):
+        raise ValueError(f"orient must be 'v' or 'h', got {orient!r}")
     _check(data, x, y, lo, hi, hue)
-    ax = ax if ax is not None else plt.gca()
+    ax = _axes(ax)
+    flip = orient == "h"
     xs = [v for v in (order if order is not None else view_order(data, x))]
     pos = {v: i for i, v in enumerate(xs)}
     data = data[data[x].astype(str).isin(pos)]
@@ -234,19 +261,28 @@ def condition_plot(data: pd.DataFrame, *, x: str = "group", y: str, lo: str | No
             err = np.vstack([py - sub[lo].to_numpy(float), sub[hi].to_numpy(float) - py])
             err = np.where(np.isfinite(err), err, 0.0)
             for i in range(len(sub)):
-                ax.errorbar(px[i:i + 1], py[i:i + 1], yerr=err[:, i:i + 1], fmt="none", ecolor=colors[i], capsize=2,
-                            linewidth=0.8)
-        ax.scatter(px, py, c=colors, s=16, zorder=3, label=plain(lev) if lev is not None else "_points")
+                bar = dict(xerr=err[:, i:i + 1]) if flip else dict(yerr=err[:, i:i + 1])
+                ax.errorbar(*((py[i:i + 1], px[i:i + 1]) if flip else (px[i:i + 1], py[i:i + 1])), **bar,
+                            fmt="none", ecolor=colors[i], capsize=2, linewidth=0.8)
+        ax.scatter(*((py, px) if flip else (px, py)), c=colors, s=16, zorder=3,
+                   label=plain(lev) if lev is not None else "_points")
     if ref is not None:
-        ax.axhline(ref, color="0.6", linewidth=0.5, linestyle="--", zorder=0)
+        (ax.axvline if flip else ax.axhline)(ref, color="0.6", linewidth=0.5, linestyle="--", zorder=0)
     if logy:
-        ax.set_yscale("log")
-    ax.set_xticks(range(len(xs)))
-    crowded = sum(len(v) for v in xs) > 6 * len(xs) + 2  # long names would run into each other
-    ax.set_xticklabels([plain(v, 24) for v in xs], rotation=30 if crowded else 0, ha="right" if crowded else "center")
-    ax.set_xlim(-0.5, len(xs) - 0.5)
-    ax.set_xlabel(x)
-    ax.set_ylabel(ylabel or y)
+        (ax.set_xscale if flip else ax.set_yscale)("log")
+    labels = [plain(v, 24) for v in xs]
+    if flip:
+        ax.set_yticks(range(len(xs)), labels)
+        ax.set_ylim(len(xs) - 0.5, -0.5)  # the first (the reference) on top
+        ax.set_ylabel(x)
+        ax.set_xlabel(ylabel or y)
+    else:
+        ax.set_xticks(range(len(xs)))
+        crowded = sum(len(v) for v in xs) > 6 * len(xs) + 2  # long names would run into each other
+        ax.set_xticklabels(labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xlabel(x)
+        ax.set_ylabel(ylabel or y)
     if hue is not None:
         legend_outside(ax)
     return ax
@@ -257,17 +293,21 @@ def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
                     col: str | None = None, hue: str = "view", units: str | None = "run",
                     palette: Mapping[str, str] | None = None, width: str = "double",
                     logy: Sequence[str] = ("grad_norm", "update_norm", "learning_speed"),
-                    col_order: Sequence[str] | None = None, row_height: float = 1.6) -> plt.Figure:
+                    col_order: Sequence[str] | None = None, row_height: float = 1.6,
+                    col_title: str = "{col} = {value}", fit: bool = True) -> Figure:
     """Figure-level: one row per quantity in ``ys``, one column per level of ``col`` (e.g.
-    ``condition``, in ``col_order``), lines per ``hue`` with bands or per-run lines over ``units``; shared y
-    axis within a row; one legend, outside the data to the right (constrained layout)."""
+    ``condition``, in ``col_order``, titled by ``col_title`` formatted with ``col`` and ``value``), lines per
+    ``hue`` with bands or per-run lines over ``units``; shared y
+    axis within a row; one legend, outside the data to the right (constrained layout); titles and labels
+    wrapped to their panels (:func:`fit_text`; ``fit=False``: left to the caller, who relabels first). A bare
+    Figure: pyplot and the backend are not touched."""
     _check(data, x, hue, col, *ys)
     cols = [None] if col is None else list(col_order) if col_order is not None else view_order(data, col)
     levels = view_order(data, hue)
     palette = _palette(palette, levels)
     w, _ = figsize(width)
-    fig, axes = plt.subplots(len(ys), len(cols), figsize=(w, row_height * len(ys)), sharex=True, sharey="row",
-                             squeeze=False, layout="constrained")
+    fig = new_figure((w, row_height * len(ys)))
+    axes = fig.subplots(len(ys), len(cols), sharex=True, sharey="row", squeeze=False)
     for j, c in enumerate(cols):
         sub = data if c is None else data[data[col].astype(str) == c]
         for i, y in enumerate(ys):
@@ -275,11 +315,11 @@ def dynamics_facets(data: pd.DataFrame, *, x: str = "step",
             view_lines(sub, x=x, y=y, hue=hue, units=units, palette=palette, logy=y in logy, ax=ax, order=levels,
                        legend=False)
             if c is not None and i == 0:
-                ax.set_title(plain(f"{col} = {c}", 40))
+                ax.set_title(plain(col_title.format(col=col, value=c), 40))
             if j > 0:
                 ax.set_ylabel("")
             if i < len(ys) - 1:
                 ax.set_xlabel("")
     handles = [Line2D([], [], color=palette.get(v), label=plain(v)) for v in levels]
     fig.legend(handles=handles, loc="outside right upper")
-    return fig
+    return fit_text(fig) if fit else fig

@@ -10,7 +10,7 @@ from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
 
 from dynamics import plots  # noqa: E402
-from dynamics.report.figures import _mean_band  # noqa: E402
+from dynamics.report.plots import _mean_band  # noqa: E402
 
 
 def vd_table(n_runs=2):
@@ -41,7 +41,7 @@ def test_view_palette_fixed_and_shared_grey():
 
 def test_figsize():
     assert plots.figsize("single") == plots.SIZES["single"]
-    assert plots.figsize("double", aspect=0.5) == (7.2, 3.6)
+    assert plots.figsize("double", aspect=0.5) == (7.0, 3.5)
     with pytest.raises(ValueError, match="width"):
         plots.figsize("triple")
 
@@ -192,3 +192,25 @@ def test_save_figure_pdf_and_png_300dpi(tmp_path):
     fig.savefig(tmp_path / "ref.png", dpi=100, bbox_inches="tight")
     ratio = plt.imread(paths[1]).shape[0] / plt.imread(tmp_path / "ref.png").shape[0]
     assert ratio == pytest.approx(3.0, rel=0.05)  # 300 dpi
+
+
+def test_axes_level_plots_fit_one_journal_column():
+    """Each axes-level plot on a one-column figure (3.5 in) in the package style, its legend outside: no text
+    under 7 pt, none cut or overlapping, no legend on the data (long condition names down the y axis)."""
+    from .layout import assert_fit
+    data = vd_table(6)
+    conds = pd.DataFrame({"group": ["separate", "rebalance-random", "dropout-0.25"], "r": [1.2, 0.8, 2.0],
+                          "lo": [1.0, 0.6, 1.5], "hi": [1.5, 1.1, 2.6]})
+    cells = pd.DataFrame({"step": [0, 1, 2, 3] * 2, "depth": [0] * 4 + [1] * 4,
+                          "log2_ratio": [0.0, 1.0, 2.0, 3.0, -1.0, -1.0, -3.0, -3.0]})
+    draws = {"grad_norm_plot": lambda ax: plots.grad_norm_plot(data, ax=ax),
+             "share_area_plot": lambda ax: plots.share_area_plot(data, ax=ax),
+             "ratio_heatmap": lambda ax: plots.ratio_heatmap(cells, bins=2, ax=ax),
+             "condition_plot": lambda ax: plots.condition_plot(conds, y="r", lo="lo", hi="hi", ref=1.0, orient="h",
+                                                               ylabel="colour/grey ratio of mean norms", ax=ax,
+                                                               x_palette=plots.condition_palette(conds["group"]))}
+    with plots.publication_style():
+        for name, draw in draws.items():
+            fig = plots.new_figure(plots.figsize("single"))
+            draw(fig.add_subplot())
+            assert_fit(name, plots.fit_text(fig))
