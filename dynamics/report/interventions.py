@@ -20,17 +20,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..analysis.cleaning import view_order
-from ..schema import OGM_COEF_PREFIX, PRESENT_PREFIX, REBALANCED_PREFIX
+from ..schema import DECISION_PREFIX, DROPOUT_KIND, OGM_KIND, REBALANCE_KIND
 from . import plots
 from .style import fit_text, new_figure, plain, report_figsize
 
 __all__ = ["KINDS", "intervention_columns", "intervention_figure"]
 
-#: kind -> (column prefix, decision axis label)
+#: kind (the interventions' own names, from :mod:`dynamics.schema`) -> (column prefix, decision axis label)
 KINDS = {
-    "re-balancing": (REBALANCED_PREFIX, "fraction of runs re-balancing"),
-    "OGM-GE": (OGM_COEF_PREFIX, "gradient coefficient k"),
-    "modality dropout": (PRESENT_PREFIX, "samples with the view"),
+    REBALANCE_KIND: (DECISION_PREFIX[REBALANCE_KIND], "fraction of runs re-balancing"),
+    OGM_KIND: (DECISION_PREFIX[OGM_KIND], "gradient coefficient k"),
+    DROPOUT_KIND: (DECISION_PREFIX[DROPOUT_KIND], "samples with the view"),
 }
 
 
@@ -51,13 +51,13 @@ def _decisions(ax: Axes, steps: pd.DataFrame, kind: str, columns: dict[str, str]
     for view, column in columns.items():
         mean = steps.groupby("step")[column].mean().dropna()
         color = palette.get(view)
-        if kind == "re-balancing":
+        if kind == REBALANCE_KIND:
             ax.fill_between(mean.index, 0, mean.to_numpy(), step="mid", color=color, alpha=0.35, linewidth=0,
                             label=f"re-balance {plain(view)}")
         else:
             ax.plot(mean.index, mean.to_numpy(), color=color, linewidth=0.8,
-                    label=f"{'k' if kind == 'OGM-GE' else 'present'} {plain(view)}")
-    if kind == "re-balancing":
+                    label=f"{'k' if kind == OGM_KIND else 'present'} {plain(view)}")
+    if kind == REBALANCE_KIND:
         ax.set_ylim(0, 1.05)
     ax.set_ylabel(KINDS[kind][1])
     ax.set_xlabel("step")

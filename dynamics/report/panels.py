@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from . import plots
 from .interventions import intervention_figure
 from .style import ROW_HEIGHT, fit_text, new_figure, plain, report_figsize
-from .tables import outcome_metrics  # noqa: F401  (kept importable here: the conditions panel's choice)
+from .tables import outcome_metrics, ratio_name  # noqa: F401  (outcome_metrics kept importable here)
 
 if TYPE_CHECKING:
     from .computed import ReportNumbers
@@ -76,7 +76,7 @@ def dynamics_figure(nums: ReportNumbers) -> Figure:
 
 
 def matched_ratio_figure(nums: ReportNumbers) -> Figure:
-    """log2 of the matched-layer gradient-norm ratio (depth × step): a row per pair, a column per group."""
+    """log2 of the matched-layer ratio (depth × step): a row per pair, a column per group."""
     md = nums.matched_cells
     pairs, more = _pairs_shown(nums)
     groups = nums.groups
@@ -110,7 +110,8 @@ def matched_ratio_figure(nums: ReportNumbers) -> Figure:
     if missing:
         fig.legend(handles=[plots.missing_patch()], loc="outside lower left")
     names = ", ".join(f"{a}/{b}" for a, b in pairs)
-    return ("matched_ratio", f"log2 of the gradient-norm ratio A/B ({names}) for matched layers (depth × step); "
+    return ("matched_ratio", f"log2 of the matched-layer ratio A/B ({names}): the two views' gradient norms at "
+            f"each depth (× step); "
             f"red: A larger; hatched grey: no data (no step recorded in that cell, or no matched layer at that depth)"
             f"{more}.", fig)
 
@@ -155,7 +156,7 @@ def conditional_speed_figure(nums: ReportNumbers) -> Figure:
 
 def _panels(nums: ReportNumbers) -> list[tuple[str, str]]:
     pairs = nums.pairs[:3]
-    panels = [(f"ratio:{a}/{b}", f"{a}/{b} grad-norm ratio") for a, b in pairs]
+    panels = [(f"ratio:{a}/{b}", ratio_name(a, b)) for a, b in pairs]
     panels += [(f"metric:{m}", m) for m in nums.outcomes if (nums.metrics["metric"] == m).any()]
     if len(nums.utilization):
         panels.append(("utilization", "conditional utilization"))
@@ -184,8 +185,8 @@ def _conditions_panel(nums: ReportNumbers, key: str, label: str, ax: Axes) -> No
 
 
 def conditions_figure(nums: ReportNumbers) -> Figure:
-    """Groups one below the other (the reference on top), a panel per quantity: the gradient-norm ratio of (up
-    to three) pairs, the outcome metrics and utilization; the groups' names only on each row's first panel."""
+    """Groups one below the other (the reference on top), a panel per quantity: the ratio of mean gradient norms
+    of (up to three) pairs, the outcome metrics and utilization; the groups' names only on each row's first panel."""
     panels = _panels(nums)
     fig, axes = _grid(len(panels))
     for ax, (key, label) in zip(axes, panels):
