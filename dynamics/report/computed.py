@@ -58,7 +58,7 @@ class ReportNumbers:
     @cached_property
     def run_groups(self) -> pd.DataFrame:
         """One row per run (in the order given) with its group."""
-        return analysis.run_groups(self.data.per_param, self.by)
+        return analysis.run_groups(self.data.sums, self.by)
 
     @cached_property
     def group_of(self) -> dict[str, str]:
@@ -97,44 +97,27 @@ class ReportNumbers:
     # ----------------------------------------------------------------- analyses, each once
     @cached_property
     def cleaned(self) -> pd.DataFrame:
-        """The rows every statistic uses (``analysis.clean``; of aggregated runs, the per-view sums of usable
-        rows), computed once."""
-        if self.data.sweep is not None:
-            return self.data.per_param[self.data.per_param["used"]]
-        return analysis.clean(self.data.per_param, self.data.per_step)
+        """The sums every statistic uses: those of the usable rows (the rule of ``analysis.clean``, applied as
+        each run was reduced), computed once."""
+        return self.data.sums[self.data.sums["used"]]
 
     @cached_property
     def view_dynamics(self) -> pd.DataFrame:
-        if self.data.sweep is not None:
-            return analysis.view_dynamics_from_sums(self.cleaned)
-        return analysis.view_dynamics(self.data.per_param, self.data.per_step, cleaned=self.cleaned)
-
-    @cached_property
-    def matched(self) -> pd.DataFrame:
-        """Matched layers of every pair of compared views at every step (``analysis.matched_pairs``); tables in
-        memory only (aggregated runs keep :attr:`matched_layers` and :attr:`matched_cells`)."""
-        if self.data.sweep is not None:
-            raise ValueError("aggregated runs keep no per-step matched-layer table: use matched_layers or "
-                             "matched_cells, or load_report_data(..., aggregate=False)")
-        return analysis.matched_pairs(self.data.per_param, self.data.per_step, views=self.requested_views,
-                                      shared=self.shared, cleaned=self.cleaned)
+        return analysis.view_dynamics_from_sums(self.cleaned)
 
     @cached_property
     def matched_layers(self) -> pd.DataFrame:
         """Per pair, phase (and ``all``), run and matched depth: each view's mean gradient norm at that depth
-        (``analysis.matched_layer_means``); ``attrs``: ``pairs`` and ``unmatched``."""
-        if self.data.sweep is None:
-            return analysis.matched_layer_means(self.matched)
-        pairs = analysis.view_pairs(self.data.per_param, self.requested_views, self.shared)
+        (``analysis.sweep.sweep_layer_means``); ``attrs``: ``pairs`` and ``unmatched``."""
+        pairs = analysis.view_pairs(self.data.sums, self.requested_views, self.shared)
         return sweep.sweep_layer_means(self.data.sweep, pairs)
 
     @cached_property
     def matched_cells(self) -> pd.DataFrame:
         """Per group, pair, depth and step: the mean log2 matched-layer ratio over the group's runs and their
         number ``n`` (the heatmap's input)."""
-        ratios, runs, pairs = (sweep.ratio_table(self.matched) if self.data.sweep is None else
-                               (self.data.sweep.ratios, self.data.sweep.runs, self.data.sweep.pairs))
-        return sweep.ratio_cells(ratios, [self.group_of.get(r, r) for r in runs], pairs, self.pairs)
+        s = self.data.sweep
+        return sweep.ratio_cells(s.ratios, [self.group_of.get(r, r) for r in s.runs], s.pairs, self.pairs)
 
     @cached_property
     def pairs(self) -> list[tuple[str, str]]:
@@ -153,13 +136,13 @@ class ReportNumbers:
 
     @cached_property
     def run_summary(self) -> pd.DataFrame:
-        return analysis.run_summary(self.data.per_param, self.data.per_step, vd=self.view_dynamics)
+        return analysis.run_summary(self.data.sums, self.data.per_step, vd=self.view_dynamics)
 
     @cached_property
     def uneven_phases(self) -> dict[str, str]:
         """Group -> why its phases are not shown (:func:`selection.uneven_phases`: its runs cover different
         steps, so early, middle and late would mean different steps in different runs)."""
-        return selection.uneven_phases(self.data.per_param, self.group_of)
+        return selection.uneven_phases(self.data.sums, self.group_of)
 
     def _whole_run_only(self, table: pd.DataFrame) -> pd.DataFrame:
         return selection.whole_run_only(table, self.uneven_phases)
@@ -167,7 +150,7 @@ class ReportNumbers:
     @cached_property
     def _summary_rows(self) -> pd.DataFrame:
         return self._whole_run_only(analysis.imbalance_summary(
-            self.data.per_param, self.data.per_step, by=self.by, views=self.views, shared=self.shared,
+            self.data.sums, self.data.per_step, by=self.by, views=self.views, shared=self.shared,
             order=self.groups, vd=self.view_dynamics, layers=self.matched_layers, rs=self.run_summary))
 
     @cached_property
@@ -177,7 +160,7 @@ class ReportNumbers:
         if len(self.groups) < 2 or self._reference_or_none is None:
             comparisons = pd.DataFrame(columns=analysis.comparisons.COLUMNS)
         else:
-            values = tables.comparison_values(self.data.per_param, self.run_metrics, self.outcomes, self.pair_runs,
+            values = tables.comparison_values(self.data.sums, self.run_metrics, self.outcomes, self.pair_runs,
                                               self.run_summary, self.views, self.shared, self.group_of)
             comparisons = analysis.compare_conditions(values, reference=self.reference, order=self.groups)
         comparisons, adjusted = holm_family(comparisons, summary["p"].to_numpy(float) if len(summary) else [])
@@ -212,14 +195,14 @@ class ReportNumbers:
     @cached_property
     def conditional_speed(self) -> pd.DataFrame:
         """Conditional learning speed of every pair, stacked (``view_a``, ``view_b`` columns)."""
-        parts = [analysis.conditional_learning_speed(self.data.per_param, self.data.per_step, views=pair,
+        parts = [analysis.conditional_learning_speed(self.data.sums, self.data.per_step, views=pair,
                                                      shared=self.shared, vd=self.view_dynamics).assign(
                      view_a=pair[0], view_b=pair[1]) for pair in self.pairs]
         return pd.concat(parts, ignore_index=True)
 
     @cached_property
     def exclusions(self) -> pd.DataFrame:
-        return analysis.exclusions(self.data.per_param, self.data.per_step, cleaned=self.cleaned)
+        return analysis.exclusions(self.data.sums, self.data.per_step, cleaned=self.cleaned)
 
     @cached_property
     def run_metrics(self) -> pd.DataFrame:
@@ -279,7 +262,7 @@ class ReportNumbers:
     @cached_property
     def view_notes(self) -> list[str]:
         """Sentences on views that not every run recorded (compared only where runs share them)."""
-        return tables.view_set_notes(self.data.per_param, self.shared, self.views)
+        return tables.view_set_notes(self.data.sums, self.shared, self.views)
 
     @cached_property
     def warnings(self) -> pd.DataFrame:
@@ -302,7 +285,7 @@ class ReportNumbers:
     def palette(self) -> dict[str, str]:
         """One colour per view, the same in every figure."""
         from .style import view_palette
-        return view_palette(analysis.view_order(self.data.per_param), shared=self.shared)
+        return view_palette(analysis.view_order(self.data.sums), shared=self.shared)
 
     @cached_property
     def group_palette(self) -> dict[str, str]:

@@ -1,4 +1,6 @@
-"""The report's input: the loaded runs with their metadata and utilization files (:class:`ReportData`).
+"""The report's input: the runs reduced to per run, view and step sums, with their metadata and utilization files
+(:class:`ReportData`). One shape, whatever the number of runs (one run included): each run is read and reduced
+by :func:`dynamics.analysis.sweep.aggregate_runs` before the next is read.
 
 Every number computed from it lives in :class:`dynamics.report.computed.ReportNumbers`.
 """
@@ -21,22 +23,26 @@ __all__ = ["ReportData", "load_report_data", "add_group_column"]
 
 @dataclass
 class ReportData:
-    """Everything a report is made from: the tables plus, per run label, meta.json and utilization, and the
-    name of the shared group (default: ``shared_name`` of the metas, which must agree; None: not recorded).
-
-    With ``sweep`` (runs reduced by :func:`dynamics.analysis.sweep.aggregate_runs`) the report reads its
-    per-view dynamics and matched layers from those sums, and ``per_param`` is ``sweep.views``: one row per run,
-    view and step, with the run and view columns of a per-param table (what run groups and view sets need)."""
-    per_param: pd.DataFrame
-    per_step: pd.DataFrame
+    """Everything a report is made from: the runs reduced to sums (:class:`~dynamics.analysis.sweep.Sweep`), plus,
+    per run label, meta.json and utilization, and the name of the shared group (default: ``shared_name`` of the
+    metas, which must agree; None: not recorded). ``sums`` (the sweep's ``views``): one row per run, view and
+    recorded step, with the run and view columns of a per-param table; ``per_step`` as ``load_runs`` gives it."""
+    sweep: Sweep
     metas: dict[str, dict] = field(default_factory=dict)
     utilization: dict[str, pd.DataFrame] = field(default_factory=dict)
     shared: str | None = None
-    sweep: Sweep | None = None
 
     def __post_init__(self) -> None:
         if self.shared is None:
             self.shared = _shared_name(self.metas)
+
+    @property
+    def sums(self) -> pd.DataFrame:
+        return self.sweep.views
+
+    @property
+    def per_step(self) -> pd.DataFrame:
+        return self.sweep.per_step
 
 
 def _shared_name(metas: dict[str, dict]) -> str | None:
@@ -60,8 +66,8 @@ def _meta_value(meta: dict, key: str) -> Any:
 
 
 def add_group_column(data: ReportData, by: str) -> ReportData:
-    """Make ``by`` a column of ``per_param``, from meta.json (top level, then ``config``) when absent."""
-    if by in data.per_param.columns:
+    """Make ``by`` a column of ``sums``, from meta.json (top level, then ``config``) when absent."""
+    if by in data.sums.columns:
         return data
     values = {}
     for run, meta in data.metas.items():
@@ -71,17 +77,14 @@ def add_group_column(data: ReportData, by: str) -> ReportData:
         values[run] = str(v)
     if not values:
         raise ValueError(f"cannot group by {by!r}: not a column and no run metadata was given")
-    pp = data.per_param.assign(**{by: data.per_param["run"].astype(str).map(values).astype("category")})
-    return replace(data, per_param=pp)
+    sums = data.sums.assign(**{by: data.sums["run"].astype(str).map(values).astype("category")})
+    return replace(data, sweep=replace(data.sweep, views=sums))
 
 
-def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True,
-                     aggregate: bool = True) -> ReportData:
+def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True) -> ReportData:
     """Load run directories (each a dynamics run; paths or globs) with their metadata and utilization files,
-    under the run labels ``dynamics.load_runs`` gives (``store.run_labels``). With ``aggregate`` (the default)
-    each run is reduced to its per-view sums as it is read (:func:`dynamics.analysis.sweep.aggregate_runs`:
-    memory for one run plus the sums, the same report numbers); without, every per-tensor row is loaded
-    (``dynamics.load_runs``)."""
+    under the run labels ``dynamics.load_runs`` gives (``store.run_labels``), each run reduced to its per-view
+    sums as it is read (:func:`dynamics.analysis.sweep.aggregate_runs`: memory for one run plus the sums)."""
     paths = store.expand_runs(runs)
     metas, util = {}, {}
     for path, label in tqdm(list(zip(paths, store.run_labels(paths))), desc="reading runs", disable=not progress,
@@ -90,8 +93,4 @@ def load_report_data(runs: Sequence[str | os.PathLike], *, progress: bool = True
         u = load_utilization(path)
         if u is not None:
             util[label] = u
-    if aggregate:
-        sweep = aggregate_runs(paths, progress=progress)
-        return ReportData(sweep.views, sweep.per_step, metas, util, sweep=sweep)
-    per_param, per_step = store.load_runs(paths)
-    return ReportData(per_param, per_step, metas, util)
+    return ReportData(aggregate_runs(paths, progress=progress), metas, util)

@@ -1,8 +1,7 @@
 """Which runs a report counts and on which steps its phases are defined.
 
 Flagged runs (:func:`dynamics.report.notices.flagged_runs`) are left out of the report's data unless kept
-(``include_flagged``), in either shape of :class:`~dynamics.report.data.ReportData` (per-tensor rows or a sweep's
-sums); runs that recorded no step and copies of another run never count. Phases (early, middle, late) are shown
+(``include_flagged``) of :class:`~dynamics.report.data.ReportData`'s sums; runs that recorded no step and copies of another run never count. Phases (early, middle, late) are shown
 for a group only when its runs cover the same steps (one step grid); the reference group is chosen by name.
 """
 from __future__ import annotations
@@ -52,24 +51,20 @@ def _sweep_without(s: sweep.Sweep, drop: set[str]) -> sweep.Sweep:
 
 
 def without_runs(data: ReportData, drop: set[str]) -> ReportData:
-    """``data`` without the runs in ``drop``, in either of its shapes (per-tensor rows or a sweep's sums)."""
+    """``data`` without the runs in ``drop``."""
     if not drop:
         return data
     keep = {k: v for k, v in data.metas.items() if k not in drop}
     util = {k: v for k, v in data.utilization.items() if k not in drop}
-    if data.sweep is not None:
-        s = _sweep_without(data.sweep, drop)
-        return replace(data, per_param=s.views, per_step=s.per_step, metas=keep, utilization=util, sweep=s)
-    return replace(data, per_param=_drop_runs(data.per_param, drop), per_step=_drop_runs(data.per_step, drop),
-                   metas=keep, utilization=util)
+    return replace(data, sweep=_sweep_without(data.sweep, drop), metas=keep, utilization=util)
 
 
 def flag_runs(full: ReportData, by: str | None) -> pd.DataFrame:
-    """:func:`notices.flagged_runs` of every loaded run (its recorded steps counted from ``per_param``, its
-    group from ``by``)."""
-    pp = analysis.with_run(full.per_param)
+    """:func:`notices.flagged_runs` of every loaded run (its recorded steps counted from ``sums``, its group
+    from ``by``)."""
+    pp = analysis.with_run(full.sums)
     steps = pp.groupby(pp["run"].astype(str), observed=True)["step"].nunique().to_dict()
-    groups = analysis.run_groups(full.per_param, by)
+    groups = analysis.run_groups(full.sums, by)
     return notices.flagged_runs(dict(full.metas), steps, dict(zip(groups["run"], groups["group"])))
 
 
@@ -84,10 +79,10 @@ def counted(full: ReportData, flagged: pd.DataFrame, include_flagged: bool) -> R
     return without_runs(full, drop)
 
 
-def uneven_phases(per_param: pd.DataFrame, group_of: dict[str, str]) -> dict[str, str]:
+def uneven_phases(sums: pd.DataFrame, group_of: dict[str, str]) -> dict[str, str]:
     """Group -> a sentence saying why its phases are not shown: its runs' first or last recorded steps differ,
     so early, middle and late (each run's range cut in three) would mean different steps in different runs."""
-    pp = analysis.with_run(per_param)
+    pp = analysis.with_run(sums)
     spans = pp.groupby(pp["run"].astype(str), observed=True)["step"].agg(["min", "max"]).reset_index()
     spans["group"] = spans["run"].map(group_of)
     out = {}

@@ -44,7 +44,7 @@ def run_metrics(data: ReportData) -> pd.DataFrame:
     if ps is None or ps.empty or "step" not in ps.columns:
         return pd.DataFrame(columns=["run"])
     if "run" not in ps.columns:
-        ps = ps.assign(run=str(analysis.with_run(data.per_param)["run"].iloc[0]))
+        ps = ps.assign(run=str(analysis.with_run(data.sums)["run"].iloc[0]))
     um = analysis.user_metrics(ps)
     return um.assign(run=um["run"].astype(str)) if len(um.columns) > 1 else pd.DataFrame(columns=["run"])
 
@@ -175,14 +175,14 @@ def utilization_table(data: ReportData, group_of: dict[str, str], *, level: floa
     return _in_order(pd.DataFrame(rows), order)
 
 
-def comparison_values(per_param: pd.DataFrame, run_metrics: pd.DataFrame, outcomes: Sequence[str],
+def comparison_values(sums: pd.DataFrame, run_metrics: pd.DataFrame, outcomes: Sequence[str],
                       pair_runs: pd.DataFrame, run_summary: pd.DataFrame, views: Sequence[str], shared: str | None,
                       group_of: dict[str, str]) -> pd.DataFrame:
     """One value per run and compared quantity: the ``outcomes`` of ``run_metrics`` (training scalars are
     described, not compared), the ratio of mean gradient norms of every pair of views (log scale, from
     ``pair_runs``) and every view's share of the loss reduction (from ``run_summary``), over all of training;
     each run with its group and seed."""
-    seed = analysis.with_run(per_param).groupby("run", observed=True)["seed"].first()
+    seed = analysis.with_run(sums).groupby("run", observed=True)["seed"].first()
     seed.index = seed.index.astype(str)
     parts = []
     rm = run_metrics
@@ -202,9 +202,9 @@ def comparison_values(per_param: pd.DataFrame, run_metrics: pd.DataFrame, outcom
     return values.assign(group=values["run"].map(group_of), seed=values["run"].map(seed)).dropna(subset=["value"])
 
 
-def view_set_notes(per_param: pd.DataFrame, shared: str, compared: Sequence[str]) -> list[str]:
+def view_set_notes(sums: pd.DataFrame, shared: str, compared: Sequence[str]) -> list[str]:
     """A sentence per view that not every run recorded: such runs are compared only on the views they share."""
-    df = analysis.with_run(per_param)[["run", "view"]].drop_duplicates()  # a row per run and view
+    df = analysis.with_run(sums)[["run", "view"]].drop_duplicates()  # a row per run and view
     present = df.groupby(df["view"].astype(str), observed=True)["run"].agg(lambda r: sorted(set(r.astype(str))))
     runs = sorted(set(df["run"].astype(str)))
     notes = []
@@ -254,7 +254,7 @@ def run_table(data: ReportData, exclusions: pd.DataFrame) -> pd.DataFrame:
     """One row of metadata per run, with the optimizer's class and key settings in their own columns."""
     ex = exclusions.assign(run=exclusions["run"].astype(str)).set_index("run")
     rows = []
-    for run in list(dict.fromkeys(analysis.with_run(data.per_param)["run"].drop_duplicates().astype(str))):
+    for run in list(dict.fromkeys(analysis.with_run(data.sums)["run"].drop_duplicates().astype(str))):
         meta = data.metas.get(run, {})
         row = {"run": run, "condition": _short(meta.get("condition") or DEFAULT_CONDITION),
                "seed": _short(meta.get("seed")), "views": ", ".join(map(str, meta.get("views", []))),

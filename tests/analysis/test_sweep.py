@@ -1,10 +1,11 @@
 """Runs reduced one at a time (``dynamics.analysis.sweep``) against the per-tensor tables: a run small enough to
-sum by hand, brute-force pandas sums of the raw per-parameter rows, and every number of the report computed from
-the aggregated runs and from the per-tensor tables."""
+sum by hand, brute-force pandas sums of the raw per-parameter rows, and every number of the report (which reads
+only the sums) against the same numbers computed by the analysis functions from every per-tensor row."""
 from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 import dynamics
-from dynamics import report, store
+from dynamics import analysis, report, store
 from dynamics.analysis import sweep
 from dynamics.schema import SCHEMA_VERSION
 from dynamics.store import RunStoreError
@@ -191,10 +192,54 @@ def _same(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> None:
     pd.testing.assert_frame_equal(norm(left), norm(right), check_dtype=False, rtol=1e-9)
 
 
-def test_report_numbers_are_the_same_from_aggregated_runs(sweep_runs):
-    old = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False, aggregate=False), baseline="base")
+@dataclass
+class _PerTensorData:
+    """Every per-tensor row (``dynamics.load_runs``) under the names the report reads (``sums``, ``per_step``)."""
+    sums: pd.DataFrame
+    per_step: pd.DataFrame
+    metas: dict
+    utilization: dict = field(default_factory=dict)
+    shared: str | None = "shared"
+    sweep = None
+
+
+class _PerTensorNumbers(report.ReportNumbers):
+    """The reference: the report's numbers with the analysis functions on every per-tensor row (cleaning, view
+    dynamics and matched layers of the per-tensor tables) where the report reads the sweep's sums."""
+
+    def __init__(self, runs, **kwargs) -> None:
+        per_param, per_step = dynamics.load_runs(runs)
+        metas = {str(r): dynamics.read_meta(r) for r in runs}
+        metas = dict(zip(store.run_labels(list(map(Path, runs))), metas.values()))
+        super().__init__(_PerTensorData(per_param, per_step, metas), **kwargs)
+
+    @property
+    def cleaned(self):
+        return analysis.clean(self.data.sums, self.data.per_step)
+
+    @property
+    def view_dynamics(self):
+        return analysis.view_dynamics(self.data.sums, self.data.per_step, cleaned=self.cleaned)
+
+    @property
+    def _matched(self):
+        return analysis.matched_pairs(self.data.sums, self.data.per_step, views=self.requested_views,
+                                      shared=self.shared, cleaned=self.cleaned)
+
+    @property
+    def matched_layers(self):
+        return analysis.matched_layer_means(self._matched)
+
+    @property
+    def matched_cells(self):
+        ratios, runs, pairs = sweep.ratio_table(self._matched)
+        return sweep.ratio_cells(ratios, [self.group_of.get(r, r) for r in runs], pairs, self.pairs)
+
+
+def test_report_numbers_from_the_sums_match_the_per_tensor_rows(sweep_runs):
+    old = _PerTensorNumbers(sweep_runs, baseline="base")
     new = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False), baseline="base")
-    assert new.data.sweep is not None and len(new.data.per_param) < len(old.data.per_param) / 3
+    assert len(new.data.sums) < len(old.data.sums) / 3
     assert new.pairs == old.pairs == [("a", "b")] and new.unmatched == old.unmatched == {"a/b": [2]}
     assert new.groups == old.groups and new.palette == old.palette and new.view_notes == old.view_notes
     _same(old.summary, new.summary, ["group", "phase", "view_a", "view_b"])
@@ -216,6 +261,5 @@ def test_report_numbers_are_the_same_from_aggregated_runs(sweep_runs):
 def test_report_files_from_aggregated_runs(sweep_runs, tmp_path):
     paths = report.report(sweep_runs, tmp_path / "r", progress=False, baseline="base")
     summary = pd.read_csv(paths["csv"])
-    old = report.ReportNumbers(report.load_report_data(sweep_runs, progress=False, aggregate=False),
-                               baseline="base").summary
+    old = _PerTensorNumbers(sweep_runs, baseline="base").summary
     assert np.allclose(summary["grad_ratio"], old["grad_ratio"]) and (paths["figures"] / "matched_ratio.png").exists()

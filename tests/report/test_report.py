@@ -177,7 +177,8 @@ def test_outcome_metrics_prefer_test_auc_then_other_outcomes():
 
 
 def test_report_numbers_computes_each_analysis_once(runs, tmp_path, monkeypatch):
-    """The cleaned rows, view dynamics and matched layers are computed once per report, whatever reads them."""
+    """The view dynamics and matched layers are computed once per report, from the runs' sums, whatever reads
+    them."""
     from dynamics.analysis import imbalance
 
     calls = {}
@@ -194,16 +195,13 @@ def test_report_numbers_computes_each_analysis_once(runs, tmp_path, monkeypatch)
         counting(analysis, name)
     counting(imbalance, "clean")  # what the analysis functions call when not given the cleaned rows
     counting(report.computed.sweep, "sweep_layer_means")
-    data = report.load_report_data(runs, progress=False, aggregate=False)  # every per-tensor row
+    data = report.load_report_data(runs, progress=False)
     nums = report.ReportNumbers(data, baseline="base")
-    assert nums.view_dynamics is nums.view_dynamics and calls == {"clean": 1, "view_dynamics": 1}
+    assert nums.view_dynamics is nums.view_dynamics and calls == {"view_dynamics_from_sums": 1}
     calls.clear()
     report.build_report(data, tmp_path / "once", progress=False, baseline="base")
-    assert calls == {"clean": 1, "view_dynamics": 1, "matched_pairs": 1}
-    calls.clear()
-    report.build_report(report.load_report_data(runs, progress=False), tmp_path / "sums", progress=False,
-                        baseline="base")
-    assert calls == {"view_dynamics_from_sums": 1, "sweep_layer_means": 1}  # the runs' sums: no per-tensor rows
+    # the runs' sums, each analysis once, and never a per-tensor row
+    assert calls == {"view_dynamics_from_sums": 1, "sweep_layer_means": 1}
 
 
 def test_conditions_figure_with_utilization_keeps_legends_off_the_data(runs):
