@@ -13,6 +13,7 @@ from matplotlib.text import Text
 
 import dynamics
 from dynamics.analysis.utilization import save_utilization
+from tests.report.models import Columns
 
 #: the digits sweep's condition names (long, hyphenated: what ran together in its figures)
 CONDITIONS = ("separate", "rebalance-random", "dropout-0.25", "shared", "dropout-0.5", "rebalance")
@@ -20,19 +21,6 @@ VIEWS = {2: ("colour", "grey"), 5: ("camera", "lidar", "radar", "sonar", "therma
 SMALLEST_PT = 7.0
 WIDTHS = (3.5, 7.0)  # one and two journal columns, inches
 TALLEST = 9.0        # inches: a page less its caption
-
-
-class Columns(torch.nn.Module):
-    """One small MLP column per view and a linear head."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.cols = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(),
-                                                            torch.nn.Linear(5, 3)) for _ in range(n))
-        self.head = torch.nn.Linear(3 * n, 1)
-
-    def forward(self, xs):
-        return self.head(torch.cat([c(x) for c, x in zip(self.cols, xs)], dim=1))[:, 0]
 
 
 def record_run(out: Path, *, seed: int, condition: str, views: tuple[str, ...], steps: int = 10) -> Path:

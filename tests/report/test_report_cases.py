@@ -17,19 +17,7 @@ from dynamics import cli, report  # noqa: E402
 from dynamics.report import panels  # noqa: E402
 from dynamics.report.style import (CONDITION_COLORS, OKABE_ITO, ROW_HEIGHT, SIZES, TALLEST,  # noqa: E402
                                    publication_style)
-
-
-class Columns(torch.nn.Module):
-    """``n`` MLP columns (one per view, view i's inputs scaled by i + 1) and a linear head."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.cols = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(),
-                                                            torch.nn.Linear(5, 3)) for _ in range(n))
-        self.head = torch.nn.Linear(3 * n, 1)
-
-    def forward(self, xs):
-        return self.head(torch.cat([c(x) for c, x in zip(self.cols, xs)], dim=1))[:, 0]
+from tests.report.models import Columns  # noqa: E402
 
 
 def record(out, *, seed, condition, n_views=2, steps=8, log=True, scale=1.0):

@@ -11,18 +11,9 @@ import torch  # noqa: E402
 import dynamics  # noqa: E402
 from dynamics import cli, report  # noqa: E402
 from dynamics.report.render import md_text  # noqa: E402
+from tests.report.models import TwoView  # noqa: E402
 
 NASTY = "[x](javascript:alert(1))\n# head `tick` a|b $\\alpha_{$ *e* _u_"
-
-
-class TwoView(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cc, self.mlo = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-        self.head = torch.nn.Linear(4, 1)
-
-    def forward(self, a, b):
-        return self.head(torch.cat([self.cc(a), self.mlo(b)], dim=1))[:, 0]
 
 
 def train(out, condition, seed, *, steps=6, manual_grad_steps=0, close=True):

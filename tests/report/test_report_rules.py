@@ -15,16 +15,7 @@ import torch  # noqa: E402
 import dynamics  # noqa: E402
 from dynamics import cli, report  # noqa: E402
 from dynamics.analysis import min_detectable_difference  # noqa: E402
-
-
-class TwoView(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.cc, self.mlo = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-        self.head = torch.nn.Linear(4, 1)
-
-    def forward(self, a, b):
-        return self.head(torch.cat([self.cc(a), self.mlo(b)], dim=1))[:, 0]
+from tests.report.models import TwoView  # noqa: E402
 
 
 def train(out, condition, seed, *, steps=9, close=True, auc=True, scale=2.0):
