@@ -3,8 +3,8 @@
 :func:`report` reads run directories and writes ``report.html`` (one self-contained file, figures
 base64-embedded, every run-derived name HTML-escaped), ``report.md`` with ``figures/*.png|pdf``
 beside it, and ``summary.csv`` (the key table, unformatted). :func:`build_report` does the same from
-tables already in memory. The numbers come from :class:`~dynamics.report.data.ReportNumbers` (each computed
-once), the sentences from :func:`~dynamics.report.findings.findings`, the figures from
+runs already loaded (:class:`~dynamics.report.data.ReportData`). The numbers come from
+:class:`~dynamics.report.computed.ReportNumbers` (each computed once), the sentences from :func:`~dynamics.report.findings.findings`, the figures from
 :mod:`dynamics.report.panels`, the files from the writers of :mod:`dynamics.report.render`.
 """
 from __future__ import annotations
