@@ -4,8 +4,9 @@
 base64-embedded, every run-derived name HTML-escaped), ``report.md`` with ``figures/*.png|pdf``
 beside it, and ``summary.csv`` (the key table, unformatted). :func:`build_report` does the same from
 runs already loaded (:class:`~dynamics.report.data.ReportData`). The numbers come from
-:class:`~dynamics.report.computed.ReportNumbers` (each computed once), the sentences from :func:`~dynamics.report.findings.findings`, the figures from
-:mod:`dynamics.report.panels`, the files from the writers of :mod:`dynamics.report.render`.
+:class:`~dynamics.report.computed.ReportNumbers` (each computed once), the sentences from
+:func:`~dynamics.report.findings.findings`, the figures from :mod:`dynamics.report.panels`, the files from the
+writers of :mod:`dynamics.report.render`.
 """
 from __future__ import annotations
 
