@@ -159,3 +159,45 @@ def test_bad_settings_are_named():
             odd(torch.randn(2, 5), torch.randn(2, 3))
     with rebalance(odd.head, opt, {"a": odd.a, "b": odd.b}):  # branch modules: widths read from their outputs
         odd(torch.randn(2, 5), torch.randn(2, 3))
+
+
+def test_dose_matched_control_opens_exactly_the_given_windows(tmp_path):
+    """windows=k, horizon=T: k windows of `steps` steps, none overlapping or touching, all inside [warmup, T),
+    each for a drawn view; the guided handle counts its own windows the same way."""
+    torch.manual_seed(0)
+    model = TinyTwoView()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    handle = rebalance(model.head, opt, {"a": model.a, "b": model.b}, mode="random", steps=3, warmup=4,
+                       windows=5, horizon=len(C_A), seed=2)
+    _train(model, opt, C_A, C_B, torch.Generator().manual_seed(1))
+    handle.remove()
+    steps = [t for t, _ in handle.schedule]
+    # windows: maximal runs of consecutive re-balanced steps (touching windows would merge: they must not)
+    runs = [[steps[0]]]
+    for t in steps[1:]:
+        (runs[-1].append(t) if t == runs[-1][-1] + 1 else runs.append([t]))
+    assert handle.windows == 5 and len(runs) == 5 and all(len(r) == 3 for r in runs)
+    assert steps[0] >= 5 and steps[-1] < len(C_A)  # the first decision at warmup acts from the next step
+    assert handle.reads == 0
+    guided = rebalance(model.head, opt, {"a": model.a, "b": model.b}, threshold=0.0, steps=5)
+    _train(model, opt, C_A, C_B, torch.Generator().manual_seed(1))
+    guided.remove()
+    g_steps = [t for t, _ in guided.schedule]
+    assert guided.windows == sum(1 for i, t in enumerate(g_steps) if i == 0 or t != g_steps[i - 1] + 1)
+
+
+def test_matched_starts_are_uniform_over_placements_and_refuse_what_cannot_fit():
+    """Two windows of 2 steps in [0, 7): decision steps s1 < s2 with s2 - s1 >= 3 and s2 <= 4: the placements
+    (0,3) (0,4) (1,4) each drawn about a third of the time."""
+    from collections import Counter
+    from dynamics.balance.rebalance import matched_starts
+    rng = random.Random(0)
+    counts = Counter(tuple(sorted(matched_starts(2, 0, 7, 2, rng))) for _ in range(3000))
+    assert set(counts) == {(0, 3), (0, 4), (1, 4)}
+    assert all(abs(c / 3000 - 1 / 3) < 0.04 for c in counts.values())
+    with pytest.raises(ValueError, match="do not fit"):
+        matched_starts(3, 0, 7, 2, rng)
+    model = TinyTwoView()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="windows and horizon go together"):
+        rebalance(model.head, opt, {"a": model.a, "b": model.b}, windows=3, horizon=10)  # guided mode
