@@ -38,6 +38,11 @@ def _n(x, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}".replace("-", "−")
 
 
+def _p(x) -> str:
+    """A p-value: 3 decimals, or "< 10⁻³" (a printed 0.000 would claim a p of zero)."""
+    return "–" if x is None or not math.isfinite(x) else ("< 10⁻³" if x < 1e-3 else f"{x:.3f}")
+
+
 def _iv(d: dict | None, key: str = "mean") -> str:
     if not d or d.get(key) is None:
         return "–"
@@ -82,7 +87,8 @@ def render(tasks: dict[str, dict]) -> str:
                 cells.append(f"{_iv(b['test_auc'])} (reference)")
             else:
                 mdd = vs.get("mdd_holm", vs.get("mdd"))
-                cells.append(f"{_iv(vs, 'difference')}, p {_n(vs['p_holm'], 3)}, MDD {_n(mdd)}")
+                few = " (too few seeds for the exact test)" if (vs.get("p_exact_min") or 0) > 0.05 else ""
+                cells.append(f"{_iv(vs, 'difference')}, p {_p(vs['p_holm'])}, MDD {_n(mdd)}{few}")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines += ["", "**Greedy gap** (ensemble − `separate`, paired by seed): " + "; ".join(
         f"{t} {_iv(tasks[t]['conditions']['separate']['greedy_gap'], 'difference')}" for t in names

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from analyses import findings as F
 from analyses.conditions import ENSEMBLE, SINGLE_PREFIX, grid, sweep
-from analyses.train import DATASETS, PHANTOMS, TrainConfig, build_data, train
+from analyses.train import DATASETS, PHANTOMS, TrainConfig, build_data, config_key, train
 
 # Defaults sized so that `make reproduce` (every data set's grid) fits in 15 minutes on 2 CPU cores.
 _PHANTOM = dict(epochs=10, n_cases=2000, n_test=4000, image_size=48, difficulty=0.25, batch_size=64, lr=1e-3)
@@ -137,8 +137,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def finished(cfg: TrainConfig) -> dict | None:
-    """The results of a run that finished earlier (its ``results.json`` is written after the recorder closed
-    the run directory), or None: a killed grid resumes with the runs it lacks."""
+    """The results of a run that finished earlier with the same settings (its ``results.json`` is written
+    after the recorder closed the run directory), or None: a killed grid resumes with the runs it lacks."""
     path = Path(cfg.out) / "results.json"
     if not path.is_file():
         return None
@@ -146,8 +146,7 @@ def finished(cfg: TrainConfig) -> dict | None:
         r = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None  # written halfway: train it again
-    same = r.get("condition") == cfg.condition and r.get("seed") == cfg.seed and r.get("data_seed") == cfg.data_key
-    return r if same else None
+    return r if r.get("config_key") == config_key(cfg) else None  # the same run: same settings, seed and data
 
 
 def run_grid(cfgs: list[TrainConfig], jobs: int, desc: str, progress: bool) -> list[dict]:

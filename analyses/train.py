@@ -87,6 +87,14 @@ class TrainConfig:
         return self.seed if self.data_seed is None else self.data_seed
 
 
+def config_key(cfg: TrainConfig) -> str:
+    """A hash of everything that determines a run's result (not where it is written or on which device): a
+    finished run is reused by a resumed grid only when its key is the same."""
+    import hashlib
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "root")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def build_data(cfg: TrainConfig) -> TwoViewSplits:
     """The splits of ``cfg.dataset`` (imports lazily: only the chosen data set's dependencies are needed)."""
     if cfg.dataset in PHANTOMS:
@@ -333,6 +341,7 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
                "test_acc": test_acc, "best_val_auc": best_auc, "steps": step, "history": history,
                "attribution": attribution, "views": list(net.views), "seconds_train": time.perf_counter() - t0,
                "test_scores": test_scores.tolist(), "test_y": splits.test.y.int().tolist(), "data_seed": cfg.data_key,
+               "config_key": config_key(cfg),
                "n_test": len(splits.test), "n_pos_test": int(splits.test.y.sum())}
     if cond.rebalance is not None:  # the dose: windows opened and steps re-balanced
         results["rebalance"] = {"windows": balancer.windows, "steps": len(balancer.schedule),

@@ -108,13 +108,17 @@ def test_new_conditions_resolve():
 
 
 def test_finished_runs_are_recognised_and_half_runs_are_not(tmp_path):
+    import json
+    from dataclasses import replace
+    from analyses.train import config_key
     cfg = TrainConfig(dataset="mfeat", condition="separate", seed=3, out=str(tmp_path / "r"))
     assert reproduce.finished(cfg) is None
     (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "results.json").write_text('{"condition": "separate", "seed": 3, "data_seed": 3}')
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"seed": 3, "config_key": config_key(cfg)}))
     assert reproduce.finished(cfg)["seed"] == 3
-    (tmp_path / "r" / "results.json").write_text('{"condition": "separate", "seed": 3, "data_seed": 0}')
-    assert reproduce.finished(cfg) is None  # another data seed: not this run
+    assert reproduce.finished(replace(cfg, out=str(tmp_path / "r"), device="cuda"))  # where/how: the same run
+    for other in (replace(cfg, data_seed=0), replace(cfg, epochs=1), replace(cfg, condition="shared")):
+        assert reproduce.finished(other) is None  # another data seed, settings or condition: not this run
     (tmp_path / "r" / "results.json").write_text('{"condition": "sep')
     assert reproduce.finished(cfg) is None
 
