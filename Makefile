@@ -24,9 +24,10 @@ test: $(STAMP)
 # `reproduce`: the quick grid (few seeds; every output says "quick: mechanism only"); `reproduce-full`: the
 # powered grid (seeds from the pilots' spread: MDD <= 0.02 at the Holm level), resumable (rerun it after a kill)
 REPRO = $(PY) -m analyses.reproduce $(REPRO_ARGS)
+# (quick: --no-gate, so the whole mechanism runs even where 6 phantom epochs miss a check; the findings say so)
 reproduce: $(STAMP)
-	$(REPRO) --dataset phantom --out figures
-	$(REPRO) --dataset phantom-v3 --out figures/phantom-v3
+	$(REPRO) --dataset phantom --out figures --no-gate
+	$(REPRO) --dataset phantom-v3 --out figures/phantom-v3 --no-gate
 	$(REPRO) --dataset digits --out figures/digits
 	$(REPRO) --dataset mfeat --out figures/mfeat --sweep
 	$(PY) -m analyses.readme_findings

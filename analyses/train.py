@@ -92,6 +92,9 @@ def config_key(cfg: TrainConfig) -> str:
     finished run is reused by a resumed grid only when its key is the same."""
     import hashlib
     fields = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "root")}
+    if cfg.dataset in PHANTOMS:  # the variant's parameters make the images: a retuned variant is another run
+        from analyses.datasets.phantom import VARIANTS, VERSION
+        fields["phantom"] = {"version": VERSION, **VARIANTS[PHANTOMS[cfg.dataset]]}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -166,12 +166,13 @@ class Rebalance(Intervention):
 
 
 def matched_starts(windows: int, warmup: int, horizon: int, steps: int, rng: random.Random) -> frozenset[int]:
-    """``windows`` decision steps in [``warmup``, ``horizon`` − ``steps``), drawn uniformly among the placements
-    whose windows (the ``steps`` steps after each decision) neither overlap nor touch: gaps of at least
-    ``steps`` + 1. Raises ValueError when they do not fit."""
+    """``windows`` decision steps in [``warmup``, ``horizon``), drawn uniformly among the placements whose
+    windows (the ``steps`` steps after each decision) neither overlap nor touch: gaps of at least ``steps`` + 1,
+    as the guided mode's decisions have. The last window may be cut at the horizon, as a guided run's is.
+    Raises ValueError when they do not fit."""
     if isinstance(windows, bool) or not isinstance(windows, int) or windows < 0:
         raise ValueError(f"windows must be an int >= 0, got {windows!r}")
-    free = (horizon - steps - warmup) - max(windows - 1, 0) * steps
+    free = (horizon - warmup) - max(windows - 1, 0) * steps
     if windows and free < windows:
         raise ValueError(f"{windows} windows of {steps} steps do not fit between warmup {warmup} and "
                          f"horizon {horizon}")

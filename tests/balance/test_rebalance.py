@@ -7,6 +7,7 @@ schedule is simulated in plain Python from the documented rule.
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,7 +169,7 @@ def test_dose_matched_control_opens_exactly_the_given_windows(tmp_path):
     model = TinyTwoView()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     handle = rebalance(model.head, opt, {"a": model.a, "b": model.b}, mode="random", steps=3, warmup=4,
-                       windows=5, horizon=len(C_A), seed=2)
+                       windows=5, horizon=len(C_A) - 3, seed=2)  # every window ends before training does
     _train(model, opt, C_A, C_B, torch.Generator().manual_seed(1))
     handle.remove()
     steps = [t for t, _ in handle.schedule]
@@ -187,16 +188,19 @@ def test_dose_matched_control_opens_exactly_the_given_windows(tmp_path):
 
 
 def test_matched_starts_are_uniform_over_placements_and_refuse_what_cannot_fit():
-    """Two windows of 2 steps in [0, 7): decision steps s1 < s2 with s2 - s1 >= 3 and s2 <= 4: the placements
-    (0,3) (0,4) (1,4) each drawn about a third of the time."""
+    """Two windows of 2 steps, decisions in [0, 7): s1 < s2 with s2 - s1 >= 3 (the guided mode's spacing), each
+    of the 10 placements drawn about a tenth of the time; 92 windows of 5 fit in [19, 570) as a guided run's
+    did (its last window cut at the horizon), 93 do not."""
     from collections import Counter
     from dynamics.balance.rebalance import matched_starts
     rng = random.Random(0)
-    counts = Counter(tuple(sorted(matched_starts(2, 0, 7, 2, rng))) for _ in range(3000))
-    assert set(counts) == {(0, 3), (0, 4), (1, 4)}
-    assert all(abs(c / 3000 - 1 / 3) < 0.04 for c in counts.values())
+    counts = Counter(tuple(sorted(matched_starts(2, 0, 7, 2, rng))) for _ in range(5000))
+    assert set(counts) == {(a, b) for a in range(7) for b in range(7) if b - a >= 3}
+    assert len(counts) == 10 and all(abs(c / 5000 - 0.1) < 0.025 for c in counts.values())
+    starts = sorted(matched_starts(92, 19, 570, 5, rng))
+    assert len(starts) == 92 and min(np.diff(starts)) >= 6 and starts[0] >= 19 and starts[-1] < 570
     with pytest.raises(ValueError, match="do not fit"):
-        matched_starts(3, 0, 7, 2, rng)
+        matched_starts(93, 19, 570, 5, rng)
     model = TinyTwoView()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="windows and horizon go together"):

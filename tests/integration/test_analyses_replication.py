@@ -161,3 +161,12 @@ def test_seeds_needed_against_the_formula_by_hand():
     p = power.plan(pd.DataFrame(rows))
     assert p["comparisons"] == 2 and p["alpha_holm"] == pytest.approx(0.025)
     assert p["sd_diff_max"] == pytest.approx(np.std([0.0, 0.01, 0.02, 0.03], ddof=1)) and p["worst"] == "shared"
+
+
+def test_a_retuned_phantom_variant_is_another_run(monkeypatch):
+    from analyses.train import config_key
+    cfg = TrainConfig(dataset="phantom-v3", condition="separate", seed=0)
+    before = config_key(cfg)
+    monkeypatch.setitem(phantom.VARIANTS, "v3", {**phantom.VARIANTS["v3"], "cc_gain": 9.0})
+    assert config_key(cfg) != before
+    assert config_key(TrainConfig(dataset="phantom", condition="separate", seed=0)) != before
