@@ -130,7 +130,13 @@ def claims(found: dict, results: Sequence[dict]) -> dict:
         out["icml2022"]["greedy_gap"] = {**gap, "verdict": word(gap["p"], gap["difference"], gap["mdd"],
                                                                 gap.get("p_exact_min", 0.0))}
     out["icml2022"]["rebalancing_helps"] = [_from_comparison(conds.get(c), c) for c in conds
-                                            if c.startswith("rebalance")]
+                                            if c.startswith("rebalance") and c != "rebalance-random"]
+    vs = (conds.get("rebalance") or {}).get("vs_random")
+    if vs:  # the guidance itself: guided against its dose-matched random control, paired by seed
+        out["icml2022"]["guidance_helps"] = {**vs, "verdict": word(vs["p"], vs["difference"], vs["mdd"],
+                                                                   vs.get("p_exact_min", 0.0))}
+    if "rebalance-random" in conds:
+        out["icml2022"]["random_control"] = _from_comparison(conds["rebalance-random"], "rebalance-random")
     return out
 
 
@@ -168,7 +174,15 @@ def rows(task: str, c: dict) -> list[tuple[str, str, str, str]]:
         out.append(("ICML 2022: greedy gap (ensemble − separate) > 0", task, gap["verdict"],
                     f"{_iv(gap, 'difference')}, MDD {_num(gap['mdd'])} (paired t by seed, α 0.05)"))
     for r in i.get("rebalancing_helps", []):
-        out.append(("ICML 2022: re-balancing helps", task, r["verdict"], _vs(r)))
+        claim = "ICML 2022: re-balancing helps" + ("" if r["condition"] == "rebalance" else " (threshold sweep)")
+        out.append((claim, task, r["verdict"], _vs(r)))
+    g = i.get("guidance_helps")
+    if g:
+        out.append(("ICML 2022: the guidance helps (`rebalance` − its dose-matched random control)", task,
+                    g["verdict"], f"{_iv(g, 'difference')}, MDD {_num(g['mdd'])} (paired t by seed, α 0.05)"))
+    r = i.get("random_control")
+    if r:
+        out.append(("control: random re-balancing at the guided dose − separate", task, r["verdict"], _vs(r)))
     return out
 
 

@@ -224,6 +224,8 @@ def conditions_block(table: pd.DataFrame, joint: Sequence[str], views: Sequence[
                  f"utilization_{weak}": interval(rows.get(f"util_mean/{weak}", pd.Series(dtype=float))),
                  "probe_auc": {v: interval(rows.get(f"probe_{v}", pd.Series(dtype=float))) for v in views},
                  "dominant": dominant.get(c)}
+        if c.startswith("rebalance") and c != "rebalance-random" and "rebalance-random" in set(table["condition"]):
+            block["vs_random"] = paired_difference(table, "rebalance-random", c)  # guided − its dose-matched control
         if c in comp.index:
             r = comp.loc[c]
             block["vs_separate"] = {"difference": r["difference"], "lo": r["lo"], "hi": r["hi"], "p": r["p"],

@@ -170,3 +170,22 @@ def test_a_retuned_phantom_variant_is_another_run(monkeypatch):
     monkeypatch.setitem(phantom.VARIANTS, "v3", {**phantom.VARIANTS["v3"], "cc_gain": 9.0})
     assert config_key(cfg) != before
     assert config_key(TrainConfig(dataset="phantom", condition="separate", seed=0)) != before
+
+
+def test_guidance_is_compared_with_its_dose_matched_control():
+    """rebalance − rebalance-random paired by seed (by hand), and the control is not counted as evidence that
+    re-balancing helps."""
+    rows = []
+    for k, (sep, reb, rnd) in enumerate([(0.80, 0.85, 0.82), (0.81, 0.87, 0.82), (0.79, 0.84, 0.80)]):
+        rows += [{"condition": c, "seed": k, "test_auc": v, "test_acc": 0.5, "best_val_auc": 0.5, "steps": 1}
+                 for c, v in (("separate", sep), ("rebalance", reb), ("rebalance-random", rnd))]
+    table = F.results_table(rows, ["a", "b"])
+    f = F.findings("toy", table, ["a", "b"], 10, ["separate", "rebalance", "rebalance-random"], F.Gate(), results=rows)
+    d = np.array([0.03, 0.05, 0.04])
+    vs = f["conditions"]["rebalance"]["vs_random"]
+    assert vs["difference"] == pytest.approx(0.04)
+    assert vs["hi"] - vs["difference"] == pytest.approx(stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3))
+    icml = f["claims"]["icml2022"]
+    assert [r["condition"] for r in icml["rebalancing_helps"]] == ["rebalance"]
+    assert icml["guidance_helps"]["verdict"] == "cannot tell"  # 3 seeds: the exact test's smallest p is 0.25
+    assert icml["random_control"]["condition"] == "rebalance-random"
