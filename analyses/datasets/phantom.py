@@ -299,7 +299,7 @@ def load_arrays(cfg: PhantomConfig, root: str | Path = DEFAULT_ROOT, workers: in
 # cases (its own occult chance), so it carries what CC misses. Tuned by pilots (README, Findings).
 VARIANTS: dict[str, dict] = {
     "v2": {},
-    "v3": dict(cc_gain=3.0, noise_cc=0.4, occult=0.35, mlo_gain=0.95, noise_mlo=1.25, occult_mlo=0.2),
+    "v3": dict(cc_gain=2.0, noise_cc=0.5, occult=0.35, mlo_gain=0.95, noise_mlo=1.25, occult_mlo=0.2),
 }
 
 
