@@ -26,7 +26,7 @@ ENSEMBLE = "ensemble"
 REFERENCE = "separate"
 SINGLE_PREFIX = "only-"
 JOINT = ("separate", "shared", "shared-swapped", "dropout-0.25", "dropout-0.5", "rebalance", "rebalance-random")
-THRESHOLDS = (0.001, 0.03, 0.1, 0.3)  # the threshold sweep (beside the authors' 0.01) on one fast task
+THRESHOLDS = (0.001, 0.03, 0.1, 0.3, 1.0)  # the threshold sweep (beside the authors' 0.01) on one fast task
 DEFAULT_THRESHOLD = 0.01
 
 
