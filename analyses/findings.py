@@ -22,10 +22,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from dynamics.analysis.comparisons import compare_conditions
 from dynamics.analysis.inference import MIN_RUNS, difference, interval_method, scale_of, t_interval, values_only
-from dynamics.analysis.metrics import roc_auc
+from dynamics.analysis.metrics import delong_covariance, roc_auc
 
 from analyses.conditions import ENSEMBLE, REFERENCE, SINGLE_PREFIX
 
@@ -38,36 +39,110 @@ class Gate:
 
     min_single: float | None = None   # each single-view model's mean test AUC at least this
     min_gain: float | None = None     # the ensemble's mean gain over the best single view at least this
+    min_gap: float | None = None      # the greedy gap (ensemble − separate) at least this (after the grid)
+
+
+#: the method of a test-AUC interval that adds the test-set sampling error (each seed its own test set)
+COMBINED = ("Student t over runs on the logit scale, variance max(between-run, mean DeLong) (random effects; "
+            "each seed its own data and test set)")
+
+
+def _delong_var(r: dict) -> float:
+    """DeLong's variance of a run's test AUC (NaN when the run kept no labels or scores)."""
+    if "test_y" not in r or "test_scores" not in r:
+        return math.nan
+    return float(delong_covariance(r["test_y"], r["test_scores"])[1][0, 0])
 
 
 def run_table(results: Sequence[dict]) -> pd.DataFrame:
-    """One row per trained run: condition, seed, test AUC/accuracy, utilization and probe AUC per view."""
+    """One row per trained run: condition, seed, data seed, test AUC with its DeLong variance, accuracy,
+    utilization and probe AUC per view, re-balancing's dose."""
     rows = []
     for r in results:
-        row = {"condition": r["condition"], "seed": r["seed"], "test_auc": r["test_auc"], "test_acc": r["test_acc"],
-               "best_val_auc": r["best_val_auc"], "steps": r["steps"], "seconds": r.get("seconds_total")}
+        row = {"condition": r["condition"], "seed": r["seed"], "data_seed": r.get("data_seed", r["seed"]),
+               "test_auc": r["test_auc"], "test_auc_var": _delong_var(r), "test_acc": r["test_acc"],
+               "best_val_auc": r["best_val_auc"], "steps": r["steps"], "seconds": r.get("seconds_total"),
+               "rebalance_windows": r.get("rebalance", {}).get("windows"),
+               "rebalance_steps": r.get("rebalance", {}).get("steps")}
         row.update({f"util_{k}": v for k, v in r.get("utilization", {}).items()})
         row.update({f"probe_{k}": v for k, v in r.get("probe_auc", {}).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def ensemble_runs(results: Sequence[dict], views: Sequence[str], y_test: np.ndarray) -> pd.DataFrame:
-    """The late-fusion ensemble per seed: test AUC of the sum of the single-view models' logits.
+def ensemble_runs(results: Sequence[dict], views: Sequence[str], y_test: np.ndarray | None = None) -> pd.DataFrame:
+    """The late-fusion ensemble per seed: test AUC (and its DeLong variance) of the sum of the single-view
+    models' logits, on that seed's test set (each run's ``test_y``; ``y_test`` for runs that kept none).
 
     Only seeds for which every ``only-<view>`` run is present count (the ensemble needs all views)."""
     scores: dict[int, dict[str, np.ndarray]] = {}
+    labels: dict[int, np.ndarray] = {}
     for r in results:
         if r["condition"].startswith(SINGLE_PREFIX):
             scores.setdefault(r["seed"], {})[r["condition"][len(SINGLE_PREFIX):]] = np.asarray(r["test_scores"])
-    rows = [{"condition": ENSEMBLE, "seed": seed, "test_auc": roc_auc(y_test, sum(by_view[v] for v in views))}
-            for seed, by_view in sorted(scores.items()) if all(v in by_view for v in views)]
-    return pd.DataFrame(rows, columns=["condition", "seed", "test_auc"])
+            y = r.get("test_y", y_test)
+            if y is None:
+                raise ValueError(f"run {r['condition']}/seed {r['seed']} kept no test labels and none were given")
+            if r["seed"] in labels and not np.array_equal(labels[r["seed"]], y):
+                raise ValueError(f"seed {r['seed']}: the single-view runs were tested on different test sets")
+            labels[r["seed"]] = np.asarray(y)
+    rows = []
+    for seed, by_view in sorted(scores.items()):
+        if all(v in by_view for v in views):
+            total = sum(by_view[v] for v in views)
+            y = labels[seed]
+            var = delong_covariance(y, total)[1][0, 0] if min(y.sum(), (1 - y).sum()) >= 2 else math.nan
+            rows.append({"condition": ENSEMBLE, "seed": seed, "test_auc": roc_auc(y, total), "test_auc_var": var})
+    return pd.DataFrame(rows, columns=["condition", "seed", "test_auc", "test_auc_var"])
 
 
-def results_table(results: Sequence[dict], views: Sequence[str], y_test: np.ndarray) -> pd.DataFrame:
+def results_table(results: Sequence[dict], views: Sequence[str], y_test: np.ndarray | None = None) -> pd.DataFrame:
     """:func:`run_table` plus the ensemble's rows: every value the findings are computed from."""
     return pd.concat([run_table(results), ensemble_runs(results, views, y_test)], ignore_index=True)
+
+
+def combined_interval(values, variances, level: float = 0.95) -> dict:
+    """Mean test AUC over runs whose seeds each drew their own test set, with an interval that holds the
+    test-set sampling error as well as the training randomness (:data:`COMBINED`).
+
+    Run k's AUC is θ + u_k + e_k (u: training and data draw, e: test-set sampling with DeLong variance V_k).
+    The between-run variance s² estimates Var(u) + Var(e) already, but from n − 1 degrees of freedom it can
+    fall below the test-set part alone, which DeLong measures per run: the variance of the mean is taken as
+    max(s², mean V_k) / n, with Student-t quantiles on n − 1 df, on the logit scale (V_k carried there by the
+    delta method, V_k / (a_k (1 − a_k))²) so that the interval stays inside (0, 1). Also returns the two parts
+    on the AUC scale (``sd_between``, ``sd_delong``) so a reader sees how much of the spread is the test set.
+    Below three runs: the values only."""
+    v = np.asarray(values, float)
+    w = np.asarray(variances, float)
+    ok = np.isfinite(v)
+    v, w = v[ok], w[ok]
+    n = int(v.size)
+    out = {"mean": float(v.mean()) if n else math.nan, "lo": math.nan, "hi": math.nan, "n": n,
+           "interval": COMBINED, "sd_between": math.nan, "sd_delong": math.nan, "values": [float(x) for x in v]}
+    if n < MIN_RUNS:
+        out["interval"] = values_only(n)
+        return out
+    out.update(sd_between=float(v.std(ddof=1)), sd_delong=math.sqrt(float(np.nanmean(w))) if np.isfinite(w).any()
+               else 0.0)
+    if not ((v > 0) & (v < 1)).all():  # an AUC of 0 or 1 has no logit: the linear scale, clipped to [0, 1]
+        half = stats.t.ppf(0.5 + level / 2, n - 1) * math.sqrt(max(v.var(ddof=1), out["sd_delong"] ** 2) / n)
+        out.update(lo=max(out["mean"] - half, 0.0), hi=min(out["mean"] + half, 1.0),
+                   interval=COMBINED.replace("logit scale", "AUC scale, clipped to [0, 1] (an AUC on its bound)"))
+        return out
+    x, wx = np.log(v / (1 - v)), w / (v * (1 - v)) ** 2
+    vd = float(np.nanmean(wx)) if np.isfinite(wx).any() else 0.0
+    centre = float(x.mean())
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * math.sqrt(max(float(x.var(ddof=1)), vd) / n)
+    expit = lambda z: 1.0 / (1.0 + math.exp(-z))  # noqa: E731
+    out.update(mean=expit(centre), lo=expit(centre - half), hi=expit(centre + half))
+    return out
+
+
+def test_auc_interval(rows: pd.DataFrame) -> dict:
+    """:func:`combined_interval` of a condition's runs (:func:`auc_interval` where no DeLong variance is known)."""
+    if "test_auc_var" not in rows or not np.isfinite(rows["test_auc_var"].to_numpy(float)).any():
+        return auc_interval(rows["test_auc"])
+    return combined_interval(rows["test_auc"], rows["test_auc_var"])
 
 
 def interval(values, scale: str = "linear") -> dict:
@@ -95,14 +170,15 @@ def paired_difference(table: pd.DataFrame, a: str, b: str, column: str = "test_a
     sa, sb = _by_seed(table, a, column), _by_seed(table, b, column)
     seeds = sorted(set(sa.index) & set(sb.index))
     res = difference(sa[seeds].to_numpy(), sb[seeds].to_numpy(), paired=True, alpha=ALPHA, power=POWER)
-    return {**{k: res[k] for k in ("difference", "lo", "hi", "p", "mdd", "method")}, "n": len(seeds)}
+    return {**{k: res[k] for k in ("difference", "lo", "hi", "p", "mdd", "method", "p_exact_min")},
+            "n": len(seeds)}
 
 
 def single_view_checks(table: pd.DataFrame, views: Sequence[str], gate: Gate) -> dict:
     """Each single view's test AUC, the ensemble's, its gain over the best single view, and the gate's verdicts."""
-    single = {v: auc_interval(table.loc[table["condition"] == f"{SINGLE_PREFIX}{v}", "test_auc"]) for v in views}
+    single = {v: test_auc_interval(table[table["condition"] == f"{SINGLE_PREFIX}{v}"]) for v in views}
     best = max(views, key=lambda v: single[v]["mean"] if np.isfinite(single[v]["mean"]) else -1)
-    ens = auc_interval(table.loc[table["condition"] == ENSEMBLE, "test_auc"])
+    ens = test_auc_interval(table[table["condition"] == ENSEMBLE])
     gain = paired_difference(table, f"{SINGLE_PREFIX}{best}", ENSEMBLE)
     checks = []
     if gate.min_single is not None:
@@ -111,6 +187,10 @@ def single_view_checks(table: pd.DataFrame, views: Sequence[str], gate: Gate) ->
     if gate.min_gain is not None:
         checks.append({"check": f"ensemble gain over {SINGLE_PREFIX}{best}", "value": gain["difference"],
                        "threshold": gate.min_gain, "passed": bool(gain["difference"] >= gate.min_gain)})
+    if gate.min_gap is not None and (table["condition"] == REFERENCE).any():
+        gap = paired_difference(table, REFERENCE, ENSEMBLE)
+        checks.append({"check": f"greedy gap (ensemble − {REFERENCE})", "value": gap["difference"],
+                       "threshold": gate.min_gap, "passed": bool(gap["difference"] >= gate.min_gap)})
     return {"single_view": single, "best_single": best, "ensemble": ens, "ensemble_gain": gain, "checks": checks,
             "passed": all(c["passed"] for c in checks)}
 
@@ -175,18 +255,20 @@ def conditions_block(table: pd.DataFrame, joint: Sequence[str], views: Sequence[
         rows = table[table["condition"] == c]
         if rows.empty:
             continue
-        block = {"test_auc": auc_interval(rows["test_auc"]),
+        block = {"test_auc": test_auc_interval(rows),
                  "greedy_gap": paired_difference(table, c, ENSEMBLE),
                  f"utilization_{weak}": interval(rows.get(f"util_mean/{weak}", pd.Series(dtype=float))),
                  "probe_auc": {v: auc_interval(rows.get(f"probe_{v}", pd.Series(dtype=float))) for v in views},
                  "dominant": dominant.get(c)}
+        if c.startswith("rebalance") and c != "rebalance-random" and "rebalance-random" in set(table["condition"]):
+            block["vs_random"] = paired_difference(table, "rebalance-random", c)  # guided − its dose-matched control
         if c in comp.index:
             r = comp.loc[c]
             n = int(min(r["n_reference"], r["n_group"]))
             block["vs_separate"] = {"difference": r["difference"], "lo": r["lo"], "hi": r["hi"], "p": r["p"],
                                     "p_holm": r["p_holm"], "alpha_holm": r["alpha_holm"], "mdd": r["mdd"],
                                     "design": r["design"], "p_exact": r["p_exact"], "n": n,
-                                    "family": comp.attrs.get("family", ""),
+                                    "p_exact_min": r["p_exact_min"], "family": comp.attrs.get("family", ""),
                                     "verdict": verdict(r["difference"], r["p_holm"], r["mdd"], r["p_exact_min"], n)}
         out[c] = block
     return out
@@ -194,7 +276,8 @@ def conditions_block(table: pd.DataFrame, joint: Sequence[str], views: Sequence[
 
 def findings(dataset: str, table: pd.DataFrame, views: Sequence[str], n_test: int, joint: Sequence[str],
              gate: Gate, shares: pd.DataFrame | None = None, notes: Sequence[str] = (),
-             comparisons: pd.DataFrame | None = None) -> dict:
+             comparisons: pd.DataFrame | None = None, *, quick: str | None = None,
+             results: Sequence[dict] = ()) -> dict:
     """The whole findings record of one data set (see the module docstring) from its :func:`results_table`;
     JSON-ready. ``shares`` and ``comparisons``: the report's ``shares.csv`` and ``comparisons.csv`` (its Holm
     family is then the findings')."""
@@ -202,9 +285,17 @@ def findings(dataset: str, table: pd.DataFrame, views: Sequence[str], n_test: in
     single = checks["single_view"]
     weak = min(views, key=lambda v: single[v]["mean"] if np.isfinite(single[v]["mean"]) else math.inf)
     seeds = sorted(int(s) for s in table["seed"].unique())
-    return {"dataset": dataset, "views": list(views), "seeds": seeds, "n_test": int(n_test),
+    found = {"dataset": dataset, "views": list(views), "seeds": seeds, "n_test": int(n_test),
             "alpha": ALPHA, "power": POWER, "reference": REFERENCE, "weaker_view": weak, **checks,
-            "conditions": conditions_block(table, joint, views, weak, shares, comparisons), "notes": list(notes)}
+            "conditions": conditions_block(table, joint, views, weak, shares, comparisons), "notes": list(notes),
+            "data_seeds": sorted(int(s) for s in table.get("data_seed", table["seed"]).dropna().unique()),
+            **({"label": quick} if quick else {})}
+    from analyses.claims import claims  # the papers' claims, read from the findings above and the runs
+    found["claims"] = claims(found, results)
+    dose = table[table["condition"].astype(str).str.startswith("rebalance")]
+    found["rebalance_dose"] = {str(c): {"windows": interval(g["rebalance_windows"]), "steps": interval(g["rebalance_steps"])}
+                               for c, g in dose.groupby("condition")}
+    return found
 
 
 def _ci(d: dict | None, digits: int = 3) -> str:
@@ -232,9 +323,10 @@ def _family_words(f: dict) -> str:
 def markdown(f: dict) -> str:
     """``findings.md``: the checks, then one table of the primary endpoint and one of the secondary ones."""
     views, weak = f["views"], f["weaker_view"]
-    lines = [f"# Findings: {f['dataset']}", "",
-             f"Seeds {f['seeds'][0]}–{f['seeds'][-1]} ({len(f['seeds'])} per condition), {f['n_test']} test cases. "
-             f"Intervals: 95% Student t over runs (AUCs on the logit scale); differences paired by seed; "
+    lines = [f"# Findings: {f['dataset']}", "", *([f"**{f['label']}**", ""] if f.get("label") else []),
+             f"Seeds {f['seeds'][0]}–{f['seeds'][-1]} ({len(f['seeds'])} per condition), each with its own data, "
+             f"split and test set ({f['n_test']} test cases each). Test AUC: {COMBINED}. Other intervals: 95% "
+             f"Student t over runs (AUCs on the logit scale); differences paired by seed; "
              f"{_family_words(f) if f['conditions'] else 'no comparisons'}; MDD: the smallest difference detectable "
              f"with {f['power']:.0%} power at the comparison's Holm level (from α = {f['alpha']}), from the "
              f"observed spread and n; below {MIN_RUNS} seeds the values only.", "",
@@ -265,4 +357,7 @@ def markdown(f: dict) -> str:
         dom_s = f"{dom['view']} {dom['share']:.2f} [{dom['lo']:.2f}, {dom['hi']:.2f}]" if dom else "–"
         lines.append(f"| {c} | {_ci(b['greedy_gap'])} | {_ci(b[f'utilization_{weak}'])} | "
                      + " | ".join(_ci(b["probe_auc"][v]) for v in views) + f" | {dom_s} |")
+    if f.get("claims"):
+        from analyses.claims import markdown as claims_markdown
+        lines += ["", "## The papers' claims", "", claims_markdown({f["dataset"]: f})]
     return "\n".join(lines + [""])

@@ -31,34 +31,43 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from analyses import findings as F
-from analyses.conditions import ENSEMBLE, SINGLE_PREFIX, grid
-from analyses.train import DATASETS, TrainConfig, build_data, train
+from analyses.conditions import ENSEMBLE, SINGLE_PREFIX, grid, sweep
+from analyses.train import DATASETS, PHANTOMS, TrainConfig, build_data, config_key, train
 
 # Defaults sized so that `make reproduce` (every data set's grid) fits in 15 minutes on 2 CPU cores.
-QUICK = {
-    "phantom": dict(epochs=10, n_cases=2400, image_size=48, difficulty=0.25, batch_size=64, lr=1e-3),
+_PHANTOM = dict(epochs=10, n_cases=2000, n_test=4000, image_size=48, difficulty=0.25, batch_size=64, lr=1e-3)
+QUICK = {  # the phantoms at 5 epochs instead of 10 (the budget), labelled quick: mechanism only
+    "phantom": dict(_PHANTOM, epochs=5),
+    "phantom-v3": dict(_PHANTOM, epochs=5),
     "digits": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
     "mfeat": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
     "cbis-ddsm": dict(epochs=10, image_size=128, batch_size=32),
     "vindr-mammo": dict(epochs=10, image_size=128, batch_size=32),
 }
-FULL = {  # the grid recommended for a paper (GPU or patience): more data, larger images, more seeds/epochs
-    "phantom": dict(epochs=30, n_cases=12000, image_size=48, difficulty=0.25, batch_size=64, lr=1e-3),
-    "digits": dict(epochs=100, batch_size=64, lr=1e-3, hidden=128),
-    "mfeat": dict(epochs=100, batch_size=64, lr=1e-3, hidden=128),
+FULL = {  # the powered grid: the quick settings, with the seeds of POWERED_SEEDS
+    "phantom": dict(_PHANTOM),
+    "phantom-v3": dict(_PHANTOM),
+    "digits": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
+    "mfeat": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
     "cbis-ddsm": dict(epochs=40, image_size=256, batch_size=16),
     "vindr-mammo": dict(epochs=40, image_size=256, batch_size=16),
 }
-# Seeds per condition: on the MLP tasks enough for a detectable difference in test AUC of at most 0.02; the
-# phantom (a ResNet per view) is a demonstration of the mechanism at few seeds.
-SEEDS = {"phantom": 2, "digits": 20, "mfeat": 10, "cbis-ddsm": 3, "vindr-mammo": 3}
-FULL_SEEDS = {"phantom": 10, "digits": 20, "mfeat": 20, "cbis-ddsm": 5, "vindr-mammo": 5}
-# Conditions a data set leaves out by default (each runs when named in --conditions). The phantom's ResNets
-# are the budget: its second dropout rate and re-balancing's random control run on the MLP tasks only.
-SKIPPED = {"phantom": ("dropout-0.5", "rebalance-random")}
-# The phantom was built so that each view is informative alone and the views complement each other: checked
-# before its grid runs. The other data sets are what they are: their checks are reported, not enforced.
-GATES = {"phantom": F.Gate(min_single=0.75, min_gain=0.03)}
+# Seeds per condition. POWERED_SEEDS: chosen from the pilots' spread (analyses.power, README Findings) so that
+# the minimum detectable test-AUC difference at the Holm level is at most 0.02 (`make reproduce-full`).
+# QUICK_SEEDS: `make reproduce` within 15 minutes on 2 cores: the mechanism only, every output says so.
+# Pilots (README, Findings): largest sd of a per-seed difference from separate 0.020 on the phantom (v2, 2
+# seeds), 0.050 on digits (6 seeds, rebalance-random), 0.0085 on mfeat (8 seeds); at the Holm level of 6
+# comparisons (mfeat: 11, with the sweep) that needs 16, 79 and 7 seeds (mfeat keeps its pilot's 8).
+POWERED_SEEDS = {"phantom": 16, "phantom-v3": 16, "digits": 79, "mfeat": 8, "cbis-ddsm": 5, "vindr-mammo": 5}
+QUICK_SEEDS = {"phantom": 2, "phantom-v3": 2, "digits": 4, "mfeat": 4, "cbis-ddsm": 2, "vindr-mammo": 2}
+QUICK_LABEL = "quick: mechanism only"
+SKIPPED: dict[str, tuple[str, ...]] = {}
+# The phantoms were built so that each view is informative alone and the views complement each other (v3: and
+# the joint model falls short of the ensemble): checked before the grid runs. The other data sets are what
+# they are: their checks are reported, not enforced.
+GATES = {"phantom": F.Gate(min_single=0.75, min_gain=0.03),
+         "phantom-v3": F.Gate(min_single=0.75, min_gain=0.03, min_gap=0.02)}
+SWEEP_TASK = "mfeat"  # the threshold sweep of re-balancing runs on this fast task
 
 
 def test_auc_table(table: pd.DataFrame, order: list[str]) -> str:
@@ -71,6 +80,23 @@ def test_auc_table(table: pd.DataFrame, order: list[str]) -> str:
 
 
 _SPLITS: dict = {}
+
+
+def data_key(cfg: TrainConfig) -> tuple:
+    """What determines a run's data: the data set's options and the data seed (each seed its own data)."""
+    return (cfg.dataset, cfg.root, cfg.n_cases, cfg.n_test, cfg.image_size, cfg.difficulty, tuple(cfg.mfeat_views),
+            cfg.data_key, json.dumps(cfg.extra, sort_keys=True))
+
+
+def data_for(cfg: TrainConfig, keep: int = 2):
+    """The splits of ``cfg``'s data seed (the phantom's from its disk cache), the last ``keep`` data seeds kept
+    in memory per process (16 seeds of phantom images would hold about 2 GB in each worker)."""
+    key = data_key(cfg)
+    if key not in _SPLITS:
+        while len(_SPLITS) >= keep:
+            _SPLITS.pop(next(iter(_SPLITS)))
+        _SPLITS[key] = build_data(cfg)
+    return _SPLITS[key]
 
 
 def save_examples(splits, path: Path, n: int = 4) -> Path:
@@ -107,12 +133,8 @@ def _init_worker() -> None:
 
 
 def _run_one(cfg: TrainConfig) -> dict:
-    """Train one run in a worker; the data set is built once per worker (the phantom comes from its cache)."""
-    key = (cfg.dataset, cfg.root, cfg.n_cases, cfg.image_size, cfg.difficulty, tuple(cfg.mfeat_views),
-           json.dumps(cfg.extra, sort_keys=True))
-    if key not in _SPLITS:
-        _SPLITS[key] = build_data(cfg)
-    return train(cfg, _SPLITS[key], progress=False)
+    """Train one run on its own data seed's splits."""
+    return train(cfg, data_for(cfg), progress=False)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -120,10 +142,33 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")] if "," in text else list(range(int(text)))
 
 
-def run_grid(cfgs: list[TrainConfig], splits, jobs: int, desc: str, progress: bool) -> list[dict]:
-    """Train every configuration (``jobs`` worker processes of one thread each); results in ``cfgs``'s order."""
+def finished(cfg: TrainConfig) -> dict | None:
+    """The results of a run that finished earlier with the same settings (its ``results.json`` is written
+    after the recorder closed the run directory), or None: a killed grid resumes with the runs it lacks."""
+    path = Path(cfg.out) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        r = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # written halfway: train it again
+    return r if r.get("config_key") == config_key(cfg) else None  # the same run: same settings, seed and data
+
+
+def run_grid(cfgs: list[TrainConfig], jobs: int, desc: str, progress: bool) -> list[dict]:
+    """Train every configuration not finished yet (``jobs`` worker processes of one thread each); results in
+    ``cfgs``'s order, finished runs read from their run directories."""
     results: list[dict] = []
-    bar = tqdm(total=len(cfgs), desc=desc, unit="run", disable=not progress or None)
+    todo = []
+    for c in cfgs:
+        done_before = finished(c)
+        if done_before is None:
+            todo.append(c)
+        else:
+            results.append(done_before)
+    bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not progress or None)
+    if len(todo) < len(cfgs):
+        bar.write(f"[reproduce] {desc}: {len(cfgs) - len(todo)} of {len(cfgs)} runs finished earlier (resumed)")
 
     def done(r: dict) -> None:
         results.append(r)
@@ -131,28 +176,39 @@ def run_grid(cfgs: list[TrainConfig], splits, jobs: int, desc: str, progress: bo
         bar.write(f"[reproduce] {r['condition']} seed {r['seed']}: test AUC {r['test_auc']:.3f} "
                   f"({r['seconds_total']:.0f}s, {r['steps']} steps)")
 
-    if jobs > 1:
+    for c in todo:
+        if Path(c.out).exists():
+            shutil.rmtree(c.out)  # a run killed halfway: start it again
+    if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            for fut in as_completed([pool.submit(_run_one, c) for c in cfgs]):
+            for fut in as_completed([pool.submit(_run_one, c) for c in todo]):
                 done(fut.result())
     else:
-        for c in cfgs:
-            done(train(c, splits, progress=False))
+        for c in todo:
+            done(_run_one(c))
     bar.close()
     order = {(c.condition, c.seed): i for i, c in enumerate(cfgs)}
     return sorted(results, key=lambda r: order[(r["condition"], r["seed"])])
 
 
-def write_outputs(out: Path, dataset: str, results: list[dict], splits, joint: list[str], order: list[str],
-                  shares: pd.DataFrame | None, notes: list[str], comparisons: pd.DataFrame | None = None) -> dict:
+def prepare_data(base: TrainConfig, seeds: list[int]) -> float:
+    """Build (and cache on disk) every seed's data before the grid, so two workers never generate the same
+    phantom at once; returns the seconds it took."""
+    t0 = time.perf_counter()
+    for k in seeds:
+        data_for(replace(base, seed=k))
+    return time.perf_counter() - t0
+
+
+def write_outputs(out: Path, dataset: str, results: list[dict], views: list[str], n_test: int, joint: list[str],
+                  order: list[str], shares: pd.DataFrame | None, notes: list[str], quick: str | None,
+                  comparisons: pd.DataFrame | None = None) -> dict:
     """results.csv, test_auc.md, findings.json and findings.md under ``out``; returns the findings."""
-    views = list(splits.view_names)
-    y_test = splits.test.y.numpy()
-    table = F.results_table(results, views, y_test)
+    table = F.results_table(results, views)
     table.to_csv(out / "results.csv", index=False)
-    (out / "test_auc.md").write_text(test_auc_table(table, order))
-    found = F.findings(dataset, table, views, len(y_test), joint, GATES.get(dataset, F.Gate()), shares, notes,
-                       comparisons)
+    (out / "test_auc.md").write_text((f"**{quick}**\n\n" if quick else "") + test_auc_table(table, order))
+    found = F.findings(dataset, table, views, n_test, joint, GATES.get(dataset, F.Gate()), shares, notes,
+                       comparisons, quick=quick, results=results)
     (out / "findings.json").write_text(json.dumps(found, indent=1, default=_json_number))
     (out / "findings.md").write_text(F.markdown(found))
     return found
@@ -174,10 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="figures", help="where the report, findings and figures go")
     p.add_argument("--runs", default="runs", help="where run directories go")
     p.add_argument("--conditions", default=None, help="comma-separated (default: every condition of the grid)")
-    p.add_argument("--full", action="store_true", help="the larger, slower grid recommended for a paper")
+    p.add_argument("--full", action="store_true", help="the powered grid (POWERED_SEEDS); default: the quick one")
+    p.add_argument("--sweep", action="store_true", help="add the re-balancing threshold sweep (conditions.sweep)")
+    p.add_argument("--fresh", action="store_true", help="clear the data set's run directories first (default: "
+                   "resume, keeping every run that finished)")
     p.add_argument("--no-gate", action="store_true", help="run the joint grid even if a check fails")
     p.add_argument("--max-steps", type=int, default=None, help="stop each run early (smoke tests)")
-    p.add_argument("--n-cases", type=int, default=None, help="phantom cases (default: grid setting)")
+    p.add_argument("--n-cases", type=int, default=None, help="phantom train+validation cases (default: grid setting)")
+    p.add_argument("--n-test", type=int, default=None, help="phantom test cases (default: grid setting)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--width", type=float, default=None, help="ResNet width multiplier")
     p.add_argument("--amp", action="store_true")
@@ -192,42 +252,49 @@ def main(argv: list[str] | None = None) -> int:
     if a.jobs is None:
         a.jobs = 1 if a.device != "cpu" else min(2, os.cpu_count() or 1)
     settings = dict((FULL if a.full else QUICK)[a.dataset])
-    for key in ("epochs", "n_cases", "image_size", "width"):
+    for key in ("epochs", "n_cases", "n_test", "image_size", "width"):
         if getattr(a, key) is not None:
             settings[key] = getattr(a, key)
-    seeds = parse_seeds(a.seeds or str((FULL_SEEDS if a.full else SEEDS)[a.dataset]))
+    seeds = parse_seeds(a.seeds or str((POWERED_SEEDS if a.full else QUICK_SEEDS)[a.dataset]))
+    quick = QUICK_LABEL if len(seeds) < POWERED_SEEDS.get(a.dataset, 0) else None
     extra = {"skip_bad": a.skip_bad, **({"csv": a.csv} if a.csv else {})} if a.dataset in ("cbis-ddsm", "vindr-mammo") else {}
     base = TrainConfig(dataset=a.dataset, root=a.root, device=a.device, amp=a.amp, max_steps=a.max_steps,
                        extra=extra, **settings)
     run_root = Path(a.runs) / a.dataset
-    if run_root.exists():
-        shutil.rmtree(run_root)  # our own output from a previous grid: start fresh
+    if a.fresh and run_root.exists():
+        shutil.rmtree(run_root)
     t0 = time.perf_counter()
-    splits = build_data(base)
-    t_data = time.perf_counter() - t0
+    t_data = prepare_data(base, seeds)
+    splits = data_for(replace(base, seed=seeds[0]))
+    views = list(splits.view_names)
     order = ([c.strip() for c in a.conditions.split(",") if c.strip()] if a.conditions else
-             [c for c in grid(splits.view_names) if c not in SKIPPED.get(a.dataset, ())])
+             [c for c in grid(views) if c not in SKIPPED.get(a.dataset, ())])
+    if a.sweep:
+        order += [c for c in sweep() if c not in order]
     if ENSEMBLE in order:
         order.remove(ENSEMBLE)  # computed, not trained
     single = [c for c in order if c.startswith(SINGLE_PREFIX)]
     joint = [c for c in order if c not in single]
-    print(f"[reproduce] {a.dataset}: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test "
-          f"in {t_data:.1f}s; {len(order)} conditions x {len(seeds)} seeds", flush=True)
+    print(f"[reproduce] {a.dataset}: {len(splits.train)}/{len(splits.val)}/{len(splits.test)} train/val/test per "
+          f"seed (each seed its own data and split) in {t_data:.1f}s; {len(order)} conditions x {len(seeds)} seeds"
+          + (f"; {quick}" if quick else ""), flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if a.dataset == "phantom":
+    if a.dataset in PHANTOMS:
         save_examples(splits, out / "phantom_examples.png")
 
-    def configs(conds: list[str]) -> list[TrainConfig]:
-        return [replace(base, condition=c, seed=k, out=str(run_root / f"{c}-seed{k}")) for c in conds for k in seeds]
+    def configs(conds: list[str], **kw) -> list[TrainConfig]:
+        # seed-major: consecutive runs share their data seed (the workers keep the last two in memory)
+        return [replace(base, condition=c, seed=k, out=str(run_root / f"{c}-seed{k}"),
+                        **{f: v[k] for f, v in kw.items()}) for k in seeds for c in conds]
 
     progress = not a.no_progress
-    results = run_grid(configs(single), splits, a.jobs, f"{a.dataset}: single views", progress) if single else []
-    views = list(splits.view_names)
+    results = run_grid(configs(single), a.jobs, f"{a.dataset}: single views", progress) if single else []
     gate = GATES.get(a.dataset, F.Gate())
-    checks = (F.single_view_checks(F.results_table(results, views, splits.test.y.numpy()), views, gate)
-              if results else {"passed": True, "checks": []})
-    notes = []
+    notes = [f"{quick}: {len(seeds)} seeds, fewer than the {POWERED_SEEDS[a.dataset]} the power analysis asks "
+             "for; no verdict here is powered (make reproduce-full)."] if quick else []
+    checks = (F.single_view_checks(F.results_table(results, views), views, gate) if results
+              else {"passed": True, "checks": []})
     for c in checks["checks"]:
         print(f"[reproduce] check {'passed' if c['passed'] else 'FAILED'}: {c['check']} = {c['value']:.3f} "
               f"(needs >= {c['threshold']})", flush=True)
@@ -237,8 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         joint = []
     elif not checks["passed"]:
         notes.append("A check failed; the joint grid ran anyway (--no-gate): read its comparisons with that in mind.")
-    if joint:
-        results += run_grid(configs(joint), splits, a.jobs, f"{a.dataset}: joint grid", progress)
+    # the random control is dose-matched to the guided run of the same seed, so it runs after it
+    first = [c for c in joint if c != "rebalance-random"]
+    if first:
+        results += run_grid(configs(first), a.jobs, f"{a.dataset}: joint grid", progress)
+    if "rebalance-random" in joint:
+        dose = {r["seed"]: r.get("rebalance", {}).get("windows") for r in results if r["condition"] == "rebalance"}
+        if len(dose) < len(seeds):
+            raise SystemExit("rebalance-random is dose-matched to rebalance: list rebalance in --conditions too")
+        results += run_grid(configs(["rebalance-random"], rebalance_windows=dose), a.jobs,
+                            f"{a.dataset}: dose-matched random control", progress)
     # the report compares views within runs: the joint models' (a single-view run has one view to compare)
     run_dirs = [str(run_root / f"{r['condition']}-seed{r['seed']}") for r in results if r["condition"] in joint]
     shares = comparisons = None
@@ -253,10 +328,13 @@ def main(argv: list[str] | None = None) -> int:
             return int(rc)
         shares = pd.read_csv(out / "shares.csv")
         comparisons = pd.read_csv(out / "comparisons.csv")  # the report's one Holm family
-    found = write_outputs(out, a.dataset, results, splits, joint, order, shares, notes, comparisons)
+    found = write_outputs(out, a.dataset, results, views, len(splits.test), joint, order, shares, notes, quick,
+                          comparisons)
     print((out / "findings.md").read_text())
     timing = {"dataset": a.dataset, "data_seconds": t_data, "total_seconds": time.perf_counter() - t0,
-              "runs": len(results), "settings": settings, "seeds": seeds, "checks_passed": found["passed"]}
+              "runs": len(results), "run_seconds": [r.get("seconds_total") for r in results],
+              "jobs": a.jobs, "settings": settings, "seeds": seeds, "checks_passed": found["passed"],
+              **({"label": quick} if quick else {})}
     (out / "timing.json").write_text(json.dumps(timing, indent=1))
     print(f"[reproduce] done in {timing['total_seconds']:.0f}s; report and findings in {out}", flush=True)
     return 0

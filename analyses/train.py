@@ -47,7 +47,8 @@ from analyses.datasets.common import TwoViewData, TwoViewSplits
 from analyses.linear_probe import probe_columns
 from analyses.models import TwoViewModel, mlp_model, nyu_model
 
-DATASETS = ("phantom", "digits", "mfeat", "cbis-ddsm", "vindr-mammo")
+DATASETS = ("phantom", "phantom-v3", "digits", "mfeat", "cbis-ddsm", "vindr-mammo")
+PHANTOMS = {"phantom": "v2", "phantom-v3": "v3"}  # data set name → phantom variant
 
 
 @dataclass
@@ -64,7 +65,8 @@ class TrainConfig:
     warmup_steps: int = 20
     width: float = 1.0
     image_size: int = 64
-    n_cases: int = 3000
+    n_cases: int = 3000                   # phantom: train + validation cases (with n_test: beside the test split)
+    n_test: int = 0                       # phantom: test cases apart (0: n_cases split 60/20/20 as before)
     difficulty: float = 0.5
     hidden: int = 64
     p_drop: float = 0.25
@@ -75,21 +77,42 @@ class TrainConfig:
     max_steps: int | None = None          # stop early (smoke tests)
     probe_every: int = 50                 # higher-order LCA on a fixed training batch every n steps (0: off)
     mfeat_views: tuple[str, str] = ("fou", "mor")
+    rebalance_windows: int | None = None  # rebalance-random: the guided run's window count (its dose)
+    data_seed: int | None = None          # the data's own seed (phantom cases, split, digits colours); None: seed
     extra: dict = field(default_factory=dict)  # data-set specific options (csv paths, skip_bad, ...)
+
+    @property
+    def data_key(self) -> int:
+        """The seed the data and split are drawn with: ``data_seed``, or the run's seed (each seed its data)."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+
+def config_key(cfg: TrainConfig) -> str:
+    """A hash of everything that determines a run's result (not where it is written or on which device): a
+    finished run is reused by a resumed grid only when its key is the same."""
+    import hashlib
+    fields = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "root")}
+    if cfg.dataset in PHANTOMS:  # the variant's parameters make the images: a retuned variant is another run
+        from analyses.datasets.phantom import VARIANTS, VERSION
+        fields["phantom"] = {"version": VERSION, **VARIANTS[PHANTOMS[cfg.dataset]]}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def build_data(cfg: TrainConfig) -> TwoViewSplits:
     """The splits of ``cfg.dataset`` (imports lazily: only the chosen data set's dependencies are needed)."""
-    if cfg.dataset == "phantom":
+    if cfg.dataset in PHANTOMS:
         from analyses.datasets import phantom
-        pc = phantom.PhantomConfig(n=cfg.n_cases, size=cfg.image_size, difficulty=cfg.difficulty)
-        return phantom.load(pc, root=cfg.root)
+        n, fractions = (phantom.split_sizes(cfg.n_cases, cfg.n_test) if cfg.n_test else
+                        (cfg.n_cases, (0.6, 0.2, 0.2)))
+        pc = phantom.variant(PHANTOMS[cfg.dataset], n=n, size=cfg.image_size, difficulty=cfg.difficulty,
+                             seed=cfg.data_key)
+        return phantom.load(pc, root=cfg.root, fractions=fractions)
     if cfg.dataset == "digits":
         from analyses.datasets import digits
-        return digits.load(digits.DigitsConfig(**cfg.extra))
+        return digits.load(digits.DigitsConfig(**{"seed": cfg.data_key, **cfg.extra}))
     if cfg.dataset == "mfeat":
         from analyses.datasets import mfeat
-        return mfeat.load(tuple(cfg.mfeat_views))
+        return mfeat.load(tuple(cfg.mfeat_views), seed=cfg.data_key)
     if cfg.dataset in ("cbis-ddsm", "vindr-mammo"):
         from analyses.datasets import mammo_metadata
         return mammo_metadata.load_splits(cfg.dataset, cfg.root, size=cfg.image_size, **cfg.extra)
@@ -139,17 +162,20 @@ def evaluate(model: TwoViewModel, data: TwoViewData, device: str, batch_size: in
     return scores_metrics(data, predict(model, data, device, batch_size))
 
 
-def rebalancing(cond: Condition, net: TwoViewModel, opt: torch.optim.Optimizer, warmup: int, seed: int):
+def rebalancing(cond: Condition, net: TwoViewModel, opt: torch.optim.Optimizer, warmup: int, seed: int,
+                windows: int | None = None, horizon: int | None = None):
     """The re-balancing intervention of ``cond`` on the head's input (a no-op context for other conditions).
 
     The authors' settings: the speeds are read at every regular step, a window lasts 5 steps, the threshold is
-    0.01 on log10 of the ratio, and the first decision comes at the second epoch (``warmup``)."""
+    0.01 on log10 of the ratio (``cond.threshold``), and the first decision comes at the second epoch
+    (``warmup``). ``windows``/``horizon``: the random control dose-matched to a guided run."""
     if cond.rebalance is None:
         return contextlib.nullcontext()
     from dynamics.balance import rebalance
     branches = {v: getattr(net, f"{v}_column") for v in net.views}
-    return rebalance(net.head, opt, branches, threshold=0.01, every=1, steps=5, warmup=warmup,
-                     mode=cond.rebalance, seed=seed)
+    matched = dict(windows=windows, horizon=horizon) if cond.rebalance == "random" and windows is not None else {}
+    return rebalance(net.head, opt, branches, threshold=cond.threshold, every=1, steps=5, warmup=warmup,
+                     mode=cond.rebalance, seed=seed, **matched)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -250,7 +276,9 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
     amp_dtype = torch.float16 if use_cuda_amp else torch.bfloat16
     view_kw, attach_kw, attribution = recorder_views(net)
     run_dir = Path(cfg.out)
-    config = {**asdict(cfg), "attribution": attribution, "data": splits.info, "n_train": len(splits.train)}
+    config = {**asdict(cfg), "attribution": attribution, "data": splits.info, "n_train": len(splits.train),
+              "data_seed": cfg.data_key, "split_seed": splits.info.get("seed", cfg.data_key),
+              "view_order": list(net.views)}
     if ddp.on:
         config.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
     writer = ddp.rank == 0
@@ -263,7 +291,8 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
         attach_kw["probe_every"] = cfg.probe_every
     with dynamics.attach(model, opt, out=run_dir, config=config, seed=cfg.seed, condition=cfg.condition,
                          scaler=scaler, **view_kw, **attach_kw) as rec, \
-            rebalancing(cond, net, opt, warmup=steps_per_epoch, seed=cfg.seed):
+            rebalancing(cond, net, opt, warmup=steps_per_epoch, seed=cfg.seed, windows=cfg.rebalance_windows,
+                        horizon=total) as balancer:
         bar = tqdm(total=total, desc=f"{cfg.dataset}/{cfg.condition}/seed{cfg.seed}", disable=not progress or None,
                    leave=False)
         for epoch in range(cfg.epochs):
@@ -314,10 +343,16 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
     results = {"dataset": cfg.dataset, "condition": cfg.condition, "seed": cfg.seed, "test_auc": test_auc,
                "test_acc": test_acc, "best_val_auc": best_auc, "steps": step, "history": history,
                "attribution": attribution, "views": list(net.views), "seconds_train": time.perf_counter() - t0,
-               "test_scores": test_scores.tolist()}
+               "test_scores": test_scores.tolist(), "test_y": splits.test.y.int().tolist(), "data_seed": cfg.data_key,
+               "config_key": config_key(cfg),
+               "n_test": len(splits.test), "n_pos_test": int(splits.test.y.sum())}
+    if cond.rebalance is not None:  # the dose: windows opened and steps re-balanced
+        results["rebalance"] = {"windows": balancer.windows, "steps": len(balancer.schedule),
+                                "threshold": cond.threshold, "mode": cond.rebalance}
     if ddp.on:
         results.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
     try:
+        results["dynamics"] = run_dynamics(run_dir, net)
         results["utilization"] = write_utilization(net, splits, run_dir, cfg.device)
         results["probe_auc"] = probe_columns(net, splits, cfg.device)
         results["seconds_total"] = time.perf_counter() - t0
@@ -326,6 +361,31 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
         if ddp.on:
             dist.barrier()
     return results
+
+
+def view_parameters(model: TwoViewModel) -> dict[str, int]:
+    """Trainable parameters in each view's own column (``shared``: the shared column, plus the view's stem)."""
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
+    if model.condition != "shared":
+        return {v: count(getattr(model, f"{v}_column")) for v in model.views}
+    return {v: count(model.column) + (count(getattr(model, f"{v}_stem")) if hasattr(model, f"{v}_stem") else 0)
+            for v in model.views}
+
+
+def run_dynamics(run_dir: Path, model: TwoViewModel) -> dict:
+    """Per view over the whole recorded run: Σ‖g‖² over steps and tensors, the loss reduction (−Σ lca), its
+    share of all groups' loss reduction, and the view's parameter count (for a per-parameter gradient norm:
+    views of different widths are not comparable by raw norms). Read back from the run directory."""
+    from dynamics.analysis.cleaning import clean
+
+    per_param, per_step = dynamics.load(run_dir)
+    df = clean(per_param, per_step)
+    sums = df.groupby(df["view"].astype(str), observed=True)[["grad_sq", "lca"]].sum()
+    total = -float(sums["lca"].sum())
+    counts = view_parameters(model)
+    return {v: {"grad_sq": float(sums.loc[v, "grad_sq"]), "loss_reduction": -float(sums.loc[v, "lca"]),
+                "share": -float(sums.loc[v, "lca"]) / total if total > 0 else math.nan, "n_params": counts[v]}
+            for v in model.views if v in sums.index}
 
 
 def write_utilization(model: TwoViewModel, splits: TwoViewSplits, run_dir: Path, device: str,
@@ -347,15 +407,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = TrainConfig()
     for name, value in asdict(d).items():
-        if name in ("extra", "mfeat_views"):
+        if name in ("extra", "mfeat_views", "data_seed"):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             p.add_argument(flag, action="store_true", default=value)
         else:
-            kind = int if name == "max_steps" else type(value)
+            kind = int if name in ("max_steps", "rebalance_windows") else type(value)
             p.add_argument(flag, type=kind, default=value)
     p.add_argument("--mfeat-views", nargs=2, default=list(d.mfeat_views))
+    p.add_argument("--data-seed", type=int, default=None, help="the data's seed (default: --seed)")
     p.add_argument("--skip-bad", action="store_true", help="cbis-ddsm/vindr-mammo: skip and count bad exams")
     p.add_argument("--csv", nargs="*", default=None, help="cbis-ddsm/vindr-mammo metadata CSVs")
     args = vars(p.parse_args(argv))

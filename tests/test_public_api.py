@@ -56,7 +56,7 @@ BALANCE = {
     "modality_dropout": ["fusion", "views", "*", "p", "weights", "generator"],
     "ModalityDropout": ["views", "p", "*", "weights", "generator"],
     "rebalance": ["fusion", "optimizer", "branches", "*", "widths", "threshold", "every", "steps", "warmup", "mode",
-                  "seed"],
+                  "seed", "windows", "horizon"],
     "ogm_ge": ["fusion", "optimizer", "branches", "*", "loss", "widths", "alpha", "noise", "start", "stop", "rule",
                "select", "seed", "unimodal"],
 }

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from analyses.datasets.common import TwoViewData, TwoViewSplits, stratified_split
 
 CHUNK = 128  # cases generated per batch; case i depends only on (seed, i // CHUNK), never on n
-VERSION = 2  # of the generator: 2 added per-view occlusion, the MLO gain and one-thread generation
+VERSION = 3  # of the generator: 2 added per-view occlusion, the MLO gain and one-thread generation; 3 the CC
+# gain, per-view noise and MLO's own occult chance (their defaults give version 2's images)
 DEFAULT_ROOT = Path(os.environ.get("DYNAMICS_DATA", "data"))
 
 
@@ -67,10 +68,14 @@ class PhantomConfig:
     mlo_angle: float = 45.0
     occult: float = 0.25          # chance, per view and independently, that a lesion is invisible in that view
     mlo_gain: float = 1.0         # MLO lesion contrast relative to CC (matches the views' difficulty)
+    cc_gain: float = 1.0          # CC lesion contrast (v3: > 1, the conspicuous, fast view)
+    noise_cc: float = 1.0         # detector noise of each view, times the difficulty's noise
+    noise_mlo: float = 1.0
+    occult_mlo: float | None = None  # MLO's own occult chance (None: ``occult`` for both views)
 
     def __post_init__(self) -> None:
-        for name in ("prevalence", "benign_mass", "difficulty", "occult"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("prevalence", "benign_mass", "difficulty", "occult", "occult_mlo"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"PhantomConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.n < 1 or self.size < 16:
             raise ValueError(f"PhantomConfig needs n >= 1 and size >= 16, got n={self.n}, size={self.size}")
@@ -191,9 +196,10 @@ def _chunk(cfg: PhantomConfig, index: int, b: int) -> tuple[np.ndarray, np.ndarr
     keep = (torch.arange(nc).view(1, nc) < torch.randint(6, nc + 1, (b, 1), generator=g)) & has_calc.view(b, 1)
     _splat(les, cpts, keep.float() * 6.0 * (1.0 - 0.6 * hard), s)
 
-    # 5. visibility per view, independently
-    seen = (torch.rand(b, 2, generator=g) >= cfg.occult).float()
-    vis_cc, vis_mlo = seen[:, 0].view(b, 1, 1), cfg.mlo_gain * seen[:, 1].view(b, 1, 1)
+    # 5. visibility per view, independently (each view its own occult chance)
+    occult = torch.tensor([cfg.occult, cfg.occult if cfg.occult_mlo is None else cfg.occult_mlo])
+    seen = (torch.rand(b, 2, generator=g) >= occult).float()
+    vis_cc, vis_mlo = cfg.cc_gain * seen[:, 0].view(b, 1, 1), cfg.mlo_gain * seen[:, 1].view(b, 1, 1)
 
     # 6. projections (linear: background and lesion apart)
     cc = (vol.sum(dim=1) + vis_cc * les.sum(dim=1)) / s  # (b, Y, X), line integral along z
@@ -201,8 +207,8 @@ def _chunk(cfg: PhantomConfig, index: int, b: int) -> tuple[np.ndarray, np.ndarr
 
     # 7. detector: scale to about [0, 1], add noise
     noise = 0.02 + 0.06 * hard
-    cc = cc / 0.35 + noise * torch.randn(cc.shape, generator=g)
-    mlo = mlo / 0.35 + noise * torch.randn(mlo.shape, generator=g)
+    cc = cc / 0.35 + cfg.noise_cc * noise * torch.randn(cc.shape, generator=g)
+    mlo = mlo / 0.35 + cfg.noise_mlo * noise * torch.randn(mlo.shape, generator=g)
     lesion_kind = has_spic.long() + 2 * has_calc.long() + 4 * has_round.long()
     visible = (seen[:, 0] > 0).long() + 2 * (seen[:, 1] > 0).long()  # bit 1: seen in CC, bit 2: in MLO
     return (cc.numpy().astype(np.float16), mlo.numpy().astype(np.float16),
@@ -287,9 +293,36 @@ def load_arrays(cfg: PhantomConfig, root: str | Path = DEFAULT_ROOT, workers: in
     return arrays
 
 
+# The two phantoms of the reproduction. v2: the symmetric control (views equally hard, occult independently
+# with the same chance). v3: the paper's imbalance between two views of one modality: CC conspicuous (lesion
+# contrast x cc_gain, less noise) and so learned fast, MLO fainter and noisier but hiding the lesion on its own
+# cases (its own occult chance), so it carries what CC misses. Tuned by pilots (README, Findings).
+VARIANTS: dict[str, dict] = {
+    "v2": {},
+    "v3": dict(cc_gain=2.0, noise_cc=0.5, occult=0.35, mlo_gain=0.95, noise_mlo=1.25, occult_mlo=0.2),
+}
+
+
+def variant(name: str, **kw) -> PhantomConfig:
+    """The :data:`VARIANTS` preset ``name`` with ``kw`` (n, size, seed, ...) on top."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown phantom variant {name!r}; choose from {sorted(VARIANTS)}")
+    return PhantomConfig(**{**VARIANTS[name], **kw})
+
+
+def split_sizes(n_trainval: int, n_test: int, val_share: float = 0.25) -> tuple[int, tuple[float, float, float]]:
+    """Cases to generate and split fractions for ``n_trainval`` train+validation cases (``val_share`` of them
+    validation) beside a test split of ``n_test`` cases (a large test set costs generation only)."""
+    if n_trainval < 4 or n_test < 0:
+        raise ValueError(f"need n_trainval >= 4 and n_test >= 0, got {n_trainval}, {n_test}")
+    n = n_trainval + n_test
+    return n, ((1 - val_share) * n_trainval / n, val_share * n_trainval / n, n_test / n)
+
+
 def load(cfg: PhantomConfig | None = None, root: str | Path = DEFAULT_ROOT,
          fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> TwoViewSplits:
-    """Phantom splits with views ``cc`` and ``mlo`` as (n, 1, S, S) float32 tensors, stratified by label."""
+    """Phantom splits with views ``cc`` and ``mlo`` as (n, 1, S, S) float32 tensors, stratified by label; the
+    split is drawn with the phantom's own seed (each data seed: its own cases and its own split)."""
     cfg = cfg or PhantomConfig()
     a = load_arrays(cfg, root)
     splits = stratified_split(a["y"], fractions, seed=cfg.seed)

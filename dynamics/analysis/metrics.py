@@ -1,4 +1,4 @@
-"""Classification metrics without scikit-learn: ROC AUC, accuracy and bootstrap intervals.
+"""Classification metrics without scikit-learn: ROC AUC, accuracy, DeLong's variance and bootstrap intervals.
 
 ROC AUC is computed from the Mann-Whitney U statistic (the probability that a random positive
 scores above a random negative, ties counting one half), so it is exact, O(n log n) and needs
@@ -12,7 +12,8 @@ import numpy as np
 
 from .inference import t_half_width  # the package's one Student-t interval (kept importable from here)
 
-__all__ = ["average_ranks", "roc_auc", "accuracy", "bootstrap_ci", "percentile_interval", "t_half_width"]
+__all__ = ["average_ranks", "roc_auc", "accuracy", "bootstrap_ci", "percentile_interval", "t_half_width",
+           "delong_covariance", "delong_variance"]
 
 
 def _as_1d(x, name: str) -> np.ndarray:
@@ -140,3 +141,39 @@ def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
     alpha = (1 - level) / 2
     lo, hi = np.quantile(v, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def _placements(y, score) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components: for each positive, the share of negatives it outscores (ties ½); for
+    each negative, the share of positives that outscore it. Midranks give both in O(n log n)."""
+    y = _as_1d(y, "y_true").astype(bool)
+    s = _as_1d(np.asarray(score, float), "score")
+    if s.shape[0] != y.shape[0]:
+        raise ValueError(f"y_true has {y.shape[0]} rows but score has {s.shape[0]}")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos < 2 or n_neg < 2:
+        raise ValueError(f"DeLong's variance needs at least 2 positives and 2 negatives, got {n_pos} and {n_neg}")
+    r_all = average_ranks(s)
+    v10 = (r_all[y] - average_ranks(s[y])) / n_neg
+    v01 = 1.0 - (r_all[~y] - average_ranks(s[~y])) / n_pos
+    return v10, v01
+
+
+def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of the k score columns (n, k) on the same cases and their covariance matrix (k, k) by DeLong,
+    DeLong & Clarke-Pearson (1988): S10 / n_pos + S01 / n_neg, the sample covariances of the structural
+    components. The test-set sampling error of an AUC, and of a paired AUC difference."""
+    s = np.asarray(scores, float)
+    if s.ndim == 1:
+        s = s[:, None]
+    parts = [_placements(y_true, s[:, j]) for j in range(s.shape[1])]
+    v10 = np.stack([p[0] for p in parts])
+    v01 = np.stack([p[1] for p in parts])
+    aucs = v10.mean(axis=1)
+    cov = np.atleast_2d(np.cov(v10, ddof=1)) / v10.shape[1] + np.atleast_2d(np.cov(v01, ddof=1)) / v01.shape[1]
+    return aucs, cov
+
+
+def delong_variance(y_true, score) -> float:
+    """DeLong's variance of one ROC AUC (see :func:`delong_covariance`)."""
+    return float(delong_covariance(y_true, score)[1][0, 0])

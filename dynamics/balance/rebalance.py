@@ -7,7 +7,10 @@ transfer) and d = log10(max S / min S); when d > ``threshold`` the next ``steps`
 the slowest view s: at the fusion input every other view's representation is replaced by its running mean
 (detached), so the prediction varies with view s alone and its branch must carry it. Re-balancing steps add
 nothing to S. ``mode="random"`` is the control: at every decision point one of {no re-balancing, each view}
-is drawn uniformly (no speeds are read); a drawn view is re-balanced for the next ``steps`` steps.
+is drawn uniformly (no speeds are read); a drawn view is re-balanced for the next ``steps`` steps. With
+``windows=k`` and ``horizon=T`` the random control is dose-matched instead: exactly k windows (a guided run's
+count) at decision steps drawn uniformly among the non-overlapping placements in [``warmup``, T), each for a
+view drawn uniformly.
 
 Logged per step into an attached recorder: ``rebalanced_<view>`` (1 on the steps re-balanced for the view,
 else 0) and, at the steps where S is read, ``rebalance_speed_<view>`` = S_v.
@@ -43,7 +46,8 @@ class Rebalance(BranchIntervention):
 
     def __init__(self, fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch], *,
                  widths: Mapping[str, int] | Sequence[int] | None, threshold: float, every: int, steps: int,
-                 warmup: int, mode: str, seed: int) -> None:
+                 warmup: int, mode: str, seed: int, windows: int | None = None,
+                 horizon: int | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         for name, value, low in (("every", every, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
@@ -51,10 +55,15 @@ class Rebalance(BranchIntervention):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if not threshold >= 0:
             raise ValueError(f"threshold must be >= 0 (a log10 ratio), got {threshold!r}")
+        if (windows is None) != (horizon is None) or (windows is not None and mode != "random"):
+            raise ValueError(f"windows and horizon go together, with mode='random' (got windows={windows!r}, "
+                             f"horizon={horizon!r}, mode={mode!r})")
         super().__init__(fusion, optimizer, branches, widths)
         self._params = [[p for _, p in self.named[v]] for v in self.views]
         self.threshold, self.every, self.steps, self.warmup, self.mode = threshold, every, steps, warmup, mode
         self._rng = random.Random(seed)
+        self._starts = None if windows is None else matched_starts(windows, warmup, horizon, steps, self._rng)
+        self.windows = 0                       # windows opened so far (a guided run's dose)
         self.current: int | None = None       # the view re-balanced at this step (index), None: a regular step
         self._left = 0
         self._decision: tuple[int | None] | None = None  # taken at a pre-step hook, applied at the post-step
@@ -93,7 +102,10 @@ class Rebalance(BranchIntervention):
         if self.current is not None:
             self.schedule.append((self.step, self.views[self.current]))
         due = self.step >= self.warmup and (self.step - self.warmup) % self.every == 0
-        if due and self.mode == "random":  # a new draw replaces an open window
+        if self._starts is not None:  # dose-matched control: a window at each drawn start
+            if self.step in self._starts:
+                self._decision = (self._rng.randrange(len(self.views)),)
+        elif due and self.mode == "random":  # a new draw replaces an open window
             choice = self._rng.randrange(len(self.views) + 1)
             self._decision = (None if choice == len(self.views) else choice,)
         elif due and self.current is None:
@@ -112,6 +124,7 @@ class Rebalance(BranchIntervention):
         if self._decision is not None:  # the decision taken at this step's pre-hook holds from the next step
             (self.current,) = self._decision
             self._left = self.steps if self.current is not None else 0
+            self.windows += self.current is not None
             self._decision = None
 
     def _accumulate(self) -> None:
@@ -137,9 +150,25 @@ class Rebalance(BranchIntervention):
                 self._speeds.add_(rate)
 
 
+def matched_starts(windows: int, warmup: int, horizon: int, steps: int, rng: random.Random) -> frozenset[int]:
+    """``windows`` decision steps in [``warmup``, ``horizon``), drawn uniformly among the placements whose
+    windows (the ``steps`` steps after each decision) neither overlap nor touch: gaps of at least ``steps`` + 1,
+    as the guided mode's decisions have. The last window may be cut at the horizon, as a guided run's is.
+    Raises ValueError when they do not fit."""
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 0:
+        raise ValueError(f"windows must be an int >= 0, got {windows!r}")
+    free = (horizon - warmup) - max(windows - 1, 0) * steps
+    if windows and free < windows:
+        raise ValueError(f"{windows} windows of {steps} steps do not fit between warmup {warmup} and "
+                         f"horizon {horizon}")
+    picks = sorted(rng.sample(range(free), windows)) if windows else []
+    return frozenset(warmup + c + i * steps for i, c in enumerate(picks))
+
+
 def rebalance(fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Mapping[str, Branch], *,
               widths: Mapping[str, int] | Sequence[int] | None = None, threshold: float = 0.01, every: int = 1,
-              steps: int = 5, warmup: int = 0, mode: str = "guided", seed: int = 0) -> Rebalance:
+              steps: int = 5, warmup: int = 0, mode: str = "guided", seed: int = 0,
+              windows: int | None = None, horizon: int | None = None) -> Rebalance:
     """Re-balance training toward the view whose branch learns slowest (see the module docstring).
 
     ``fusion``: the module whose input holds the views' representations (one argument per view, or one
@@ -147,7 +176,9 @@ def rebalance(fusion: nn.Module, optimizer: torch.optim.Optimizer, branches: Map
     that view's branch, in the order the fusion module receives the views. ``every``: steps between reads of
     the speeds (the authors check at every regular step: 1); ``steps``: length of a re-balancing window
     (authors: 5); ``threshold``: on log10(max S / min S) (authors: 0.01); ``warmup``: steps before the first
-    decision (the authors start at epoch 2). Returns the removable handle.
+    decision (the authors start at epoch 2); ``windows`` and ``horizon`` (random mode only): the dose-matched
+    control, exactly ``windows`` windows before step ``horizon`` (a guided run's ``windows`` count). Returns
+    the removable handle.
     """
     return Rebalance(fusion, optimizer, branches, widths=widths, threshold=threshold, every=every, steps=steps,
-                     warmup=warmup, mode=mode, seed=seed)
+                     warmup=warmup, mode=mode, seed=seed, windows=windows, horizon=horizon)

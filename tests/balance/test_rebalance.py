@@ -7,6 +7,7 @@ schedule is simulated in plain Python from the documented rule.
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -159,3 +160,48 @@ def test_bad_settings_are_named():
             odd(torch.randn(2, 5), torch.randn(2, 3))
     with rebalance(odd.head, opt, {"a": odd.a, "b": odd.b}):  # branch modules: widths read from their outputs
         odd(torch.randn(2, 5), torch.randn(2, 3))
+
+
+def test_dose_matched_control_opens_exactly_the_given_windows(tmp_path):
+    """windows=k, horizon=T: k windows of `steps` steps, none overlapping or touching, all inside [warmup, T),
+    each for a drawn view; the guided handle counts its own windows the same way."""
+    torch.manual_seed(0)
+    model = TinyTwoView()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    handle = rebalance(model.head, opt, {"a": model.a, "b": model.b}, mode="random", steps=3, warmup=4,
+                       windows=5, horizon=len(C_A) - 3, seed=2)  # every window ends before training does
+    _train(model, opt, C_A, C_B, torch.Generator().manual_seed(1))
+    handle.remove()
+    steps = [t for t, _ in handle.schedule]
+    # windows: maximal runs of consecutive re-balanced steps (touching windows would merge: they must not)
+    runs = [[steps[0]]]
+    for t in steps[1:]:
+        (runs[-1].append(t) if t == runs[-1][-1] + 1 else runs.append([t]))
+    assert handle.windows == 5 and len(runs) == 5 and all(len(r) == 3 for r in runs)
+    assert steps[0] >= 5 and steps[-1] < len(C_A)  # the first decision at warmup acts from the next step
+    assert handle.reads == 0
+    guided = rebalance(model.head, opt, {"a": model.a, "b": model.b}, threshold=0.0, steps=5)
+    _train(model, opt, C_A, C_B, torch.Generator().manual_seed(1))
+    guided.remove()
+    g_steps = [t for t, _ in guided.schedule]
+    assert guided.windows == sum(1 for i, t in enumerate(g_steps) if i == 0 or t != g_steps[i - 1] + 1)
+
+
+def test_matched_starts_are_uniform_over_placements_and_refuse_what_cannot_fit():
+    """Two windows of 2 steps, decisions in [0, 7): s1 < s2 with s2 - s1 >= 3 (the guided mode's spacing), each
+    of the 10 placements drawn about a tenth of the time; 92 windows of 5 fit in [19, 570) as a guided run's
+    did (its last window cut at the horizon), 93 do not."""
+    from collections import Counter
+    from dynamics.balance.rebalance import matched_starts
+    rng = random.Random(0)
+    counts = Counter(tuple(sorted(matched_starts(2, 0, 7, 2, rng))) for _ in range(5000))
+    assert set(counts) == {(a, b) for a in range(7) for b in range(7) if b - a >= 3}
+    assert len(counts) == 10 and all(abs(c / 5000 - 0.1) < 0.025 for c in counts.values())
+    starts = sorted(matched_starts(92, 19, 570, 5, rng))
+    assert len(starts) == 92 and min(np.diff(starts)) >= 6 and starts[0] >= 19 and starts[-1] < 570
+    with pytest.raises(ValueError, match="do not fit"):
+        matched_starts(93, 19, 570, 5, rng)
+    model = TinyTwoView()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="windows and horizon go together"):
+        rebalance(model.head, opt, {"a": model.a, "b": model.b}, windows=3, horizon=10)  # guided mode
