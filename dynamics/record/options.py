@@ -43,12 +43,9 @@ class RecordingOptions:
 def _check_quantities(quantities: Sequence[Quantity]) -> None:
     """Quantities, each attached once, whose tables have names of their own."""
     tables = {spec.name: "the base measurements" for spec in StepMeasurements.tables}
-    for position, quantity in enumerate(quantities):
-        if not isinstance(quantity, Quantity):
-            raise TypeError(f"parts[{position}] must be a dynamics.record.quantity.Quantity, got "
-                            f"{type(quantity).__name__}")
+    for quantity in quantities:
         if quantity._binding is not None:
-            raise ValueError(f"{quantity.name} is already attached to a recorder: give each attach() its own")
+            raise ValueError(f"{quantity.name} is attached to an open recorder: give each attach() its own")
         for spec in quantity.tables:
             if spec.name in tables:
                 raise ValueError(f"{quantity.name} declares table {spec.name!r}, which {tables[spec.name]} "

@@ -187,10 +187,15 @@ class Quantity:
         """At attach, before the run is opened: refuse a set-up this quantity cannot record (raise)."""
 
     def bind(self, binding: Binding) -> None:
-        """Attached to a recorder (once): allocate device buffers here, never in the hot path."""
+        """Attached to a recorder: allocate device buffers here, never in the hot path. One open recorder at a
+        time: the recorder lets go of it (:meth:`unbind`) when it closes."""
         if self._binding is not None:
-            raise ValueError(f"{self.name} is already attached to a recorder: give each attach() its own")
+            raise ValueError(f"{self.name} is attached to an open recorder: give each attach() its own")
         self._binding = binding
+
+    def unbind(self) -> None:
+        """The recorder has closed (after :meth:`close`): the quantity may be attached again."""
+        self._binding = None
 
     @property
     def binding(self) -> Binding:

@@ -156,6 +156,7 @@ class Recorder:
         self._handles.clear()
         for part in self._parts:
             part.close(self._tracker.step)
+            part.unbind()
 
     def coverage(self) -> pd.DataFrame:
         """Every parameter with its view, layer, depth, numel and whether it is recorded or frozen."""
@@ -338,6 +339,9 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, views: ViewSpec, 
                          f"shared module to them")
     if isinstance(parts, Quantity) or not isinstance(parts, (list, tuple)):
         raise TypeError(f"parts= takes a list of quantities, got {type(parts).__name__}")
+    for position, part in enumerate(parts):
+        if not isinstance(part, Quantity):
+            raise TypeError(f"parts[{position}] must be a dynamics.Quantity, got {type(part).__name__}")
     quantities = [*([AttributionPart(attribute, attributed)] if attribute else []),
                   *([probing.ProbePart(probe, probe_every)] if probe is not None else []), *parts]
     options = RecordingOptions(every, flush_every, scaler, quantities)

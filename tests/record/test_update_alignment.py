@@ -130,7 +130,7 @@ def test_bad_parts_are_refused_with_their_names(tmp_path):
     views = {"cc": model.cc, "mlo": model.mlo}
     with pytest.raises(TypeError, match="parts= takes a list"):
         dynamics.attach(model, optimizer, views, out=tmp_path / "a", parts=UpdateAlignment())
-    with pytest.raises(TypeError, match=r"parts\[1\] must be a dynamics.record.quantity.Quantity, got str"):
+    with pytest.raises(TypeError, match=r"parts\[1\] must be a dynamics.Quantity, got str"):
         dynamics.attach(model, optimizer, views, out=tmp_path / "b", parts=[UpdateAlignment(), "grad_peak"])
     with pytest.raises(ValueError, match="declares table 'update_alignment', which UpdateAlignment writes"):
         dynamics.attach(model, optimizer, views, out=tmp_path / "c", parts=[UpdateAlignment(), UpdateAlignment()])
@@ -140,10 +140,15 @@ def test_bad_parts_are_refused_with_their_names(tmp_path):
     with pytest.raises(ValueError, match="declares table 'params', which the base measurements writes"):
         dynamics.attach(model, optimizer, views, out=tmp_path / "d", parts=[Params()])
     used = UpdateAlignment()
-    dynamics.attach(model, optimizer, views, out=tmp_path / "e", parts=[used]).close()
-    with pytest.raises(ValueError, match="UpdateAlignment is already attached"):
-        dynamics.attach(model, optimizer, views, out=tmp_path / "f", parts=[used])
+    open_recorder = dynamics.attach(model, optimizer, views, out=tmp_path / "e", parts=[used])
+    other = fresh_model()
+    with pytest.raises(ValueError, match="UpdateAlignment is attached to an open recorder"):
+        dynamics.attach(other, torch.optim.SGD(other.parameters(), lr=0.1), {"cc": other.cc, "mlo": other.mlo},
+                        out=tmp_path / "f", parts=[used])
+    open_recorder.close()
     assert not any((tmp_path / n).exists() for n in "abcdf")  # a refused attach leaves no run behind
+    dynamics.attach(other, torch.optim.SGD(other.parameters(), lr=0.1), {"cc": other.cc, "mlo": other.mlo},
+                    out=tmp_path / "g", parts=[used]).close()  # closed, it may be attached again
     with pytest.raises(dynamics.RunStoreError, match="no per-tensor table 'grad_peak'"):
         dynamics.load_table(tmp_path / "e", "grad_peak")
 
