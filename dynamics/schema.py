@@ -13,6 +13,7 @@ SCHEMA_VERSION = 2               # 2: flushes committed by records in commits/, 
 META_FILE = "meta.json"
 PARAMS, STEPS, ATTRIBUTION, PROBE = "params", "steps", "attribution", "probe"  # the built-in tables
 COMMITS = "commits"              # the folder of commit records: a flush (or a compaction) is visible once its record is
+QUARANTINE = "quarantine"        # the folder of parts that verify but that no commit record names (moved, never deleted)
 LOCK_FILE = "writer.lock"        # the writer lock: owner pid, host, boot and process start
 PARAM_ID = "param_id"            # a part's tensor column: the index into meta.json's parameter table
 
@@ -69,6 +70,12 @@ DEFAULT_CONDITION = "default"    # the condition of a run that names none
 
 # ------------------------------------------------------------------------------------------------- tables
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_RUN_FOLDERS = frozenset({COMMITS, QUARANTINE})
+
+
+def is_table_name(name: str) -> bool:
+    """A name a table (and its folder in the run directory) may have."""
+    return isinstance(name, str) and bool(_TABLE_NAME.match(name)) and name not in _RUN_FOLDERS
 _ARROW_TYPES = ("int64", "int32", "double", "bool", "string")
 _REDUCTIONS = ("sum", "max")
 
@@ -94,9 +101,9 @@ class TableSpec:
     reduce: str = "sum"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _TABLE_NAME.match(self.name):
+        if not is_table_name(self.name):
             raise ValueError(f"table name {self.name!r}: use 1-40 lower-case letters, digits or _, starting with a "
-                             f"letter")
+                             f"letter, other than the run directory's own folders {sorted(_RUN_FOLDERS)}")
         names = [c for c, _ in self.columns]
         bad = [f"{c}: {t}" for c, t in self.columns if t not in _ARROW_TYPES]
         if bad:
@@ -154,10 +161,6 @@ def tables_of(meta: Mapping | None) -> dict[str, TableSpec]:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"meta.json declares table {name!r} malformed ({exc})") from None
     return out
-
-
-def is_table_name(name: str) -> bool:
-    return isinstance(name, str) and bool(_TABLE_NAME.match(name))
 
 
 # per-step scalars the interventions of dynamics.balance log into the run (one column per view)

@@ -19,12 +19,12 @@ from typing import Mapping, Sequence
 
 import pyarrow.parquet as pq
 
-from ..schema import TableSpec, tables_of
+from ..schema import QUARANTINE, TableSpec, tables_of
 from . import commits as records
 from . import parts
 from .rundir import RunStoreError, fsync_dir
 
-FOLDER = "quarantine"
+FOLDER = QUARANTINE
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,10 @@ def test_bad_parts_are_refused_with_their_names(tmp_path):
     with pytest.raises(ValueError, match="declares table 'update_alignment', which UpdateAlignment writes"):
         dynamics.attach(model, optimizer, views, out=tmp_path / "c", parts=[UpdateAlignment(), UpdateAlignment()])
 
+    for reserved in ("commits", "quarantine", "Bad-Name"):  # the run directory's own folders, a bad folder name
+        with pytest.raises(ValueError, match=f"table name '{reserved}'"):
+            quantity_table(reserved, "x")
+
     class Params(Quantity):
         tables = (quantity_table("params", "x"),)
     with pytest.raises(ValueError, match="declares table 'params', which the base measurements writes"):
