@@ -24,13 +24,11 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -44,6 +42,8 @@ from dynamics.analysis.metrics import accuracy, roc_auc
 
 from analyses.conditions import Condition, parse_condition
 from analyses.datasets.common import TwoViewData, TwoViewSplits
+from analyses.distributed import Distributed, init_distributed
+from analyses.outcomes import run_dynamics, write_utilization
 from analyses.linear_probe import probe_columns
 from analyses.models import TwoViewModel, mlp_model, nyu_model
 
@@ -199,42 +199,6 @@ def _improved(val_auc: float, best_auc: float | None) -> bool:
     return math.isnan(best_auc) or val_auc > best_auc
 
 
-def launched_by_torchrun() -> bool:
-    """Whether this process was started by torchrun (or another launcher that sets the same variables)."""
-    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a DistributedDataParallel run (``world_size`` 1: a plain single-process run)."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: str = "cpu"
-    owns_group: bool = False   # this module initialised the process group, so it also destroys it
-
-    @property
-    def on(self) -> bool:
-        return self.world_size > 1 or self.owns_group
-
-
-def init_distributed(device: str) -> Distributed:
-    """Join the process group torchrun describes (nccl on CUDA, gloo on CPU; CUDA device from LOCAL_RANK).
-
-    Without torchrun and without an initialised group this is a no-op (a single-process run); a group the
-    caller initialised already is used as it is.
-    """
-    if not dist.is_available() or (not dist.is_initialized() and not launched_by_torchrun()):
-        return Distributed(device=device)
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        torch.cuda.set_device(device)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
-
-
 def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool = True) -> dict:
     """Train, record and evaluate one run; returns the results that are also written to ``results.json``.
 
@@ -361,46 +325,6 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
         if ddp.on:
             dist.barrier()
     return results
-
-
-def view_parameters(model: TwoViewModel) -> dict[str, int]:
-    """Trainable parameters in each view's own column (``shared``: the shared column, plus the view's stem)."""
-    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
-    if model.condition != "shared":
-        return {v: count(getattr(model, f"{v}_column")) for v in model.views}
-    return {v: count(model.column) + (count(getattr(model, f"{v}_stem")) if hasattr(model, f"{v}_stem") else 0)
-            for v in model.views}
-
-
-def run_dynamics(run_dir: Path, model: TwoViewModel) -> dict:
-    """Per view over the whole recorded run: Σ‖g‖² over steps and tensors, the loss reduction (−Σ lca), its
-    share of all groups' loss reduction, and the view's parameter count (for a per-parameter gradient norm:
-    views of different widths are not comparable by raw norms). Read back from the run directory."""
-    from dynamics.analysis.cleaning import clean
-
-    per_param, per_step = dynamics.load(run_dir)
-    df = clean(per_param, per_step)
-    sums = df.groupby(df["view"].astype(str), observed=True)[["grad_sq", "lca"]].sum()
-    total = -float(sums["lca"].sum())
-    counts = view_parameters(model)
-    return {v: {"grad_sq": float(sums.loc[v, "grad_sq"]), "loss_reduction": -float(sums.loc[v, "lca"]),
-                "share": -float(sums.loc[v, "lca"]) / total if total > 0 else math.nan, "n_params": counts[v]}
-            for v in model.views if v in sums.index}
-
-
-def write_utilization(model: TwoViewModel, splits: TwoViewSplits, run_dir: Path, device: str,
-                      n_boot: int = 500) -> dict:
-    """Test-set conditional utilization of each view (zeroed, and replaced by its training mean), written
-    to ``run_dir/utilization.json`` by :func:`dynamics.analysis.utilization.save_utilization`; returns a summary."""
-    from dynamics.analysis.utilization import save_utilization, utilization
-
-    tables = [utilization(model, splits.test.loader(256), views=list(model.views), ablate=ablate,
-                          train_loader=splits.train.loader(512), n_boot=n_boot, device=device)
-              for ablate in ("zero", "mean")]
-    table = pd.concat(tables, ignore_index=True)
-    save_utilization(table, run_dir, split="test")
-    auc = table[table["metric"] == "auc"]
-    return {f"{r.ablate}/{r.view}": float(r.utilization) for r in auc.itertuples()}
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
