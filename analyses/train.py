@@ -215,6 +215,45 @@ def train(cfg: TrainConfig, splits: TwoViewSplits | None = None, progress: bool 
             dist.destroy_process_group()
 
 
+def _train_epoch(model: torch.nn.Module, batches, opt: torch.optim.Optimizer, sched, scaler, rec,
+                 cfg: TrainConfig, amp_dtype: torch.dtype, step: int, total: int, bar) -> int:
+    """One epoch of optimizer steps (stopping at ``total``); returns the step count after it."""
+    for inputs, y in batches:
+        with torch.autocast(device_type=cfg.device.split(":")[0], dtype=amp_dtype, enabled=cfg.amp):
+            loss = _loss(model(inputs), y)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        rec.log(loss=loss.detach())  # the dropout module logs its present-view counts itself
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step >= total:
+            break
+    return step
+
+
+def _test_and_dose(cfg: TrainConfig, splits: TwoViewSplits, test_scores: torch.Tensor, cond: Condition,
+                   balancer, ddp: Distributed) -> dict:
+    """The results that describe the test set (scores, labels, sizes), the settings' key, re-balancing's dose
+    (windows opened, steps re-balanced) and the process layout."""
+    out = {"test_scores": test_scores.tolist(), "test_y": splits.test.y.int().tolist(), "data_seed": cfg.data_key,
+           "config_key": config_key(cfg), "n_test": len(splits.test), "n_pos_test": int(splits.test.y.sum())}
+    if cond.rebalance is not None:
+        out["rebalance"] = {"windows": balancer.windows, "steps": len(balancer.schedule),
+                            "threshold": cond.threshold, "mode": cond.rebalance}
+    if ddp.on:
+        out.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
+    return out
+
+
 def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: Distributed) -> dict:
     t0 = time.perf_counter()
     splits = splits or build_data(cfg)
@@ -265,26 +304,8 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
             if sampler is not None:
                 sampler.set_epoch(epoch)
                 order = torch.tensor(list(sampler))
-            for inputs, y in splits.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=cfg.device,
-                                                  order=order):
-                with torch.autocast(device_type=cfg.device.split(":")[0], dtype=amp_dtype, enabled=cfg.amp):
-                    loss = _loss(model(inputs), y)
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-                rec.log(loss=loss.detach())  # the dropout module logs its present-view counts itself
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                sched.step()
-                step += 1
-                bar.update(1)
-                if step >= total:
-                    break
+            batches = splits.train.batches(cfg.batch_size, shuffle=True, generator=gen, device=cfg.device, order=order)
+            step = _train_epoch(model, batches, opt, sched, scaler, rec, cfg, amp_dtype, step, total, bar)
             if writer:  # rank 0 evaluates net itself (no DDP forward, so no collective the others miss)
                 val_auc, val_acc = evaluate(net, splits.val, cfg.device)
                 rec.log(val_auc=val_auc, val_acc=val_acc)  # attaches to the epoch's last optimizer step
@@ -307,14 +328,7 @@ def _train(cfg: TrainConfig, splits: TwoViewSplits | None, progress: bool, ddp: 
     results = {"dataset": cfg.dataset, "condition": cfg.condition, "seed": cfg.seed, "test_auc": test_auc,
                "test_acc": test_acc, "best_val_auc": best_auc, "steps": step, "history": history,
                "attribution": attribution, "views": list(net.views), "seconds_train": time.perf_counter() - t0,
-               "test_scores": test_scores.tolist(), "test_y": splits.test.y.int().tolist(), "data_seed": cfg.data_key,
-               "config_key": config_key(cfg),
-               "n_test": len(splits.test), "n_pos_test": int(splits.test.y.sum())}
-    if cond.rebalance is not None:  # the dose: windows opened and steps re-balanced
-        results["rebalance"] = {"windows": balancer.windows, "steps": len(balancer.schedule),
-                                "threshold": cond.threshold, "mode": cond.rebalance}
-    if ddp.on:
-        results.update(world_size=ddp.world_size, global_batch_size=ddp.world_size * cfg.batch_size)
+               **_test_and_dose(cfg, splits, test_scores, cond, balancer, ddp)}
     try:
         results["dynamics"] = run_dynamics(run_dir, net)
         results["utilization"] = write_utilization(net, splits, run_dir, cfg.device)
