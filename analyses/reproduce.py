@@ -220,7 +220,8 @@ def _json_number(x):
     return x if math.isfinite(x) else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m analyses.reproduce``."""
     p = argparse.ArgumentParser(description="Train the reproduction's conditions x seeds; write findings and report.")
     p.add_argument("--dataset", choices=DATASETS, default="phantom")
     p.add_argument("--root", default="data", help="data folder: the phantom cache, or where your CBIS-DDSM/VinDr-Mammo images are")
@@ -247,7 +248,37 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs in parallel, one thread each (default: 2 on CPU with 2+ cores, 1 on a GPU)")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run_joint(joint: list[str], configs, results: list[dict], n_seeds: int, jobs: int, dataset: str,
+              progress: bool) -> list[dict]:
+    """The joint grid's runs; the random re-balancing control after the guided runs, dose-matched to the guided
+    run of the same seed (its window count)."""
+    out = []
+    first = [c for c in joint if c != "rebalance-random"]
+    if first:
+        out += run_grid(configs(first), jobs, f"{dataset}: joint grid", progress)
+    if "rebalance-random" in joint:
+        dose = {r["seed"]: r.get("rebalance", {}).get("windows") for r in [*results, *out]
+                if r["condition"] == "rebalance"}
+        if len(dose) < n_seeds:
+            raise SystemExit("rebalance-random is dose-matched to rebalance: list rebalance in --conditions too")
+        out += run_grid(configs(["rebalance-random"], rebalance_windows=dose), jobs,
+                        f"{dataset}: dose-matched random control", progress)
+    return out
+
+
+def write_report(run_dirs: list[str], out: Path, has_separate: bool, progress: bool) -> int:
+    """``dynamics report`` over the joint runs (``separate`` the reference where it ran); its exit status."""
+    from dynamics.cli import main as dynamics_cli
+    args = ["report", *run_dirs, "--out", str(out), "--by", "condition",
+            *(["--baseline", "separate"] if has_separate else []), *([] if progress else ["--no-progress"])]
+    return int(dynamics_cli(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
 
     if a.jobs is None:
         a.jobs = 1 if a.device != "cpu" else min(2, os.cpu_count() or 1)
@@ -304,28 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         joint = []
     elif not checks["passed"]:
         notes.append("A check failed; the joint grid ran anyway (--no-gate): read its comparisons with that in mind.")
-    # the random control is dose-matched to the guided run of the same seed, so it runs after it
-    first = [c for c in joint if c != "rebalance-random"]
-    if first:
-        results += run_grid(configs(first), a.jobs, f"{a.dataset}: joint grid", progress)
-    if "rebalance-random" in joint:
-        dose = {r["seed"]: r.get("rebalance", {}).get("windows") for r in results if r["condition"] == "rebalance"}
-        if len(dose) < len(seeds):
-            raise SystemExit("rebalance-random is dose-matched to rebalance: list rebalance in --conditions too")
-        results += run_grid(configs(["rebalance-random"], rebalance_windows=dose), a.jobs,
-                            f"{a.dataset}: dose-matched random control", progress)
+    results += run_joint(joint, configs, results, len(seeds), a.jobs, a.dataset, progress)
     # the report compares views within runs: the joint models' (a single-view run has one view to compare)
     run_dirs = [str(run_root / f"{r['condition']}-seed{r['seed']}") for r in results if r["condition"] in joint]
     shares = comparisons = None
     if not a.no_report and run_dirs:
-        from dynamics.cli import main as dynamics_cli
-        args = ["report", *run_dirs, "--out", str(out), "--by", "condition",
-                *(["--baseline", "separate"] if "separate" in joint else [])]
-        if a.no_progress:
-            args.append("--no-progress")
-        rc = dynamics_cli(args)
+        rc = write_report(run_dirs, out, "separate" in joint, progress)
         if rc:
-            return int(rc)
+            return rc
         shares = pd.read_csv(out / "shares.csv")
         comparisons = pd.read_csv(out / "comparisons.csv")  # the report's one Holm family
     found = write_outputs(out, a.dataset, results, views, len(splits.test), joint, order, shares, notes, quick,
