@@ -186,6 +186,34 @@ def train(model: nn.Module, setup: Setup, batches, recorder_factory=None, after_
     return pd.DataFrame(rows)
 
 
+def logged_steps(model: nn.Module, optimizer: torch.optim.Optimizer, rec, steps: int, seed: int = 1) -> None:
+    """``steps`` plain optimizer steps of the harness's batches (micro-batches summed), each step's last loss
+    given to ``rec.log``: the loop the store's tests write runs with."""
+    for micro in make_batches(steps, seed=seed):
+        for x_cc, x_mlo, y in micro:
+            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        rec.log(loss=loss)
+
+
+def record_beside_reference(out, setup: Setup, steps: int = 6, device: str = "cpu", flush_every: int = 4,
+                            **attach_kwargs):
+    """Train a fresh model with the recorder attached (``out``, views cc and mlo) and an identical copy with the
+    plain loop: (recorded model, reference model, the reference rows)."""
+    model = fresh_model().to(device)
+    reference_model = clone(model)
+    batches = make_batches(steps, setup.micro)
+
+    def factory(m, opt, scaler):
+        return dynamics.attach(m, opt, views={"cc": m.cc, "mlo": m.mlo}, out=out, scaler=scaler,
+                               flush_every=flush_every, **attach_kwargs)
+
+    train(model, setup, batches, recorder_factory=factory)
+    return model, reference_model, train(reference_model, setup, batches)
+
+
 QUANTITIES = ("grad_sq", "param_sq", "update_sq", "lca")
 
 

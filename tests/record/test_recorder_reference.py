@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import dynamics
-from tests.harness import (DEVICES, Setup, assert_bit_identical, assert_matches_reference, clone, device_or_skip, fresh_model,
-                     make_batches, state, train)
+from tests.harness import (DEVICES, Setup, assert_bit_identical, assert_matches_reference, clone, device_or_skip,
+                           fresh_model, make_batches, record_beside_reference, state, train)
 
 
 def _groups(model):
@@ -41,17 +41,8 @@ SETUPS = [
 
 
 def _recorded(tmp_path, setup: Setup, steps: int = 6, device: str = "cpu", **attach_kwargs):
-    model = fresh_model().to(device)
-    reference_model = clone(model)
-    batches = make_batches(steps, setup.micro)
-
-    def factory(m, opt, scaler):
-        return dynamics.attach(m, opt, views={"cc": m.cc, "mlo": m.mlo}, out=tmp_path / "run", scaler=scaler,
-                               flush_every=4, **attach_kwargs)
-
-    train(model, setup, batches, recorder_factory=factory)
-    reference = train(reference_model, setup, batches)
-    return model, reference_model, reference, *dynamics.load(tmp_path / "run")
+    recorded = record_beside_reference(tmp_path / "run", setup, steps, device, **attach_kwargs)
+    return *recorded, *dynamics.load(tmp_path / "run")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -15,7 +15,8 @@ from dynamics.analysis.derived import update_cosine
 from dynamics.schema import quantity_table
 from dynamics.record.quantity import Quantity
 from dynamics.record.update_alignment import UpdateAlignment
-from tests.harness import DEVICES, Setup, clone, device_or_skip, fresh_model, make_batches, train
+from tests.harness import (DEVICES, Setup, clone, device_or_skip, fresh_model, make_batches,
+                           record_beside_reference, train)
 
 SETUPS = [
     Setup("sgd-momentum", lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)),
@@ -25,17 +26,10 @@ SETUPS = [
 ]
 
 
-def _record(tmp_path, setup: Setup, steps: int = 7, device: str = "cpu", **kwargs):
-    model = fresh_model().to(device)
-    reference_model = clone(model)
-    batches = make_batches(steps, setup.micro)
-
-    def factory(m, opt, scaler):
-        return dynamics.attach(m, opt, views={"cc": m.cc, "mlo": m.mlo}, out=tmp_path / "run", scaler=scaler,
-                               flush_every=3, parts=[UpdateAlignment()], **kwargs)
-
-    train(model, setup, batches, recorder_factory=factory)
-    return train(reference_model, setup, batches), dynamics.load_table(tmp_path / "run", "update_alignment")
+def _record(tmp_path, setup: Setup, steps: int = 7, device: str = "cpu"):
+    *_, reference = record_beside_reference(tmp_path / "run", setup, steps, device, flush_every=3,
+                                            parts=[UpdateAlignment()])
+    return reference, dynamics.load_table(tmp_path / "run", "update_alignment")
 
 
 @pytest.mark.parametrize("device", DEVICES)

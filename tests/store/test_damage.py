@@ -15,7 +15,7 @@ import torch
 import dynamics
 from dynamics import cli
 from dynamics.store import RunStoreError, compaction
-from tests.harness import fresh_model, make_batches
+from tests.harness import fresh_model, logged_steps, make_batches
 from tests.store.test_faults import REPO, _child
 
 STEPS = 6
@@ -29,13 +29,7 @@ def _closed_run(out, *, compacted=True, monkeypatch=None):
     model = fresh_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=out, flush_every=2)
-    for micro in make_batches(STEPS):
-        for x_cc, x_mlo, y in micro:
-            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        rec.log(loss=loss)
+    logged_steps(model, optimizer, rec, STEPS)
     rec.close()
     if not compacted:
         monkeypatch.undo()

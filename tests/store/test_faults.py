@@ -20,7 +20,7 @@ import torch
 
 import dynamics
 from dynamics.store import RunStoreError
-from tests.harness import fresh_model, make_batches
+from tests.harness import fresh_model, logged_steps
 
 REPO = Path(__file__).resolve().parents[2]
 N_TENSORS = len(list(fresh_model().parameters()))
@@ -31,7 +31,7 @@ import os, re, signal, sys, time, torch
 sys.path.insert(0, {repo!r})
 import dynamics
 assert dynamics.__file__.startswith({package!r}), dynamics.__file__
-from tests.harness import fresh_model, make_batches
+from tests.harness import fresh_model, logged_steps
 call, pattern, when, nth = {kill!r}
 real = getattr(os, call)
 seen = 0
@@ -53,13 +53,7 @@ rec = dynamics.attach(model, opt, views={{"cc": model.cc, "mlo": model.mlo}}, ou
 print("ready", flush=True)
 if {hold!r}:
     sys.stdin.readline()
-for micro in make_batches({steps}):
-    for x_cc, x_mlo, y in micro:
-        loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
-        loss.backward()
-    opt.step()
-    opt.zero_grad()
-    rec.log(loss=loss)
+logged_steps(model, opt, rec, {steps})
 rec.close()
 """
 
@@ -67,16 +61,6 @@ rec.close()
 def _child(out, *, kill=("replace", "^$", "before", 1), steps=STEPS, resume=False, hold=False) -> str:
     return textwrap.dedent(_CHILD.format(repo=str(REPO), package=str(REPO / "dynamics"), kill=kill, out=str(out),
                                          flush_every=FLUSH_EVERY, resume=resume, hold=hold, steps=steps))
-
-
-def _train(model, optimizer, rec, steps, seed=1):
-    for micro in make_batches(steps, seed=seed):
-        for x_cc, x_mlo, y in micro:
-            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        rec.log(loss=loss)
 
 
 def _attach(model, out, **kwargs):
@@ -87,7 +71,7 @@ def _attach(model, out, **kwargs):
 def _closed_run(out, steps=7, flush_every=2, seed=0):
     model = fresh_model(seed)
     optimizer, rec = _attach(model, out, flush_every=flush_every)
-    _train(model, optimizer, rec, steps)
+    logged_steps(model, optimizer, rec, steps)
     rec.close()
     return out
 
@@ -137,7 +121,7 @@ def test_sigkill_at_any_point_of_a_flush_then_load_and_resume(tmp_path, point):
         warnings.simplefilter("always")
         optimizer, rec = _attach(model, run, resume=True, flush_every=2)
     assert any("never committed" in str(w.message) for w in caught) == leftovers
-    _train(model, optimizer, rec, 5, seed=2)
+    logged_steps(model, optimizer, rec, 5, seed=2)
     rec.close()
     per_param, per_step = _assert_whole(run, committed + 5)
     meta = dynamics.read_meta(run)
@@ -194,7 +178,7 @@ def test_two_live_writers_on_one_run_are_refused(tmp_path):
     pd.testing.assert_frame_equal(dynamics.load(run)[0].iloc[:len(before[0])], before[0])
     model = fresh_model()
     optimizer, rec = _attach(model, run, resume=True)  # released at close: the next writer may open it
-    _train(model, optimizer, rec, 1)
+    logged_steps(model, optimizer, rec, 1)
     rec.close()
     _assert_whole(run, 7 + 4 + 1)
 

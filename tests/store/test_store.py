@@ -11,20 +11,10 @@ import torch
 
 import dynamics
 from dynamics.store import RunStoreError
-from tests.harness import fresh_model, make_batches
+from tests.harness import fresh_model, logged_steps, make_batches
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout whose dynamics the subprocess must import
 N_TENSORS = len(list(fresh_model().parameters()))
-
-
-def _train(model, optimizer, rec, steps, seed=1):
-    for micro in make_batches(steps, seed=seed):
-        for x_cc, x_mlo, y in micro:
-            loss = ((model(x_cc, x_mlo) - y) ** 2).mean()
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        rec.log(loss=loss)
 
 
 def _attach(model, out, **kwargs):
@@ -38,7 +28,7 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_flush(tmp_path):
         sys.path.insert(0, {str(REPO)!r})
         import dynamics
         assert dynamics.__file__.startswith({str(REPO / "dynamics")!r}), dynamics.__file__  # this checkout
-        from tests.harness import fresh_model, make_batches
+        from tests.harness import fresh_model, logged_steps, make_batches
         model = fresh_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         rec = dynamics.attach(model, opt, views={{"cc": model.cc}}, out={str(tmp_path / "run")!r}, flush_every=10)
@@ -60,7 +50,7 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_flush(tmp_path):
 def test_corrupt_part_error_names_the_file(tmp_path):
     model = fresh_model()
     optimizer, rec = _attach(model, tmp_path / "r", flush_every=2)
-    _train(model, optimizer, rec, 4)
+    logged_steps(model, optimizer, rec, 4)
     rec.close()
     [part] = sorted((tmp_path / "r" / "params").iterdir())  # compacted at close
     part.write_bytes(part.read_bytes()[: len(part.read_bytes()) // 2])
@@ -74,14 +64,14 @@ def test_corrupt_part_error_names_the_file(tmp_path):
 def test_existing_run_is_never_overwritten_and_resume_appends(tmp_path):
     model = fresh_model()
     optimizer, rec = _attach(model, tmp_path / "r", flush_every=3)
-    _train(model, optimizer, rec, 4)
+    logged_steps(model, optimizer, rec, 4)
     rec.close()
     before = sorted(p.name for p in (tmp_path / "r" / "params").iterdir())
     with pytest.raises(RunStoreError, match="already exists"):
         _attach(model, tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r" / "params").iterdir()) == before
     optimizer, rec = _attach(model, tmp_path / "r", resume=True)
-    _train(model, optimizer, rec, 3, seed=2)
+    logged_steps(model, optimizer, rec, 3, seed=2)
     rec.close()
     per_param, per_step = dynamics.load(tmp_path / "r")
     assert per_step["step"].tolist() == list(range(7))
@@ -102,7 +92,7 @@ def test_load_columns_dtypes_and_metadata(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = dynamics.attach(model, optimizer, views={"cc": model.cc, "mlo": model.mlo}, out=tmp_path / "r",
                           config={"batch": 8}, seed=3, condition="baseline")
-    _train(model, optimizer, rec, 2)
+    logged_steps(model, optimizer, rec, 2)
     rec.close()
     per_param, per_step = dynamics.load(tmp_path / "r")
     assert list(per_param.columns) == ["step", "param", "view", "layer", "depth", "grad_sq", "param_sq",
@@ -123,7 +113,7 @@ def test_load_runs_adds_run_condition_and_seed(tmp_path):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         rec = dynamics.attach(model, optimizer, views={"cc": model.cc}, out=tmp_path / f"{condition}-{seed}",
                               condition=condition, seed=seed)
-        _train(model, optimizer, rec, 2)
+        logged_steps(model, optimizer, rec, 2)
         rec.close()
     per_param, per_step = dynamics.load_runs(str(tmp_path / "*"))
     assert per_step.groupby(["run", "condition", "seed"], observed=True).size().to_dict() == {
@@ -137,7 +127,7 @@ def test_part_naming_an_unknown_tensor_is_an_error_naming_the_file(tmp_path):
     from dynamics import store
     model = fresh_model()
     optimizer, rec = _attach(model, tmp_path / "r")
-    _train(model, optimizer, rec, 1)
+    logged_steps(model, optimizer, rec, 1)
     rec.close()
     bad = pd.DataFrame({"step": [5], "param_id": pd.array([999], dtype="int32"), "grad_sq": [1.0],
                         "param_sq": [1.0], "update_sq": [1.0], "lca": [0.0], "finite": [True], "has_grad": [True]})
@@ -188,7 +178,7 @@ def test_rerunning_after_a_crash_before_any_commit_says_what_is_there_and_what_t
     closed = tmp_path / "closed"
     model = fresh_model()
     optimizer, rec = _attach(model, closed)
-    _train(model, optimizer, rec, 2)
+    logged_steps(model, optimizer, rec, 2)
     rec.close()
     with pytest.raises(RunStoreError, match=r"already exists: a closed run, with steps 0-1 committed, no writer "
                                             r"lock: pass resume=True to continue it after step 1, or choose another "
