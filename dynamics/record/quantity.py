@@ -197,12 +197,6 @@ class Quantity:
         """The recorder has closed (after :meth:`close`): the quantity may be attached again."""
         self._binding = None
 
-    @property
-    def binding(self) -> Binding:
-        if self._binding is None:
-            raise RuntimeError(f"{self.name} is not attached (pass it to attach(..., parts=[...]))")
-        return self._binding
-
     def needs(self, step: int) -> bool:
         """Whether step ``step`` must be recorded for this quantity even where ``every`` skips it."""
         return False
