@@ -8,8 +8,10 @@ the per-seed differences, the MDD at level α and power 1 − β is
 
     MDD(n) = (t_{1−α/2, n−1} + t_{1−β, n−1}) · sd / √n,
 
-and α is the Holm level of the first step, 0.05 / m for the m comparisons of a task (the strictest level any
-comparison is tested at). The sd is the largest over the task's conditions (every comparison must reach the
+and α is the Holm level of the first step, 0.05 / m, the strictest level any test is held to. m is the size of
+the Holm family the findings test in: the pilot's report family (every test of its report.md, counted from
+the ``comparisons.csv`` and ``summary.csv`` beside its ``results.csv``), or, without a report, the task's
+test-AUC comparisons alone. The sd is the largest over the task's conditions (every comparison must reach the
 target). A pilot's sd is itself uncertain (from few seeds): the planning value is reported beside n.
 """
 from __future__ import annotations
@@ -60,14 +62,25 @@ def pilot_spread(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plan(table: pd.DataFrame, target: float = TARGET) -> dict:
-    """Seeds for one task: the pilot's largest sd of a difference, the Holm level, n and the MDD it gives."""
+def report_family_size(folder: Path) -> int | None:
+    """How many tests the report in ``folder`` Holm-adjusts together (the finite p of its comparisons.csv and
+    summary.csv), or None when it has no comparisons.csv."""
+    comparisons = folder / "comparisons.csv"
+    if not comparisons.is_file():
+        return None
+    tables = [pd.read_csv(comparisons)] + ([pd.read_csv(folder / "summary.csv")] if (folder / "summary.csv").is_file() else [])
+    return int(sum(np.isfinite(pd.to_numeric(t["p"], errors="coerce")).sum() for t in tables if "p" in t))
+
+
+def plan(table: pd.DataFrame, target: float = TARGET, family: int | None = None) -> dict:
+    """Seeds for one task: the pilot's largest sd of a difference, the Holm level (``family`` tests; default the
+    test-AUC comparisons alone), n and the MDD it gives."""
     spread = pilot_spread(table)
-    m = len(spread)
-    alpha = ALPHA / max(m, 1)
+    m = max(family or len(spread), 1)
+    alpha = ALPHA / m
     sd = float(spread["sd_diff"].max())
     n = seeds_needed(sd, alpha, target)
-    return {"comparisons": m, "alpha_holm": alpha, "pilot_seeds": int(spread["n"].min()), "sd_diff_max": sd,
+    return {"comparisons": len(spread), "family": m, "alpha_holm": alpha, "pilot_seeds": int(spread["n"].min()), "sd_diff_max": sd,
             "worst": str(spread.loc[spread["sd_diff"].idxmax(), "condition"]), "seeds": n,
             "mdd_at_n": mdd(sd, n, alpha), "spread": spread.to_dict(orient="records")}
 
@@ -79,10 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     out = {}
     for path in a.results:
-        table = pd.read_csv(path)
-        out[str(Path(path).parent)] = plan(table, a.target)
-        r = out[str(Path(path).parent)]
-        print(f"{path}: {r['comparisons']} comparisons, Holm α {r['alpha_holm']:.4f}; pilot {r['pilot_seeds']} seeds, "
+        folder = Path(path).parent
+        r = out[str(folder)] = plan(pd.read_csv(path), a.target, report_family_size(folder))
+        print(f"{path}: {r['comparisons']} test-AUC comparisons in a Holm family of {r['family']}, first-step α "
+              f"{r['alpha_holm']:.5f}; pilot {r['pilot_seeds']} seeds, "
               f"largest sd of a difference {r['sd_diff_max']:.4f} ({r['worst']}) → {r['seeds']} seeds "
               f"(MDD {r['mdd_at_n']:.4f})")
     print(json.dumps(out, indent=1, default=float))

@@ -41,6 +41,11 @@ class TwoViewData:
             idx = order[start:start + batch_size]
             yield ({k: v[idx].to(device) for k, v in self.views.items()}, self.y[idx].to(device))
 
+    def head(self, n: int) -> "TwoViewData":
+        """The first ``n`` samples (all of them when there are fewer): a split's order is random, so its head
+        is a random subset."""
+        return TwoViewData({k: v[:n] for k, v in self.views.items()}, self.y[:n], self.ids[:n])
+
     def loader(self, batch_size: int = 256, device: str | torch.device = "cpu") -> "_Loader":
         """A re-iterable, unshuffled batch source (what evaluation and utilization read)."""
         return _Loader(self, batch_size, device)
