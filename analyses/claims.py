@@ -25,10 +25,7 @@ import pandas as pd
 
 from dynamics.analysis.inference import difference
 
-from analyses.conditions import REFERENCE
-
-ALPHA, POWER = 0.05, 0.8
-NULL_BOUND = 0.02  # a test-AUC difference smaller than this is not worth claiming (the power target)
+from analyses.conditions import ALPHA, MDD_TARGET as NULL_BOUND, POWER, REFERENCE
 PAPERS = {"midl2020": "Wu et al., MIDL 2020", "icml2022": "Wu et al., ICML 2022"}
 
 

@@ -28,6 +28,9 @@ SINGLE_PREFIX = "only-"
 JOINT = ("separate", "shared", "shared-swapped", "dropout-0.25", "dropout-0.5", "rebalance", "rebalance-random")
 THRESHOLDS = (0.001, 0.03, 0.1, 0.3, 1.0)  # the threshold sweep (beside the authors' 0.01) on one fast task
 DEFAULT_THRESHOLD = 0.01
+# The reproduction's statistical plan, shared by findings, claims and power: tests at α (Holm-corrected), 80%
+# power, and the smallest test-AUC difference worth claiming, which every comparison must be able to detect
+ALPHA, POWER, MDD_TARGET = 0.05, 0.8, 0.02
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,7 @@ from dynamics.analysis.comparisons import compare_conditions
 from dynamics.analysis.inference import MIN_RUNS, difference, interval_method, scale_of, t_interval, values_only
 from dynamics.analysis.metrics import delong_covariance, roc_auc
 
-from analyses.conditions import ENSEMBLE, REFERENCE, SINGLE_PREFIX
-
-ALPHA, POWER = 0.05, 0.8
+from analyses.conditions import ALPHA, ENSEMBLE, MDD_TARGET, POWER, REFERENCE, SINGLE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -290,12 +288,36 @@ def findings(dataset: str, table: pd.DataFrame, views: Sequence[str], n_test: in
             "conditions": conditions_block(table, joint, views, weak, shares, comparisons), "notes": list(notes),
             "data_seeds": sorted(int(s) for s in table.get("data_seed", table["seed"]).dropna().unique()),
             **({"label": quick} if quick else {})}
+    found["power_check"] = power_check(found["conditions"])
     from analyses.claims import claims  # the papers' claims, read from the findings above and the runs
     found["claims"] = claims(found, results)
     dose = table[table["condition"].astype(str).str.startswith("rebalance")]
     found["rebalance_dose"] = {str(c): {"windows": interval(g["rebalance_windows"]), "steps": interval(g["rebalance_steps"])}
                                for c, g in dose.groupby("condition")}
     return found
+
+
+def power_check(conditions: dict, target: float = MDD_TARGET) -> dict:
+    """Whether every test-AUC comparison with the reference can detect ``target``: the largest MDD at its Holm
+    level, which condition has it, and the verdict (not met while any comparison has no MDD, e.g. at n < 3)."""
+    mdds = {c: b["vs_separate"]["mdd"] for c, b in conditions.items() if b.get("vs_separate")}
+    if not mdds:
+        return {"target": target, "worst_mdd": None, "worst": None, "met": False, "missing": []}
+    missing = sorted(c for c, m in mdds.items() if m is None or not np.isfinite(m))
+    finite = {c: m for c, m in mdds.items() if c not in missing}
+    worst = max(finite, key=finite.get) if finite else None
+    return {"target": target, "worst_mdd": finite[worst] if worst else None, "worst": worst,
+            "met": bool(not missing and finite[worst] <= target), "missing": missing}
+
+
+def power_words(pc: dict) -> str:
+    """:func:`power_check` in words: met or not, and the largest MDD."""
+    if pc["worst"] is None:
+        return f"no comparison has an MDD yet (target {pc['target']})"
+    verdict = "met" if pc["met"] else "**not met**"
+    gaps = f"; no MDD for {', '.join(pc['missing'])}" if pc["missing"] else ""
+    return (f"MDD ≤ {pc['target']} at the Holm level {verdict}: the largest is {pc['worst_mdd']:.3f} "
+            f"({pc['worst']}){gaps}")
 
 
 def _ci(d: dict | None, digits: int = 3) -> str:
@@ -348,6 +370,8 @@ def markdown(f: dict) -> str:
         p = f"{vs['p_holm']:.3g}" if vs and np.isfinite(vs["p_holm"]) else "–"
         mdd = f"{vs['mdd']:.3f}" if vs and np.isfinite(vs["mdd"]) else "–"
         lines.append(f"| {c} | {_ci(b['test_auc'])} | {diff} | {p} | {mdd} | {vs['verdict'] if vs else ''} |")
+    if f.get("power_check"):
+        lines += ["", f"Power: {power_words(f['power_check'])}."]
     lines += ["", "## Secondary endpoints", "",
               f"| condition | greedy gap (ensemble − condition) | utilization of {weak} | "
               + " | ".join(f"probe AUC {v}" for v in views) + " | dominant view: share of loss reduction |",

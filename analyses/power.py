@@ -27,9 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analyses.conditions import ENSEMBLE, REFERENCE, SINGLE_PREFIX
-
-ALPHA, POWER, TARGET = 0.05, 0.8, 0.02
+from analyses.conditions import ALPHA, ENSEMBLE, MDD_TARGET as TARGET, POWER, REFERENCE, SINGLE_PREFIX
 
 
 def mdd(sd: float, n: int, alpha: float, power: float = POWER) -> float:

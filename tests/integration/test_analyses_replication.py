@@ -208,3 +208,33 @@ def test_guidance_is_compared_with_its_dose_matched_control():
     assert [r["condition"] for r in icml["rebalancing_helps"]] == ["rebalance"]
     assert icml["guidance_helps"]["verdict"] == "cannot tell"  # 3 seeds: the exact test's smallest p is 0.25
     assert icml["random_control"]["condition"] == "rebalance-random"
+
+
+def test_power_plans_at_the_report_familys_first_holm_level(tmp_path):
+    """The family counts every finite p of the report's comparisons.csv and summary.csv (hand-made: 3 + 2, one
+    NaN each), and the planned n is the formula's at 0.05 / 5."""
+    import pandas as pd
+    from analyses import power
+    pd.DataFrame({"p": [0.01, 0.2, np.nan, 0.5]}).to_csv(tmp_path / "comparisons.csv", index=False)
+    pd.DataFrame({"p": [0.03, np.nan, 0.9]}).to_csv(tmp_path / "summary.csv", index=False)
+    assert power.report_family_size(tmp_path) == 5
+    assert power.report_family_size(tmp_path / "none") is None
+    rows = [{"condition": c, "seed": k, "test_auc": 0.8 + (0.01 * k if c == "shared" else 0)}
+            for c in ("separate", "shared") for k in range(4)]
+    p = power.plan(pd.DataFrame(rows), family=5)
+    a, sd = 0.05 / 5, np.std([0.0, 0.01, 0.02, 0.03], ddof=1)
+    by_hand = lambda n: (stats.t.ppf(1 - a / 2, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert p["family"] == 5 and p["alpha_holm"] == pytest.approx(a)
+    assert by_hand(p["seeds"]) <= 0.02 < by_hand(p["seeds"] - 1)
+
+
+def test_power_check_names_the_worst_comparison_and_any_without_an_mdd():
+    conds = {"separate": {}, "shared": {"vs_separate": {"mdd": 0.012}}, "rebalance": {"vs_separate": {"mdd": 0.019}}}
+    pc = F.power_check(conds)
+    assert (pc["worst"], pc["worst_mdd"], pc["met"], pc["missing"]) == ("rebalance", 0.019, True, [])
+    conds["dropout-0.5"] = {"vs_separate": {"mdd": 0.021}}
+    assert F.power_check(conds)["met"] is False and F.power_check(conds)["worst"] == "dropout-0.5"
+    conds["dropout-0.5"] = {"vs_separate": {"mdd": math.nan}}  # n < 3: no MDD, so the target is not shown met
+    pc = F.power_check(conds)
+    assert pc["met"] is False and pc["missing"] == ["dropout-0.5"] and pc["worst"] == "rebalance"
+    assert "not met" in F.power_words(pc) and "dropout-0.5" in F.power_words(pc)
