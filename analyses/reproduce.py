@@ -37,29 +37,30 @@ from analyses.train import DATASETS, PHANTOMS, TrainConfig, build_data, config_k
 # The phantoms train 5 epochs (best-validation checkpoint) in both grids: v3's greedy gap is a property of that
 # budget (0.036 at 5 epochs, 2 seeds; at 10 epochs the joint model caught up: 0.007 [-0.022, 0.037], 4 seeds).
 _PHANTOM = dict(epochs=5, n_cases=2000, n_test=4000, image_size=48, difficulty=0.25, batch_size=64, lr=1e-3)
-QUICK = {  # the quick grid: fewer seeds (QUICK_SEEDS), every output labelled quick: mechanism only
+_MLP = dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20)
+FULL = {  # the powered grid, with the seeds of POWERED_SEEDS
     "phantom": dict(_PHANTOM),
     "phantom-v3": dict(_PHANTOM),
-    "digits": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
-    "mfeat": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
-    "cbis-ddsm": dict(epochs=10, image_size=128, batch_size=32),
-    "vindr-mammo": dict(epochs=10, image_size=128, batch_size=32),
-}
-FULL = {  # the powered grid: the quick settings, with the seeds of POWERED_SEEDS
-    "phantom": dict(_PHANTOM),
-    "phantom-v3": dict(_PHANTOM),
-    "digits": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
-    "mfeat": dict(epochs=30, batch_size=64, lr=1e-3, hidden=64, warmup_steps=20),
+    "digits": dict(_MLP),
+    "mfeat": dict(_MLP),
     "cbis-ddsm": dict(epochs=40, image_size=256, batch_size=16),
     "vindr-mammo": dict(epochs=40, image_size=256, batch_size=16),
 }
-# Seeds per condition. POWERED_SEEDS: chosen from the pilots' spread (analyses.power, README Findings) so that
-# the minimum detectable test-AUC difference at the Holm level is at most 0.02 (`make reproduce-full`).
-# QUICK_SEEDS: `make reproduce` within 15 minutes on 2 cores: the mechanism only, every output says so.
-# Pilots (README, Findings): largest sd of a per-seed difference from separate 0.020 on the phantom (v2, 2
-# seeds), 0.050 on digits (6 seeds, rebalance-random), 0.0085 on mfeat (8 seeds); at the Holm level of 6
-# comparisons (mfeat: 11, with the sweep) that needs 16, 79 and 7 seeds (mfeat keeps its pilot's 8).
-POWERED_SEEDS = {"phantom": 16, "phantom-v3": 16, "digits": 79, "mfeat": 8, "cbis-ddsm": 5, "vindr-mammo": 5}
+QUICK = {  # the quick grid (QUICK_SEEDS; every output labelled quick: mechanism only): the phantoms at half the
+    # cases, so that `make reproduce` fits in 15 minutes on 2 cores from a fresh clone
+    **FULL,
+    "phantom": dict(_PHANTOM, n_cases=1000, n_test=2000),
+    "phantom-v3": dict(_PHANTOM, n_cases=1000, n_test=2000),
+    "cbis-ddsm": dict(epochs=10, image_size=128, batch_size=32),
+    "vindr-mammo": dict(epochs=10, image_size=128, batch_size=32),
+}
+# Seeds per condition. POWERED_SEEDS: chosen from the pilots' spread (`python -m analyses.power`, README
+# Findings) so that the minimum detectable test-AUC difference at the first-step Holm level of the report's
+# whole family is at most 0.02 (`make reproduce-full`). Pilots (the quick grid of 2026-12-08, each seed its own
+# data): largest sd of a per-seed difference from separate 0.021 on either phantom (2 seeds), 0.030 on digits
+# (4 seeds; 0.050 in the 6-seed pilot of 2026-12-07, planned with), 0.013 on mfeat (4 seeds); in report
+# families of about 58 tests (mfeat with the sweep: 103) that needs 25, 114 and 13 seeds.
+POWERED_SEEDS = {"phantom": 25, "phantom-v3": 25, "digits": 114, "mfeat": 13, "cbis-ddsm": 5, "vindr-mammo": 5}
 QUICK_SEEDS = {"phantom": 2, "phantom-v3": 2, "digits": 4, "mfeat": 4, "cbis-ddsm": 2, "vindr-mammo": 2}
 QUICK_LABEL = "quick: mechanism only"
 SKIPPED: dict[str, tuple[str, ...]] = {}
