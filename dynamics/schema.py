@@ -16,6 +16,10 @@ COMMITS = "commits"              # the folder of commit records: a flush (or a c
 QUARANTINE = "quarantine"        # the folder of parts that verify but that no commit record names (moved, never deleted)
 LOCK_FILE = "writer.lock"        # the writer lock: owner pid, host, boot and process start
 PARAM_ID = "param_id"            # a part's tensor column: the index into meta.json's parameter table
+# meta.json: what the attaches before a resume said (their errors and notes; a resumed run's own are its last
+# attach's), and the prefix of the error that records the training loop's own exception, not the recorder's
+BEFORE_RESUME = "before_resume"
+TRAINING_RAISED = "training raised"
 
 
 # the per-tensor quantities a run stores (additive over tensors, views, micro-batches and processes)

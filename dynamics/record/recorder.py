@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..schema import SHARED
+from ..schema import SHARED, TRAINING_RAISED
 from . import closures, distributed, logs, misuse, registry, runs, schedules, unsupported
 from . import probe as probing
 from .attribution import AttributionPart
@@ -111,7 +111,7 @@ class Recorder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
-            self.meta.setdefault("errors", []).append(f"training raised {exc_type.__name__}: {exc}")
+            self.meta.setdefault("errors", []).append(f"{TRAINING_RAISED} {exc_type.__name__}: {exc}")
         self.close()
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import store
-from ..schema import COMMITS, META_FILE, STEPS, tables_of
+from ..schema import BEFORE_RESUME, COMMITS, META_FILE, STEPS, tables_of
 from . import description, frames
 from .logs import NOT_RECORDED
 from .measurements import StepMeasurements
@@ -98,6 +98,16 @@ class OpenRun:
                 folder.rmdir()
 
 
+def before_resume(old_meta: dict, resumed_at: int) -> list[dict]:
+    """What the attaches before this resume said: the earlier ones' record, and the last one's errors and notes
+    (with its status and the step the run resumes at) when it had any, so that a resume loses none of them."""
+    earlier = list(old_meta.get(BEFORE_RESUME) or [])
+    errors, notes = list(old_meta.get("errors") or []), old_meta.get("notes") or {}
+    if errors or notes:
+        earlier.append({"resumed_at": resumed_at, "status": old_meta.get("status"), "errors": errors, "notes": notes})
+    return earlier
+
+
 def open_run(spec: RunSpec, options: RecordingOptions, model: nn.Module, optimizer: torch.optim.Optimizer,
              assignment: ViewAssignment, parameters: list[dict], wrappers: Sequence[str] = ()) -> OpenRun:
     """Create (or reopen, to resume) the run directory under its writer lock and write its metadata; the run
@@ -115,6 +125,9 @@ def open_run(spec: RunSpec, options: RecordingOptions, model: nn.Module, optimiz
         if old_meta is not None:  # after a crash meta.json has no next_step: continue after the last commit
             run.start_step = int(old_meta.get("next_step") or writer.next_step)
             run.meta["resumed_at"] = [*old_meta.get("resumed_at", []), run.start_step]
+            earlier = before_resume(old_meta, run.start_step)
+            if earlier:
+                run.meta[BEFORE_RESUME] = earlier
         run.write_meta()
     except BaseException:
         run.discard()

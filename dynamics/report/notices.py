@@ -6,6 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..schema import BEFORE_RESUME, TRAINING_RAISED
+
 __all__ = ["run_warnings", "optimizer_step_only", "OPTIMIZER_STEP_NOTE", "warning_count_line"]
 
 #: how the recorder's notes start when a step's gradient was taken at the optimizer step (no backward pass seen)
@@ -37,7 +39,8 @@ def _note_text(text: str, value: Any) -> str:
 
 
 def run_warnings(metas: dict[str, dict]) -> pd.DataFrame:
-    """One row per warning: ``run``, ``kind`` (``not closed``, ``error``, ``optimizer step only``, ``note``) and
+    """One row per warning: ``run``, ``kind`` (``not closed``, ``error``, ``optimizer step only``, ``note``, and
+    ``error before resume`` / ``note before resume`` for what the attaches before a resume recorded) and
     ``message``, in the order of the runs."""
     rows = []
     for run, meta in metas.items():
@@ -46,6 +49,11 @@ def run_warnings(metas: dict[str, dict]) -> pd.DataFrame:
                                             "killed; steps after its last flush are missing"))
         for err in meta.get("errors") or []:
             rows.append((run, "error", str(err)))
+        for earlier in meta.get(BEFORE_RESUME) or []:
+            where = f"before the resume at step {earlier.get('resumed_at')}"
+            rows += [(run, "error before resume", f"{where}: {err}") for err in earlier.get("errors") or []]
+            rows += [(run, "note before resume", f"{where}: {_note_text(str(text), value)}")
+                     for text, value in (earlier.get("notes") or {}).items()]
         n = optimizer_step_only(meta)
         if n:
             rows.append((run, "optimizer step only", f"{n} step{'s' if n != 1 else ''} measured at the optimizer "
@@ -72,13 +80,31 @@ def warning_count_line(warnings: pd.DataFrame) -> str:
 STEP_TOLERANCE = 0.1
 
 
+def _error_reasons(meta: dict) -> list[str]:
+    """Why a run's errors flag it: the recorder's own errors, in this attach or one before a resume (the steps
+    they touched may be wrong or missing), and the training loop's exception when the run was not resumed after
+    it (the run stopped there). An exception that a resume followed does not flag the run."""
+    own = [str(e) for e in meta.get("errors") or []]
+    raised = [e for e in own if e.startswith(TRAINING_RAISED)]
+    recorder = [e for e in own if not e.startswith(TRAINING_RAISED)]
+    recorder_before = [str(e) for b in meta.get(BEFORE_RESUME) or [] for e in b.get("errors") or []
+                       if not str(e).startswith(TRAINING_RAISED)]
+    plural = lambda n: "s" if n != 1 else ""
+    out = [f"{len(recorder)} recorder error{plural(len(recorder))}"] if recorder else []
+    if recorder_before:
+        out.append(f"{len(recorder_before)} recorder error{plural(len(recorder_before))} before a resume")
+    out += [f"its training stopped ({e})" for e in raised]
+    return out
+
+
 def flagged_runs(metas: dict[str, dict], steps: dict[str, int], group_of: dict[str, str]) -> pd.DataFrame:
     """The runs a report keeps out of its statistics, one row each: ``run``, ``reason`` and ``always`` (true for
     runs that cannot count even with ``--include-flagged``: a run that recorded no step, a copy of another run).
 
     Flagged, in the order of ``metas``: a run that recorded no step (``steps`` has none for it); a copy (the
     ``run_id`` of a run listed before it: the same run in two folders would count as a second seed); a run never
-    closed (status ``running``); a run with recorder errors; a run whose recorded steps differ from its group's
+    closed (status ``running``); a run with recorder errors (before a resume too) or whose training raised and
+    was not resumed (:func:`_error_reasons`); a run whose recorded steps differ from its group's
     median (``group_of``; copies and empty runs left out; the upper median, so that of two runs only the shorter
     is flagged) by more than :data:`STEP_TOLERANCE` of it."""
     seen: dict[str, str] = {}
@@ -100,8 +126,7 @@ def flagged_runs(metas: dict[str, dict], steps: dict[str, int], group_of: dict[s
             continue
         if meta.get("status") == "running":
             why.append("never closed (status 'running')")
-        if meta.get("errors"):
-            why.append(f"{len(meta['errors'])} recorder error{'s' if len(meta['errors']) != 1 else ''}")
+        why += _error_reasons(meta)
     counted = {r: n for r, n in steps.items() if r in metas and r not in always and n}
     by_group: dict[str, list[int]] = {}
     for run, n in counted.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..schema import tables_of
+from ..schema import BEFORE_RESUME, tables_of
 from . import commits as records
 from . import completeness, loading, quarantine
 from .rundir import RunStoreError, read_meta
@@ -91,6 +91,8 @@ def check_run(run_dir: str | os.PathLike) -> RunCheck:
     result.status = meta.get("status")
     result.notes = meta.get("notes") if isinstance(meta.get("notes"), dict) else {}
     result.errors = [str(e) for e in meta.get("errors") or []]
+    result.errors += [f"before the resume at step {b.get('resumed_at')}: {e}"
+                      for b in meta.get(BEFORE_RESUME) or [] for e in b.get("errors") or []]
     try:
         result.quarantined = quarantine.listed(run_dir, meta)
         trusted = records.read_commits(run_dir, meta["run_id"])

@@ -196,3 +196,26 @@ def test_step_flags_by_hand():
     # x: median 100, b is 11 away (> 10), c 11 away; y: of two runs only the shorter (median taken as 60)
     assert sorted(f.index) == ["b", "c", "d"] and not f["always"].any()
     assert f.loc["d", "reason"] == "30 recorded steps against a median of 60 in y (more than a tenth apart)"
+
+
+def test_errors_flag_by_who_raised_them_and_whether_a_resume_followed():
+    """By hand: a recorder error flags a run (in this attach or before a resume); the training loop's own
+    exception flags it only when no resume followed; the warnings keep what came before a resume."""
+    from dynamics.report.notices import flagged_runs, run_warnings
+    crash = "training raised ValueError: boom"
+    metas = {"resumed": {"status": "closed", "run_id": "1", "before_resume": [
+                 {"resumed_at": 3, "status": "closed", "errors": [crash], "notes": {"n1": [2]}}]},
+             "stopped": {"status": "closed", "run_id": "2", "errors": [crash]},
+             "hooks": {"status": "closed", "run_id": "3", "before_resume": [
+                 {"resumed_at": 3, "status": "closed", "errors": ["recording stopped at step 1: X"], "notes": {}}]},
+             "plain": {"status": "closed", "run_id": "4", "errors": ["disk full"]}}
+    f = flagged_runs(metas, {r: 10 for r in metas}, {r: "g" for r in metas}).set_index("run")
+    assert sorted(f.index) == ["hooks", "plain", "stopped"]
+    assert f.loc["stopped", "reason"] == f"its training stopped ({crash})"
+    assert f.loc["hooks", "reason"] == "1 recorder error before a resume"
+    assert f.loc["plain", "reason"] == "1 recorder error"
+    w = run_warnings(metas)
+    mine = w[w["run"] == "resumed"]
+    assert mine["kind"].tolist() == ["error before resume", "note before resume"]
+    assert mine["message"].iloc[0] == f"before the resume at step 3: {crash}"
+    assert mine["message"].iloc[1] == "before the resume at step 3: note: n1 (at 1 step: 2)"

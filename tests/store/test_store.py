@@ -184,3 +184,28 @@ def test_rerunning_after_a_crash_before_any_commit_says_what_is_there_and_what_t
                                             r"lock: pass resume=True to continue it after step 1, or choose another "
                                             r"out= \(or remove the folder\) for a new run"):
         _attach(model, closed)
+
+
+def test_a_resume_keeps_what_the_earlier_attaches_said(tmp_path):
+    """The crash's error and the notes of the attach before a resume move to meta.json["before_resume"] (one
+    entry per resumed attach, oldest first), and `dynamics check` still prints them."""
+    from dynamics.store.check import check_run
+    model = fresh_model()
+    optimizer, rec = _attach(model, tmp_path / "r", flush_every=2)
+    with pytest.raises(ValueError, match="boom"):
+        with rec:
+            logged_steps(model, optimizer, rec, 2)
+            optimizer.zero_grad(set_to_none=True)
+            optimizer.step()  # a step without any gradient: the recorder notes it
+            raise ValueError("boom")
+    first = dynamics.read_meta(tmp_path / "r")
+    assert first["errors"] == ["training raised ValueError: boom"] and first["notes"]
+    for k in (1, 2):
+        optimizer, rec = _attach(model, tmp_path / "r", resume=True)
+        logged_steps(model, optimizer, rec, 2, seed=k)
+        rec.close()
+    meta = dynamics.read_meta(tmp_path / "r")
+    assert meta["resumed_at"] == [3, 5] and not meta.get("errors")
+    assert meta["before_resume"] == [{"resumed_at": 3, "status": "closed", "errors": first["errors"],
+                                      "notes": first["notes"]}]  # the second attach said nothing: no entry
+    assert "before the resume at step 3: training raised ValueError: boom" in check_run(tmp_path / "r").errors
