@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dynamics.analysis.inference import difference
+from dynamics.analysis.inference import MIN_RUNS, difference, values_only
 
 from analyses.conditions import ALPHA, MDD_TARGET as NULL_BOUND, POWER, REFERENCE
 PAPERS = {"midl2020": "Wu et al., MIDL 2020", "icml2022": "Wu et al., ICML 2022"}
@@ -129,12 +129,25 @@ def claims(found: dict, results: Sequence[dict]) -> dict:
     return out
 
 
-def _num(x, digits: int = 3) -> str:
+def number(x, digits: int = 3) -> str:
+    """A value for a Markdown cell ("–" when missing or not finite; a true minus sign)."""
     return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}".replace("-", "−")
 
 
-def _iv(d: dict, key: str = "mean") -> str:
-    return f"{_num(d.get(key))} [{_num(d.get('lo'))}, {_num(d.get('hi'))}]"
+def shown(d: dict | None, key: str = "mean") -> str:
+    """A value with its interval; below three runs the per-run values (or the value) and the words saying so,
+    never an interval computed from them."""
+    if not d or d.get(key) is None:
+        return "–"
+    n = d.get("n")
+    if isinstance(n, int) and 0 < n < MIN_RUNS:
+        values = d.get("values")
+        return f"{values_only(n)} ({', '.join(number(v) for v in values) if values else number(d[key])})"
+    if d.get("lo") is None or not np.isfinite(d["lo"]):
+        return number(d[key])
+    return f"{number(d[key])} [{number(d['lo'])}, {number(d['hi'])}]"
+
+
 
 
 def rows(task: str, c: dict) -> list[tuple[str, str, str, str]]:
@@ -144,15 +157,15 @@ def rows(task: str, c: dict) -> list[tuple[str, str, str, str]]:
     g = m.get("gradient_norm")
     if g:
         a, b = g["views"]
-        ev = (f"‖g_{a}‖/‖g_{b}‖ {_iv(g['ratio'])} (geometric mean, t over {g['ratio']['n']} runs, exact p "
-              f"{_num(g['ratio']['p_exact'], 2)}); per parameter (‖g‖/√N, N {g['n_params'][a]} vs "
-              f"{g['n_params'][b]}): {_iv(g['ratio_per_parameter'])}, {g['verdict_per_parameter']}")
+        ev = (f"‖g_{a}‖/‖g_{b}‖ {shown(g['ratio'])} (geometric mean, t over {g['ratio']['n']} runs, exact p "
+              f"{number(g['ratio']['p_exact'], 2)}); per parameter (‖g‖/√N, N {g['n_params'][a]} vs "
+              f"{g['n_params'][b]}): {shown(g['ratio_per_parameter'])}, {g['verdict_per_parameter']}")
         out.append(("MIDL 2020: one view has larger gradient norms", task, g["verdict"], ev))
     s = m.get("loss_reduction")
     if s:
         a, b = s["views"]
-        ev = (f"share {a} − share {b} of the loss reduction {_iv(s['share_difference'])} (t over "
-              f"{s['share_difference']['n']} runs, exact p {_num(s['share_difference']['p_exact'], 2)})")
+        ev = (f"share {a} − share {b} of the loss reduction {shown(s['share_difference'])} (t over "
+              f"{s['share_difference']['n']} runs, exact p {number(s['share_difference']['p_exact'], 2)})")
         out.append(("MIDL 2020: one view does most of the learning", task, s["verdict"], ev))
     for key, claim in (("shared_weights_help", "MIDL 2020: shared weights help"),
                        ("modality_dropout_helps", "MIDL 2020: modality dropout helps")):
@@ -161,14 +174,14 @@ def rows(task: str, c: dict) -> list[tuple[str, str, str, str]]:
     gap = i.get("greedy_gap")
     if gap:
         out.append(("ICML 2022: greedy gap (ensemble − separate) > 0", task, gap["verdict"],
-                    f"{_iv(gap, 'difference')}, MDD {_num(gap['mdd'])} (paired t by seed, α 0.05)"))
+                    f"{shown(gap, 'difference')}, MDD {number(gap['mdd'])} (paired t by seed, α 0.05)"))
     for r in i.get("rebalancing_helps", []):
         claim = "ICML 2022: re-balancing helps" + ("" if r["condition"] == "rebalance" else " (threshold sweep)")
         out.append((claim, task, r["verdict"], _vs(r)))
     g = i.get("guidance_helps")
     if g:
         out.append(("ICML 2022: the guidance helps (`rebalance` − its dose-matched random control)", task,
-                    g["verdict"], f"{_iv(g, 'difference')}, MDD {_num(g['mdd'])} (paired t by seed, α 0.05)"))
+                    g["verdict"], f"{shown(g, 'difference')}, MDD {number(g['mdd'])} (paired t by seed, α 0.05)"))
     r = i.get("random_control")
     if r:
         out.append(("control: random re-balancing at the guided dose − separate", task, r["verdict"], _vs(r)))
@@ -178,8 +191,8 @@ def rows(task: str, c: dict) -> list[tuple[str, str, str, str]]:
 def _vs(r: dict) -> str:
     if "difference" not in r:
         return f"`{r['condition']}` {r.get('why', '')}"
-    return (f"`{r['condition']}` − separate {_iv(r, 'difference')}, p (Holm) {_num(r['p_holm'], 3)}, "
-            f"MDD at the Holm level {_num(r['mdd_holm'])}")
+    return (f"`{r['condition']}` − separate {shown(r, 'difference')}, p (Holm) {number(r['p_holm'], 3)}, "
+            f"MDD at the Holm level {number(r['mdd_holm'])}")
 
 
 def markdown(tasks: dict[str, dict]) -> str:

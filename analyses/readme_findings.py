@@ -16,8 +16,6 @@ import math
 import sys
 from pathlib import Path
 
-from dynamics.analysis.inference import MIN_RUNS, values_only
-
 from analyses import claims as C
 from analyses import findings as F
 
@@ -38,27 +36,11 @@ def load_findings(figures: Path) -> dict[str, dict]:
     return dict(sorted(found.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
 
-def _n(x, digits: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}".replace("-", "−")
 
 
 def _p(x) -> str:
     """A p-value: 3 decimals, or "< 10⁻³" (a printed 0.000 would claim a p of zero)."""
     return "–" if x is None or not math.isfinite(x) else ("< 10⁻³" if x < 1e-3 else f"{x:.3f}")
-
-
-def _iv(d: dict | None, key: str = "mean") -> str:
-    """A value with its interval; below three runs the per-run values (or the value) and the words saying so."""
-    if not d or d.get(key) is None:
-        return "–"
-    n = d.get("n")
-    if isinstance(n, int) and 0 < n < MIN_RUNS:
-        values = d.get("values")
-        shown = ", ".join(_n(v) for v in values) if values else _n(d[key])
-        return f"{values_only(n)} ({shown})"
-    if d.get("lo") is None:
-        return _n(d[key])
-    return f"{_n(d[key])} [{_n(d['lo'])}, {_n(d['hi'])}]"
 
 
 def _task(f: dict) -> str:
@@ -77,10 +59,10 @@ def render(tasks: dict[str, dict]) -> str:
              "|---|---|---|---|---|---|"]
     for f in tasks.values():
         v = f["views"]
-        checks = "; ".join(f"{c['check']} {_n(c['value'])} {'passed' if c['passed'] else 'FAILED'}"
+        checks = "; ".join(f"{c['check']} {C.number(c['value'])} {'passed' if c['passed'] else 'FAILED'}"
                            for c in f.get("checks", [])) or "reported only"
-        lines.append(f"| {_task(f)} | {v[0]} {_iv(f['single_view'][v[0]])} | {v[1]} {_iv(f['single_view'][v[1]])} | "
-                     f"{_iv(f['ensemble'])} | {_iv(f['ensemble_gain'], 'difference')} | {checks} |")
+        lines.append(f"| {_task(f)} | {v[0]} {C.shown(f['single_view'][v[0]])} | {v[1]} {C.shown(f['single_view'][v[1]])} | "
+                     f"{C.shown(f['ensemble'])} | {C.shown(f['ensemble_gain'], 'difference')} | {checks} |")
     conds: list[str] = []
     for f in tasks.values():
         conds += [c for c in f.get("conditions", {}) if c not in conds]
@@ -94,18 +76,18 @@ def render(tasks: dict[str, dict]) -> str:
             if b is None:
                 cells.append("not run")
             elif vs is None:
-                cells.append(f"{_iv(b['test_auc'])} (reference)")
+                cells.append(f"{C.shown(b['test_auc'])} (reference)")
             else:
                 mdd = vs.get("mdd_holm", vs.get("mdd"))
                 few = " (too few seeds for the exact test)" if (vs.get("p_exact_min") or 0) > 0.05 else ""
-                cells.append(f"{_iv(vs, 'difference')}, p {_p(vs['p_holm'])}, MDD {_n(mdd)}{few}")
+                cells.append(f"{C.shown(vs, 'difference')}, p {_p(vs['p_holm'])}, MDD {C.number(mdd)}{few}")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     powered = [t for t in names if tasks[t].get("power_check")]
     if powered:
         lines += ["", "**Power** (every test-AUC comparison must be able to detect 0.02 at its Holm level): "
                   + "; ".join(f"{t}: {F.power_words(tasks[t]['power_check'])}" for t in powered) + "."]
     lines += ["", "**Greedy gap** (ensemble − `separate`, paired by seed): " + "; ".join(
-        f"{t} {_iv(tasks[t]['conditions']['separate']['greedy_gap'], 'difference')}" for t in names
+        f"{t} {C.shown(tasks[t]['conditions']['separate']['greedy_gap'], 'difference')}" for t in names
         if "separate" in tasks[t].get("conditions", {})) + ".", ""]
     with_claims = {t: f for t, f in tasks.items() if f.get("claims")}
     if with_claims:
