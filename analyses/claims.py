@@ -100,7 +100,7 @@ def _from_comparison(block: dict | None, name: str) -> dict:
         return {"condition": name, "verdict": "cannot tell", "why": "not run"}
     mdd = vs.get("mdd_holm", vs.get("mdd"))
     return {"condition": name, "difference": vs["difference"], "lo": vs["lo"], "hi": vs["hi"],
-            "p_holm": vs["p_holm"], "mdd_holm": mdd, "method": vs.get("design"),
+            "p_holm": vs["p_holm"], "mdd_holm": mdd, "method": vs.get("design"), "n": vs.get("n"),
             "verdict": word(vs["p_holm"], vs["difference"], mdd, vs.get("p_exact_min", 0.0))}
 
 
