@@ -58,9 +58,9 @@ QUICK = {  # the quick grid (QUICK_SEEDS; every output labelled quick: mechanism
 # Findings) so that the minimum detectable test-AUC difference at the first-step Holm level of the report's
 # whole family is at most 0.02 (`make reproduce-full`). Pilots (the quick grid of 2026-12-08, each seed its own
 # data): largest sd of a per-seed difference from separate 0.021 on either phantom (2 seeds), 0.030 on digits
-# (4 seeds; 0.050 in the 6-seed pilot of 2026-12-07, planned with), 0.013 on mfeat (4 seeds); in report
-# families of about 58 tests (mfeat with the sweep: 103) that needs 25, 114 and 13 seeds.
-POWERED_SEEDS = {"phantom": 25, "phantom-v3": 25, "digits": 114, "mfeat": 13, "cbis-ddsm": 5, "vindr-mammo": 5}
+# (4 seeds; 0.050 in the 6-seed pilot of 2026-12-07: planned with 0.04 between them), 0.013 on mfeat (4 seeds);
+# in report families of about 58 tests (mfeat with the sweep: 103) that needs 25, 75 (80 run) and 13 seeds.
+POWERED_SEEDS = {"phantom": 25, "phantom-v3": 25, "digits": 80, "mfeat": 13, "cbis-ddsm": 5, "vindr-mammo": 5}
 QUICK_SEEDS = {"phantom": 2, "phantom-v3": 2, "digits": 4, "mfeat": 4, "cbis-ddsm": 2, "vindr-mammo": 2}
 QUICK_LABEL = "quick: mechanism only"
 SKIPPED: dict[str, tuple[str, ...]] = {}
