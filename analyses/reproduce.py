@@ -167,7 +167,7 @@ def run_grid(cfgs: list[TrainConfig], jobs: int, desc: str, progress: bool) -> l
         if done_before is None:
             todo.append(c)
         else:
-            results.append(done_before)
+            results.append({**done_before, "resumed": True})
     bar = tqdm(total=len(todo), desc=desc, unit="run", disable=not progress or None)
     if len(todo) < len(cfgs):
         bar.write(f"[reproduce] {desc}: {len(cfgs) - len(todo)} of {len(cfgs)} runs finished earlier (resumed)")
@@ -220,6 +220,21 @@ def _json_number(x):
     """NaN and infinities as null (valid JSON), numpy scalars as numbers."""
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def invocations(path: Path, timing: dict) -> list[dict]:
+    """The wall-clock time of every invocation that built this grid: the earlier ones (from ``path``, when this
+    one resumed their runs with the same settings) and this one, so a grid run in pieces keeps its total."""
+    this = {"seconds": timing["total_seconds"], "trained": timing["runs"] - timing["resumed_runs"],
+            "resumed": timing["resumed_runs"], "seeds": len(timing["seeds"])}
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return [this]
+    if not timing["resumed_runs"] or earlier.get("dataset") != timing["dataset"] or earlier.get("settings") != timing["settings"]:
+        return [this]
+    return [*earlier.get("invocations", [{"seconds": earlier.get("total_seconds"), "trained": earlier.get("runs"),
+                                          "resumed": 0, "seeds": len(earlier.get("seeds", []))}]), this]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -350,10 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     found = write_outputs(out, a.dataset, results, views, len(splits.test), joint, order, shares, notes, quick,
                           comparisons)
     print((out / "findings.md").read_text())
+    resumed = sum(bool(r.get("resumed")) for r in results)
     timing = {"dataset": a.dataset, "data_seconds": t_data, "total_seconds": time.perf_counter() - t0,
-              "runs": len(results), "run_seconds": [r.get("seconds_total") for r in results],
+              "runs": len(results), "resumed_runs": resumed, "run_seconds": [r.get("seconds_total") for r in results],
               "jobs": a.jobs, "settings": settings, "seeds": seeds, "checks_passed": found["passed"],
               **({"label": quick} if quick else {})}
+    timing["invocations"] = invocations(out / "timing.json", timing)
     (out / "timing.json").write_text(json.dumps(timing, indent=1))
     print(f"[reproduce] done in {timing['total_seconds']:.0f}s; report and findings in {out}", flush=True)
     return 0

@@ -238,3 +238,15 @@ def test_power_check_names_the_worst_comparison_and_any_without_an_mdd():
     pc = F.power_check(conds)
     assert pc["met"] is False and pc["missing"] == ["dropout-0.5"] and pc["worst"] == "rebalance"
     assert "not met" in F.power_words(pc) and "dropout-0.5" in F.power_words(pc)
+
+
+def test_a_resumed_grid_keeps_the_time_of_its_earlier_invocations(tmp_path):
+    settings = {"epochs": 5}
+    first = {"dataset": "d", "total_seconds": 100.0, "runs": 9, "resumed_runs": 0, "seeds": [0], "settings": settings}
+    path = tmp_path / "timing.json"
+    assert reproduce.invocations(path, first) == [{"seconds": 100.0, "trained": 9, "resumed": 0, "seeds": 1}]
+    path.write_text(__import__("json").dumps(first))  # an older timing.json: no invocations of its own
+    second = {**first, "total_seconds": 30.0, "runs": 18, "resumed_runs": 9, "seeds": [0, 1]}
+    assert [i["seconds"] for i in reproduce.invocations(path, second)] == [100.0, 30.0]
+    assert reproduce.invocations(path, {**second, "resumed_runs": 0})[0]["seconds"] == 30.0  # trained afresh
+    assert len(reproduce.invocations(path, {**second, "settings": {"epochs": 6}})) == 1     # another grid
