@@ -62,11 +62,13 @@ def pilot_spread(table: pd.DataFrame) -> pd.DataFrame:
 
 def report_family_size(folder: Path) -> int | None:
     """How many tests the report in ``folder`` Holm-adjusts together (the finite p of its comparisons.csv and
-    summary.csv), or None when it has no comparisons.csv."""
+    summary.csv), or None when it has no comparisons.csv. A report of two-seed runs tests nothing (values only):
+    its family then counts 0 and :func:`plan` falls back to the test-AUC comparisons."""
     comparisons = folder / "comparisons.csv"
     if not comparisons.is_file():
         return None
-    tables = [pd.read_csv(comparisons)] + ([pd.read_csv(folder / "summary.csv")] if (folder / "summary.csv").is_file() else [])
+    summary = folder / "summary.csv"
+    tables = [pd.read_csv(comparisons)] + ([pd.read_csv(summary)] if summary.is_file() else [])
     return int(sum(np.isfinite(pd.to_numeric(t["p"], errors="coerce")).sum() for t in tables if "p" in t))
 
 
@@ -78,8 +80,8 @@ def plan(table: pd.DataFrame, target: float = TARGET, family: int | None = None)
     alpha = ALPHA / m
     sd = float(spread["sd_diff"].max())
     n = seeds_needed(sd, alpha, target)
-    return {"comparisons": len(spread), "family": m, "alpha_holm": alpha, "pilot_seeds": int(spread["n"].min()), "sd_diff_max": sd,
-            "worst": str(spread.loc[spread["sd_diff"].idxmax(), "condition"]), "seeds": n,
+    return {"comparisons": len(spread), "family": m, "alpha_holm": alpha, "pilot_seeds": int(spread["n"].min()),
+            "sd_diff_max": sd, "worst": str(spread.loc[spread["sd_diff"].idxmax(), "condition"]), "seeds": n,
             "mdd_at_n": mdd(sd, n, alpha), "spread": spread.to_dict(orient="records")}
 
 
