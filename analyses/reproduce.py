@@ -229,7 +229,7 @@ def grid_label(full: bool, seeds: int, planned: int) -> str | None:
     a powered grid stopped short is partial (its own power check says what it can detect)."""
     if seeds >= planned:
         return None
-    return f"partial: {seeds} of the {planned} seeds planned" if full else QUICK_LABEL
+    return f"partial: {planned} seeds planned" if full else QUICK_LABEL
 
 
 def invocations(path: Path, timing: dict) -> list[dict]:

@@ -254,5 +254,5 @@ def test_a_resumed_grid_keeps_the_time_of_its_earlier_invocations(tmp_path):
 
 def test_a_grid_short_of_its_planned_seeds_says_so():
     assert reproduce.grid_label(False, 2, 25) == reproduce.QUICK_LABEL
-    assert reproduce.grid_label(True, 20, 25) == "partial: 20 of the 25 seeds planned"
+    assert reproduce.grid_label(True, 20, 25) == "partial: 25 seeds planned"
     assert reproduce.grid_label(True, 25, 25) is None and reproduce.grid_label(False, 30, 25) is None
