@@ -134,6 +134,11 @@ def number(x, digits: int = 3) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}".replace("-", "−")
 
 
+def p_value(x) -> str:
+    """A p-value: 3 decimals, or "< 10⁻³" (a printed 0.000 would claim a p of zero)."""
+    return "–" if x is None or not np.isfinite(x) else ("< 10⁻³" if x < 1e-3 else f"{x:.3f}")
+
+
 def shown(d: dict | None, key: str = "mean") -> str:
     """A value with its interval; below three runs the per-run values (or the value) and the words saying so,
     never an interval computed from them."""
@@ -158,14 +163,14 @@ def rows(task: str, c: dict) -> list[tuple[str, str, str, str]]:
     if g:
         a, b = g["views"]
         ev = (f"‖g_{a}‖/‖g_{b}‖ {shown(g['ratio'])} (geometric mean, t over {g['ratio']['n']} runs, exact p "
-              f"{number(g['ratio']['p_exact'], 2)}); per parameter (‖g‖/√N, N {g['n_params'][a]} vs "
+              f"{p_value(g['ratio']['p_exact'])}); per parameter (‖g‖/√N, N {g['n_params'][a]} vs "
               f"{g['n_params'][b]}): {shown(g['ratio_per_parameter'])}, {g['verdict_per_parameter']}")
         out.append(("MIDL 2020: one view has larger gradient norms", task, g["verdict"], ev))
     s = m.get("loss_reduction")
     if s:
         a, b = s["views"]
         ev = (f"share {a} − share {b} of the loss reduction {shown(s['share_difference'])} (t over "
-              f"{s['share_difference']['n']} runs, exact p {number(s['share_difference']['p_exact'], 2)})")
+              f"{s['share_difference']['n']} runs, exact p {p_value(s['share_difference']['p_exact'])})")
         out.append(("MIDL 2020: one view does most of the learning", task, s["verdict"], ev))
     for key, claim in (("shared_weights_help", "MIDL 2020: shared weights help"),
                        ("modality_dropout_helps", "MIDL 2020: modality dropout helps")):
@@ -183,15 +188,24 @@ def rows(task: str, c: dict) -> list[tuple[str, str, str, str]]:
         out.append(("ICML 2022: the guidance helps (`rebalance` − its dose-matched random control)", task,
                     g["verdict"], f"{shown(g, 'difference')}, MDD {number(g['mdd'])} (paired t by seed, α 0.05)"))
     r = i.get("random_control")
-    if r:
-        out.append(("control: random re-balancing at the guided dose − separate", task, r["verdict"], _vs(r)))
+    if r:  # a control, not a claim: its verdict says what it did
+        out.append(("control: random re-balancing at the guided dose − separate", task, _control_word(r), _vs(r)))
     return out
+
+
+def _control_word(r: dict) -> str:
+    """The control's result in words: better or worse than separate, no difference (powered), or cannot tell."""
+    if r["verdict"] == "held":
+        return "better than separate"
+    if r["verdict"] == "did not hold":
+        return "worse than separate" if r["p_holm"] < ALPHA else f"no difference (MDD ≤ {NULL_BOUND})"
+    return r["verdict"]
 
 
 def _vs(r: dict) -> str:
     if "difference" not in r:
         return f"`{r['condition']}` {r.get('why', '')}"
-    return (f"`{r['condition']}` − separate {shown(r, 'difference')}, p (Holm) {number(r['p_holm'], 3)}, "
+    return (f"`{r['condition']}` − separate {shown(r, 'difference')}, p (Holm) {p_value(r['p_holm'])}, "
             f"MDD at the Holm level {number(r['mdd_holm'])}")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -36,11 +35,6 @@ def load_findings(figures: Path) -> dict[str, dict]:
     return dict(sorted(found.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
 
-
-
-def _p(x) -> str:
-    """A p-value: 3 decimals, or "< 10⁻³" (a printed 0.000 would claim a p of zero)."""
-    return "–" if x is None or not math.isfinite(x) else ("< 10⁻³" if x < 1e-3 else f"{x:.3f}")
 
 
 def _task(f: dict) -> str:
@@ -80,7 +74,7 @@ def render(tasks: dict[str, dict]) -> str:
             else:
                 mdd = vs.get("mdd_holm", vs.get("mdd"))
                 few = " (too few seeds for the exact test)" if (vs.get("p_exact_min") or 0) > 0.05 else ""
-                cells.append(f"{C.shown(vs, 'difference')}, p {_p(vs['p_holm'])}, MDD {C.number(mdd)}{few}")
+                cells.append(f"{C.shown(vs, 'difference')}, p {C.p_value(vs['p_holm'])}, MDD {C.number(mdd)}{few}")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     powered = [t for t in names if tasks[t].get("power_check")]
     if powered:
