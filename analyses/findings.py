@@ -313,7 +313,8 @@ def power_check(conditions: dict, target: float = MDD_TARGET) -> dict:
 def power_words(pc: dict) -> str:
     """:func:`power_check` in words: met or not, and the largest MDD."""
     if pc["worst"] is None:
-        return f"no comparison has an MDD (below {MIN_RUNS} seeds: values only), so the target {pc['target']} is not shown met"
+        return (f"no comparison has an MDD (below {MIN_RUNS} seeds: values only), so the target {pc['target']} "
+                "is not shown met")
     verdict = "met" if pc["met"] else "**not met**"
     gaps = f"; no MDD for {', '.join(pc['missing'])}" if pc["missing"] else ""
     return (f"MDD ≤ {pc['target']} at the Holm level {verdict}: the largest is {pc['worst_mdd']:.3f} "

@@ -55,7 +55,8 @@ def render(tasks: dict[str, dict]) -> str:
         v = f["views"]
         checks = "; ".join(f"{c['check']} {C.number(c['value'])} {'passed' if c['passed'] else 'FAILED'}"
                            for c in f.get("checks", [])) or "reported only"
-        lines.append(f"| {_task(f)} | {v[0]} {C.shown(f['single_view'][v[0]])} | {v[1]} {C.shown(f['single_view'][v[1]])} | "
+        singles = " | ".join(f"{w} {C.shown(f['single_view'][w])}" for w in v[:2])
+        lines.append(f"| {_task(f)} | {singles} | "
                      f"{C.shown(f['ensemble'])} | {C.shown(f['ensemble_gain'], 'difference')} | {checks} |")
     conds: list[str] = []
     for f in tasks.values():

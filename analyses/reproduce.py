@@ -62,7 +62,8 @@ QUICK = {  # the quick grid (QUICK_SEEDS; every output labelled quick: mechanism
 # in report families of about 58 tests (mfeat with the sweep: 103) that needs 25, 75 (80 run) and 13 seeds.
 # The grids' own spread then re-planned (variance only, an internal pilot): phantom v3 at 25 seeds had every
 # test-AUC MDD at its Holm level at most 0.017 (25 kept); digits at 80 had 0.022 for rebalance-random (a strict
-# level: its tiny p ranks it early in the family), so digits runs 110 (MDD ~ 1/sqrt(n): 0.022 * sqrt(80/110) = 0.019).
+# level: its tiny p ranks it early in the family), so digits runs 110 (MDD ~ 1/sqrt(n): 0.022 * sqrt(80/110)
+# = 0.019; the 110-seed grid's largest is 0.019).
 POWERED_SEEDS = {"phantom": 25, "phantom-v3": 25, "digits": 110, "mfeat": 13, "cbis-ddsm": 5, "vindr-mammo": 5}
 QUICK_SEEDS = {"phantom": 2, "phantom-v3": 2, "digits": 4, "mfeat": 4, "cbis-ddsm": 2, "vindr-mammo": 2}
 QUICK_LABEL = "quick: mechanism only"
@@ -242,7 +243,8 @@ def invocations(path: Path, timing: dict) -> list[dict]:
         earlier = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return [this]
-    if not timing["resumed_runs"] or earlier.get("dataset") != timing["dataset"] or earlier.get("settings") != timing["settings"]:
+    same_grid = earlier.get("dataset") == timing["dataset"] and earlier.get("settings") == timing["settings"]
+    if not (timing["resumed_runs"] and same_grid):
         return [this]
     return [*earlier.get("invocations", [{"seconds": earlier.get("total_seconds"), "trained": earlier.get("runs"),
                                           "resumed": 0, "seeds": len(earlier.get("seeds", []))}]), this]
