@@ -27,3 +27,29 @@ class Columns(torch.nn.Module):
 
     def forward(self, xs):
         return self.head(torch.cat([c(x) for c, x in zip(self.cols, xs)], dim=1))[:, 0]
+
+
+def record_two_view(out, condition, seed, *, steps, flush_every, scale=2.0, log_loss=False, manual_grad_steps=0):
+    """An open recorder over a :class:`TwoView` run of ``steps`` SGD steps on one fixed batch (``scale``: how much
+    larger the cc inputs are); the first ``manual_grad_steps`` set their gradients by hand (no backward pass)."""
+    import dynamics
+
+    torch.manual_seed(seed)
+    model = TwoView()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    a, b = torch.randn(8, 3) * scale, torch.randn(8, 3)
+    y = (a[:, 0] > 0).float()
+    rec = dynamics.attach(model, opt, views={"cc": model.cc, "mlo": model.mlo}, out=out, condition=condition,
+                          seed=seed, flush_every=flush_every)
+    for step in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(a, b), y)
+        if step < manual_grad_steps:  # gradients set by hand: the recorder sees no backward pass
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 0.01)
+        else:
+            loss.backward()
+        if log_loss:
+            rec.log(loss=loss.detach())
+        opt.step()
+    return rec

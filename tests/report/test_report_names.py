@@ -11,28 +11,13 @@ import torch  # noqa: E402
 import dynamics  # noqa: E402
 from dynamics import cli, report  # noqa: E402
 from dynamics.report.render import md_text  # noqa: E402
-from tests.report.models import TwoView  # noqa: E402
+from tests.report.models import record_two_view  # noqa: E402
 
 NASTY = "[x](javascript:alert(1))\n# head `tick` a|b $\\alpha_{$ *e* _u_"
 
 
 def train(out, condition, seed, *, steps=6, manual_grad_steps=0, close=True):
-    torch.manual_seed(seed)
-    model = TwoView()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    a, b = torch.randn(8, 3) * 2, torch.randn(8, 3)
-    y = (a[:, 0] > 0).float()
-    rec = dynamics.attach(model, opt, views={"cc": model.cc, "mlo": model.mlo}, out=out, condition=condition,
-                          seed=seed, flush_every=2)
-    for step in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(a, b), y)
-        if step < manual_grad_steps:  # gradients set by hand: the recorder sees no backward pass
-            for p in model.parameters():
-                p.grad = torch.full_like(p, 0.01)
-        else:
-            loss.backward()
-        opt.step()
+    rec = record_two_view(out, condition, seed, steps=steps, flush_every=2, manual_grad_steps=manual_grad_steps)
     if close:
         rec.close()
     return out

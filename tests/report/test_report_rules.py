@@ -15,24 +15,12 @@ import torch  # noqa: E402
 import dynamics  # noqa: E402
 from dynamics import cli, report  # noqa: E402
 from dynamics.analysis import min_detectable_difference  # noqa: E402
-from tests.report.models import TwoView  # noqa: E402
+from tests.report.models import TwoView, record_two_view  # noqa: E402
 
 
 def train(out, condition, seed, *, steps=9, close=True, auc=True, scale=2.0):
     """A run logging its mini-batch ``loss`` every step and, when ``auc``, ``test_auc`` once at the end."""
-    torch.manual_seed(seed)
-    model = TwoView()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    a, b = torch.randn(8, 3) * scale, torch.randn(8, 3)
-    y = (a[:, 0] > 0).float()
-    rec = dynamics.attach(model, opt, views={"cc": model.cc, "mlo": model.mlo}, out=out, condition=condition,
-                          seed=seed, flush_every=3)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(a, b), y)
-        loss.backward()
-        rec.log(loss=loss.detach())
-        opt.step()
+    rec = record_two_view(out, condition, seed, steps=steps, flush_every=3, scale=scale, log_loss=True)
     if auc:
         rec.log(test_auc=0.80 + seed / 50 + ((0.02 + 0.01 * (seed % 2)) if condition == "shared" else 0.0))
     if close:
